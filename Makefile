@@ -1,0 +1,37 @@
+# Two commands for a fresh machine: `make run` (the main job) and `make test` (the test suite).
+# Both create .venv on first use and install what they need.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+# torch/torchvision pinned to the wheels this project is developed and tested against (see README).
+TORCH   ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install run test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/favit-ps reproduce quick
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	@# pytest exits 5 when it collects nothing: that is a failure, not a pass.
+	$(BIN)/python -m pytest -n 2 -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/attention.py
+
+clean:
+	rm -rf $(VENV) lightning_logs runs .pytest_cache

@@ -1,0 +1,81 @@
+"""``favit-ps``: one command over YAML configs.
+
+* ``favit-ps fit|validate|test|predict --config cfg.yaml [--overrides]`` is Lightning's CLI: the config names a
+  LightningModule (``model.class_path``) and a LightningDataModule (``data.class_path``) from this package.
+  ``--ckpt PATH`` is accepted as a short form of ``--ckpt_path PATH`` (``favit-ps test --ckpt ...``, and
+  ``favit-ps fit --ckpt last.ckpt`` resumes a run).
+* ``favit-ps ablate GRID.yaml --seeds 0 1`` runs a grid of configs and writes ``results/<name>.md`` and a chart.
+* ``favit-ps analyze cross-terms --ckpt ...`` decomposes attention logits of a trained model.
+* ``favit-ps reproduce quick`` is the README's main job.
+
+The subcommand modules are imported lazily so ``favit-ps --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+# name -> "module:function"; each function takes argv (list[str]) and returns an exit code or None.
+EXTRA_SUBCOMMANDS = {
+    "ablate": ("favit_probsparse.experiments.ablate:main", "run a grid of configs over seeds, write a result table"),
+    "analyze": ("favit_probsparse.analysis.cli:main", "analyses of trained models (cross-terms, pos-embedding decay)"),
+    "reproduce": ("favit_probsparse.experiments.reproduce:main", "one-command reproductions (`quick` = README main job)"),
+}
+
+USAGE = """usage: favit-ps {fit,validate,test,predict,ablate,analyze,reproduce} ...
+
+  fit/validate/test/predict   Lightning CLI over a YAML config (see `favit-ps fit --help`)
+""" + "".join(f"  {name:<27} {text}\n" for name, (_, text) in EXTRA_SUBCOMMANDS.items())
+
+
+def _rewrite_ckpt(argv: list[str]) -> list[str]:
+    out = []
+    for a in argv:
+        if a == "--ckpt":
+            out.append("--ckpt_path")
+        elif a.startswith("--ckpt="):
+            out.append("--ckpt_path=" + a.split("=", 1)[1])
+        else:
+            out.append(a)
+    return out
+
+
+def run_lightning(argv: Sequence[str]):
+    """Run Lightning's CLI on ``argv`` (a subcommand first) and return the LightningCLI object."""
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.cli import LightningCLI
+
+    return LightningCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=_rewrite_ckpt(list(argv)),
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd in LIGHTNING_SUBCOMMANDS:
+        run_lightning([cmd, *rest])
+        return 0
+    if cmd in EXTRA_SUBCOMMANDS:
+        mod_name, fn_name = EXTRA_SUBCOMMANDS[cmd][0].split(":")
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+        rc = fn(rest)
+        return int(rc or 0)
+    print(f"favit-ps: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
