@@ -1,0 +1,477 @@
+"""ProbSparse self-attention (Informer, Zhou et al. 2021) and full attention under one interface.
+
+Layout everywhere: ``q`` [B, H, L_Q, D], ``k`` [B, H, L_K, D], ``v`` [B, H, L_K, D_v]; output [B, H, L_Q, D_v]
+(the layout of :func:`torch.nn.functional.scaled_dot_product_attention`).
+
+Official semantics (Informer2020 ``models/attn.py``, ``ProbAttention``; see ``informer.md`` §1.1):
+
+1. ``U_part = c·ceil(ln L_K)`` keys are sampled per query, with replacement, from one ``[L_Q, U_part]`` index
+   matrix shared by the whole batch and all heads; ``u = c·ceil(ln L_Q)`` active queries. Both capped at L.
+2. Sparsity measure on the unscaled sampled scores: ``M = max − sum / L_K`` (``measure="official"``; the sum
+   runs over the U_part samples but is divided by L_K). ``measure="mean"`` uses the paper's max − mean.
+3. The top-u queries by M attend to all keys with scale 1/sqrt(D) (softmax, no dropout).
+4. The other ("lazy") queries output mean(V) (unmasked) or cumsum(V) (causal; ``masked_lazy="cummean"`` gives
+   the cumulative mean instead, which is what a uniform causal attention row would output).
+
+``causal_sampling=True`` draws query i's samples from keys ``j <= i`` only, so that with a causal mask the
+choice of active queries cannot depend on the future (the official code samples from all keys).
+
+Two implementations with identical results for the same sample:
+
+* ``impl="exact"``: the official algorithm, statement by statement (it materialises the ``[B, H, L_Q, U, D]``
+  tensor of sampled keys, like the official code).
+* ``impl="fast"``: the sparsity measure is computed without autograd (it only feeds ``topk``, so no gradient
+  flows through it in either path) in query chunks whose gathered keys never exceed ``[B, H, L_Q, D]``; the
+  active queries run through ``scaled_dot_product_attention`` (Flash / memory-efficient kernels on GPU).
+  Peak memory is O(L·log L + L·D) per (batch, head) instead of O(L·U·D).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "FullAttention",
+    "ProbSparseAttention",
+    "build_attention",
+    "full_attention",
+    "probsparse_attention",
+    "probsparse_counts",
+    "sample_key_index",
+    "sparsity_measure",
+]
+
+Measure = Literal["official", "mean"]
+MaskedLazy = Literal["cumsum", "cummean"]
+Impl = Literal["fast", "exact"]
+
+_MEASURES = ("official", "mean")
+_MASKED_LAZY = ("cumsum", "cummean")
+_IMPLS = ("fast", "exact")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------------------------------
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {list(choices)}")
+
+
+def _validate_qkv(q: Tensor, k: Tensor, v: Tensor, check_finite: bool) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have shape [B, H, L, D] (4 dims), got shape {tuple(t.shape)}")
+    if not (q.shape[0] == k.shape[0] == v.shape[0]):
+        raise ValueError(f"batch sizes differ: q {q.shape[0]}, k {k.shape[0]}, v {v.shape[0]}")
+    if not (q.shape[1] == k.shape[1] == v.shape[1]):
+        raise ValueError(f"head counts differ: q {q.shape[1]}, k {k.shape[1]}, v {v.shape[1]}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"head dims of q and k differ: {q.shape[-1]} vs {k.shape[-1]}")
+    if k.shape[2] != v.shape[2]:
+        raise ValueError(f"k and v lengths differ: {k.shape[2]} vs {v.shape[2]}")
+    if q.shape[2] == 0 or k.shape[2] == 0:
+        raise ValueError(f"empty sequence: L_Q={q.shape[2]}, L_K={k.shape[2]} (both must be >= 1)")
+    if q.shape[-1] == 0 or v.shape[-1] == 0:
+        raise ValueError("head dim must be >= 1")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"dtypes differ: q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    if not q.is_floating_point():
+        raise ValueError(f"q, k, v must be floating point, got {q.dtype}")
+    if check_finite:
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} contains NaN or inf values")
+
+
+def _validate_mask(attn_mask: Tensor | None, q: Tensor, k: Tensor) -> None:
+    if attn_mask is None:
+        return
+    b, h, l_q, _ = q.shape
+    target = (b, h, l_q, k.shape[2])
+    shape = tuple(attn_mask.shape)
+    ok = attn_mask.dim() <= 4 and all(
+        s in (1, t) for s, t in zip(reversed(shape), reversed(target), strict=False)
+    )
+    if not ok:
+        raise ValueError(
+            f"attn_mask of shape {shape} does not broadcast to [B, H, L_Q, L_K] = {list(target)}"
+        )
+    if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+        raise ValueError(f"attn_mask must be bool (True = attend) or float (additive), got {attn_mask.dtype}")
+
+
+def _validate_factor(factor: float) -> None:
+    if isinstance(factor, bool) or not isinstance(factor, int | float) or not factor > 0:
+        raise ValueError(f"factor must be a positive number, got {factor!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# sampling and the sparsity measure
+# --------------------------------------------------------------------------------------------------------------
+def probsparse_counts(l_q: int, l_k: int, factor: float) -> tuple[int, int]:
+    """``(U_part, u)``: sampled keys per query and active queries, as the official code computes them.
+
+    ``U_part = min(c·ceil(ln L_K), L_K)`` and ``u = min(c·ceil(ln L_Q), L_Q)`` (at least 1: ln 1 = 0).
+    """
+    _validate_factor(factor)
+    u_part = int(factor * math.ceil(math.log(l_k)))
+    u = int(factor * math.ceil(math.log(l_q)))
+    return max(1, min(u_part, l_k)), max(1, min(u, l_q))
+
+
+def sample_key_index(
+    l_q: int,
+    l_k: int,
+    n_samples: int,
+    *,
+    causal: bool = False,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """The ``[L_Q, n_samples]`` int64 matrix of sampled key positions (with replacement), shared by B and H.
+
+    ``causal=True`` draws row i from ``0..min(i, L_K-1)`` (no future keys).
+    """
+    gen_device = generator.device if generator is not None else device
+    if causal:
+        r = torch.rand(l_q, n_samples, generator=generator, device=gen_device)
+        hi = torch.arange(1, l_q + 1, device=gen_device).clamp(max=l_k).unsqueeze(1)
+        idx = (r * hi).long().clamp(max=l_k - 1)
+    else:
+        idx = torch.randint(l_k, (l_q, n_samples), generator=generator, device=gen_device)
+    return idx if device is None else idx.to(device, non_blocking=True)
+
+
+def sparsity_measure(q: Tensor, k: Tensor, index: Tensor, measure: Measure = "official") -> Tensor:
+    """M [B, H, L_Q] from the unscaled sampled scores, without building [B, H, L_Q, U, D] at once.
+
+    Queries are processed in chunks of ``ceil(L_Q / U)`` so that one chunk's gathered keys
+    [B, H, chunk, U, D] are no larger than k itself. No autograd: M only feeds ``topk``.
+    """
+    l_q, n_samples = index.shape
+    l_k = k.shape[2]
+    divisor = l_k if measure == "official" else n_samples
+    chunk = max(1, math.ceil(l_q / n_samples))
+    out = q.new_empty(q.shape[:3])
+    with torch.no_grad():
+        for start in range(0, l_q, chunk):
+            stop = min(start + chunk, l_q)
+            k_sample = k[:, :, index[start:stop]]  # [B, H, chunk, U, D]
+            s = (q[:, :, start:stop].unsqueeze(-2) @ k_sample.transpose(-2, -1)).squeeze(-2)  # [B, H, chunk, U]
+            out[:, :, start:stop] = s.amax(-1) - s.sum(-1) / divisor
+    return out
+
+
+def _lazy_context(v: Tensor, l_q: int, causal: bool, masked_lazy: MaskedLazy) -> Tensor:
+    """Output of the queries that are not selected: mean(V), or cumsum/cummean(V) under a causal mask."""
+    if not causal:
+        return v.mean(dim=-2, keepdim=True).expand(*v.shape[:2], l_q, v.shape[-1])
+    if l_q != v.shape[2]:
+        raise ValueError(f"causal ProbSparse attention needs L_Q == L_K (self-attention), got {l_q} vs {v.shape[2]}")
+    ctx = v.cumsum(dim=-2)
+    if masked_lazy == "cummean":
+        ctx = ctx / torch.arange(1, l_q + 1, device=v.device, dtype=v.dtype).unsqueeze(-1)
+    return ctx
+
+
+def _as_additive(attn_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    if attn_mask.dtype == torch.bool:
+        return torch.zeros((), dtype=dtype, device=attn_mask.device).masked_fill(~attn_mask, float("-inf"))
+    return attn_mask.to(dtype)
+
+
+def _rows_mask(attn_mask: Tensor | None, top: Tensor, l_k: int, causal: bool, dtype: torch.dtype) -> Tensor | None:
+    """Additive mask [B, H, u, L_K] for the active query rows ``top`` [B, H, u] (causal and/or user mask)."""
+    mask = None
+    if causal:
+        keys = torch.arange(l_k, device=top.device)
+        mask = torch.zeros((), dtype=dtype, device=top.device).masked_fill(
+            keys > top.unsqueeze(-1), float("-inf")
+        )  # [B, H, u, L_K]
+    if attn_mask is not None:
+        b, h, u = top.shape
+        full = attn_mask.expand(b, h, attn_mask.shape[-2] if attn_mask.dim() >= 2 else 1, l_k)
+        if full.shape[-2] == 1:
+            rows = full.expand(b, h, u, l_k)
+        else:
+            rows = torch.gather(full, 2, top.unsqueeze(-1).expand(b, h, u, l_k))
+        rows = _as_additive(rows, dtype)
+        mask = rows if mask is None else mask + rows
+    return mask
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the two implementations
+# --------------------------------------------------------------------------------------------------------------
+def _probsparse_exact(q, k, v, index, u, scale, causal, measure, masked_lazy, attn_mask):
+    """The official ``ProbAttention.forward`` statement by statement (with our named options)."""
+    b, h, l_q, d = q.shape
+    l_k = k.shape[2]
+    n_samples = index.shape[1]
+    k_expand = k.unsqueeze(-3).expand(b, h, l_q, l_k, d)
+    k_sample = k_expand[:, :, torch.arange(l_q, device=q.device).unsqueeze(1), index, :]  # [B, H, L_Q, U, D]
+    qk_sample = torch.matmul(q.unsqueeze(-2), k_sample.transpose(-2, -1)).squeeze(-2)
+    divisor = l_k if measure == "official" else n_samples
+    m = qk_sample.max(-1)[0] - torch.div(qk_sample.sum(-1), divisor)
+    m_top = m.topk(u, sorted=False)[1]
+    q_reduce = q[torch.arange(b)[:, None, None], torch.arange(h)[None, :, None], m_top, :]
+    scores = torch.matmul(q_reduce, k.transpose(-2, -1)) * scale  # [B, H, u, L_K]
+    if causal:
+        prob_mask = torch.ones(l_q, l_k, dtype=torch.bool, device=q.device).triu(1)
+        prob_mask = prob_mask[None, None].expand(b, h, l_q, l_k)[
+            torch.arange(b)[:, None, None], torch.arange(h)[None, :, None], m_top, :
+        ]
+        scores = scores.masked_fill(prob_mask, float("-inf"))
+    if attn_mask is not None:
+        scores = scores + _rows_mask(attn_mask, m_top, l_k, False, scores.dtype)
+    attn = torch.softmax(scores, dim=-1)
+    context = _lazy_context(v, l_q, causal, masked_lazy).clone()
+    context[torch.arange(b)[:, None, None], torch.arange(h)[None, :, None], m_top, :] = torch.matmul(
+        attn, v
+    ).type_as(context)
+    return context
+
+
+def _probsparse_fast(q, k, v, index, u, scale, causal, measure, masked_lazy, attn_mask):
+    b, h, _, d = q.shape
+    l_k = k.shape[2]
+    m = sparsity_measure(q, k, index, measure)
+    top = m.topk(u, dim=-1, sorted=False).indices  # [B, H, u]
+    q_reduce = torch.gather(q, 2, top.unsqueeze(-1).expand(b, h, u, d))
+    mask = _rows_mask(attn_mask, top, l_k, causal, q.dtype)
+    active = F.scaled_dot_product_attention(q_reduce, k, v, attn_mask=mask, scale=scale)  # [B, H, u, D_v]
+    lazy = _lazy_context(v, q.shape[2], causal, masked_lazy)
+    return lazy.scatter(2, top.unsqueeze(-1).expand(b, h, u, v.shape[-1]), active.to(lazy.dtype))
+
+
+def probsparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    factor: float = 5,
+    causal: bool = False,
+    scale: float | None = None,
+    attn_mask: Tensor | None = None,
+    measure: Measure = "official",
+    masked_lazy: MaskedLazy = "cumsum",
+    causal_sampling: bool = False,
+    impl: Impl = "fast",
+    index: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    check_finite: bool = False,
+) -> Tensor:
+    """ProbSparse attention; see the module docstring for the semantics.
+
+    Args:
+        q, k, v: [B, H, L_Q, D], [B, H, L_K, D], [B, H, L_K, D_v].
+        factor: the sampling factor c (Informer ``--factor``, default 5).
+        causal: causal mask (decoder self-attention); needs L_Q == L_K.
+        scale: score scale for the active queries, default 1/sqrt(D).
+        attn_mask: optional extra mask broadcastable to [B, H, L_Q, L_K], bool (True = attend) or additive float.
+            It applies to the active queries; lazy queries keep the official mean/cumsum output.
+        measure: ``"official"`` (max − sum/L_K) or ``"mean"`` (max − mean over the samples).
+        masked_lazy: lazy-query output under ``causal``: ``"cumsum"`` (official) or ``"cummean"``.
+        causal_sampling: sample only non-future keys for each query.
+        impl: ``"fast"`` or ``"exact"`` (same results for the same ``index``).
+        index: a precomputed ``[L_Q, U]`` sample (see :func:`sample_key_index`); drawn here when None.
+        generator: RNG for drawing the sample (reproducible runs).
+        check_finite: raise if q, k or v hold NaN/inf (costs a device sync).
+    """
+    _validate_qkv(q, k, v, check_finite)
+    _validate_mask(attn_mask, q, k)
+    _check_choice("measure", measure, _MEASURES)
+    _check_choice("masked_lazy", masked_lazy, _MASKED_LAZY)
+    _check_choice("impl", impl, _IMPLS)
+    l_q, l_k = q.shape[2], k.shape[2]
+    if causal and l_q != l_k:
+        raise ValueError(f"causal ProbSparse attention needs L_Q == L_K (self-attention), got {l_q} vs {l_k}")
+    n_samples, u = probsparse_counts(l_q, l_k, factor)
+    if index is None:
+        index = sample_key_index(
+            l_q, l_k, n_samples, causal=causal_sampling, generator=generator, device=q.device
+        )
+    elif index.dim() != 2 or index.shape[0] != l_q:
+        raise ValueError(f"index must have shape [L_Q={l_q}, U], got {tuple(index.shape)}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    fn = _probsparse_fast if impl == "fast" else _probsparse_exact
+    return fn(q, k, v, index, u, scale, causal, measure, masked_lazy, attn_mask)
+
+
+def full_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    check_finite: bool = False,
+) -> Tensor:
+    """Softmax attention through ``scaled_dot_product_attention``; the causal mask is top-left aligned
+    (query i sees keys j <= i), as Informer's ``TriangularCausalMask``."""
+    _validate_qkv(q, k, v, check_finite)
+    _validate_mask(attn_mask, q, k)
+    if causal and attn_mask is not None:
+        causal_mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+        attn_mask = _as_additive(causal_mask, q.dtype) + _as_additive(attn_mask, q.dtype)
+        causal = False
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=causal, scale=scale)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# modules
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _SampleKey:
+    l_q: int
+    l_k: int
+    n_samples: int
+    device: str
+
+
+class ProbSparseAttention(nn.Module):
+    """ProbSparse attention as a module (see :func:`probsparse_attention`).
+
+    Args:
+        factor: sampling factor c.
+        causal: causal (decoder self-attention) mask.
+        scale: score scale, default 1/sqrt(D).
+        measure: ``"official"`` or ``"mean"`` sparsity measure.
+        masked_lazy: ``"cumsum"`` (official) or ``"cummean"`` lazy output under the causal mask.
+        causal_sampling: sample only non-future keys.
+        impl: ``"fast"`` or ``"exact"``.
+        fixed_eval_sample: in eval mode reuse one sample per (L_Q, L_K) (the official code redraws it on every
+            call, test time included, which makes evaluation itself random).
+        seed: seed of a module-owned generator for the key sample; None uses torch's global RNG.
+        check_finite: raise on NaN/inf inputs.
+    """
+
+    def __init__(
+        self,
+        factor: float = 5,
+        causal: bool = False,
+        scale: float | None = None,
+        measure: Measure = "official",
+        masked_lazy: MaskedLazy = "cumsum",
+        causal_sampling: bool = False,
+        impl: Impl = "fast",
+        fixed_eval_sample: bool = False,
+        seed: int | None = None,
+        check_finite: bool = False,
+    ):
+        super().__init__()
+        _validate_factor(factor)
+        _check_choice("measure", measure, _MEASURES)
+        _check_choice("masked_lazy", masked_lazy, _MASKED_LAZY)
+        _check_choice("impl", impl, _IMPLS)
+        self.factor = factor
+        self.causal = causal
+        self.scale = scale
+        self.measure = measure
+        self.masked_lazy = masked_lazy
+        self.causal_sampling = causal_sampling
+        self.impl = impl
+        self.fixed_eval_sample = fixed_eval_sample
+        self.seed = seed
+        self.check_finite = check_finite
+        self._generator: torch.Generator | None = None
+        self._eval_samples: dict[_SampleKey, Tensor] = {}
+
+    def extra_repr(self) -> str:
+        return (
+            f"factor={self.factor}, causal={self.causal}, measure={self.measure!r}, impl={self.impl!r}, "
+            f"causal_sampling={self.causal_sampling}, fixed_eval_sample={self.fixed_eval_sample}"
+        )
+
+    def _get_generator(self, device: torch.device) -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generator
+
+    def _index(self, l_q: int, l_k: int, device: torch.device) -> Tensor:
+        n_samples, _ = probsparse_counts(l_q, l_k, self.factor)
+        sample = lambda: sample_key_index(
+            l_q, l_k, n_samples, causal=self.causal_sampling, generator=self._get_generator(device), device=device
+        )
+        if self.training or not self.fixed_eval_sample:
+            return sample()
+        key = _SampleKey(l_q, l_k, n_samples, str(device))
+        if key not in self._eval_samples:
+            self._eval_samples[key] = sample()
+        return self._eval_samples[key]
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        _validate_qkv(q, k, v, False)  # shape errors before we index with these shapes
+        return probsparse_attention(
+            q, k, v,
+            factor=self.factor,
+            causal=self.causal,
+            scale=self.scale,
+            attn_mask=attn_mask,
+            measure=self.measure,
+            masked_lazy=self.masked_lazy,
+            causal_sampling=self.causal_sampling,
+            impl=self.impl,
+            index=self._index(q.shape[2], k.shape[2], q.device),
+            check_finite=self.check_finite,
+        )
+
+
+class FullAttention(nn.Module):
+    """Full softmax attention (SDPA) with the same interface as :class:`ProbSparseAttention`.
+
+    Args:
+        causal: causal mask (top-left aligned).
+        scale: score scale, default 1/sqrt(D).
+        dropout: dropout on the attention weights in training mode (Informer's FullAttention uses 0.05).
+        check_finite: raise on NaN/inf inputs.
+    """
+
+    def __init__(self, causal: bool = False, scale: float | None = None, dropout: float = 0.0, check_finite: bool = False):
+        super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.causal = causal
+        self.scale = scale
+        self.dropout = dropout
+        self.check_finite = check_finite
+
+    def extra_repr(self) -> str:
+        return f"causal={self.causal}, dropout={self.dropout}"
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        return full_attention(
+            q, k, v,
+            causal=self.causal,
+            scale=self.scale,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            check_finite=self.check_finite,
+        )
+
+
+ATTENTIONS: dict[str, type[nn.Module]] = {"prob": ProbSparseAttention, "full": FullAttention}
+
+
+def build_attention(kind: str, **kwargs) -> nn.Module:
+    """``build_attention("prob" | "full", **kwargs)``; kwargs the chosen module does not take are an error."""
+    _check_choice("attention", kind, tuple(ATTENTIONS))
+    if kind == "full":
+        for key in ("factor", "measure", "masked_lazy", "causal_sampling", "impl", "fixed_eval_sample", "seed"):
+            kwargs.pop(key, None)  # ProbSparse-only options are harmless for full attention (Informer --attn full)
+    elif "dropout" in kwargs:
+        kwargs.pop("dropout")  # the official ProbAttention builds a dropout it never uses
+    return ATTENTIONS[kind](**kwargs)
