@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from favit_probsparse.attention import (
@@ -261,6 +261,9 @@ def test_property_fast_equals_naive(b, h, l_q, l_k, d, factor, seed):
     n_samples, u = probsparse_counts(l_q, l_k, factor)
     assert 1 <= n_samples <= l_k and 1 <= u <= l_q
     idx = sample_key_index(l_q, l_k, n_samples, generator=torch.Generator().manual_seed(seed))
+    if u < l_q:  # a tie at the selection boundary makes the active set ambiguous (e.g. one key sampled twice)
+        m = naive_measure(q, k, idx, l_k).sort(dim=-1, descending=True).values
+        assume(bool(((m[..., u - 1] - m[..., u]).abs() > 1e-9).all()))
     out = probsparse_attention(q, k, v, factor=factor, index=idx)
     assert out.shape == (b, h, l_q, d)
     ref = naive_probsparse(q, k, v, idx, u)
