@@ -108,10 +108,12 @@ def test_causal_sampling_never_samples_the_future():
 
 
 # ---- the sparsity measure -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("chunk_budget", [1, 2**22])  # 1 forces chunks of ceil(L_Q / U) queries
 @pytest.mark.parametrize("measure", ["official", "mean"])
-def test_measure_equals_naive_loop(measure):
-    q, k, _ = rand_qkv(b=2, h=2, l_q=7, l_k=9, d=4)
-    idx = sample_key_index(7, 9, 5, generator=torch.Generator().manual_seed(1))
+def test_measure_equals_naive_loop(measure, chunk_budget, monkeypatch):
+    monkeypatch.setattr("favit_probsparse.attention.probsparse._CHUNK_ELEMENTS", chunk_budget)
+    q, k, _ = rand_qkv(b=2, h=2, l_q=17, l_k=9, d=4)
+    idx = sample_key_index(17, 9, 5, generator=torch.Generator().manual_seed(1))
     got = sparsity_measure(q, k, idx, measure)
     ref = naive_measure(q, k, idx, 9 if measure == "official" else 5)
     torch.testing.assert_close(got, ref, atol=1e-12, rtol=0)

@@ -54,6 +54,7 @@ Impl = Literal["fast", "exact"]
 _MEASURES = ("official", "mean")
 _MASKED_LAZY = ("cumsum", "cummean")
 _IMPLS = ("fast", "exact")
+_CHUNK_ELEMENTS = 2**22  # element budget of one chunk of gathered keys in the fast sparsity measure
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -154,13 +155,15 @@ def sample_key_index(
 def sparsity_measure(q: Tensor, k: Tensor, index: Tensor, measure: Measure = "official") -> Tensor:
     """M [B, H, L_Q] from the unscaled sampled scores, without building [B, H, L_Q, U, D] at once.
 
-    Queries are processed in chunks of ``ceil(L_Q / U)`` so that one chunk's gathered keys
-    [B, H, chunk, U, D] are no larger than k itself. No autograd: M only feeds ``topk``.
+    Queries are processed in chunks whose gathered keys [B, H, chunk, U, D] hold at most
+    max(L_Q·D·B·H, 2**22) elements (no larger than q itself, or 16 MB in fp32 for short sequences, where
+    fewer, larger chunks save per-op overhead). No autograd: M only feeds ``topk``.
     """
     l_q, n_samples = index.shape
     l_k = k.shape[2]
     divisor = l_k if measure == "official" else n_samples
-    chunk = max(1, math.ceil(l_q / n_samples))
+    per_query = n_samples * k.shape[0] * k.shape[1] * k.shape[3]
+    chunk = max(1, math.ceil(l_q / n_samples), _CHUNK_ELEMENTS // per_query)
     out = q.new_empty(q.shape[:3])
     with torch.no_grad():
         for start in range(0, l_q, chunk):
