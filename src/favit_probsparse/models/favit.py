@@ -1,0 +1,730 @@
+"""FaViT (Factorization Vision Transformer) backbones B0–B3 with pluggable cross-window fusion.
+
+Paper: H. Qin, D. Zhou, T. Xu, Z. Bian, J. Li, *Factorization Vision Transformer: Modeling Long Range Dependency
+with Local Window Cost*, IEEE TNNLS 2023 (arXiv:2312.08614). This is a clean reimplementation of the released
+code's architecture (github.com/q2479036243/FaViT @ f2c35b5, ``classification/favit.py``), traced in
+``/work/shared/reference/favit.md`` (§2, checklist §8):
+
+* PVTv2 skeleton: four stages, overlapping patch embeds (7×7/s4/p3, then 3×3/s2/p1; LayerNorm eps 1e-5), pre-norm
+  blocks (LayerNorm eps 1e-6, DropPath with a linear rate over all blocks, no LayerScale), the conv MLP
+  (``fc1 → dwconv3×3 → GELU → fc2``), a stage LayerNorm (eps 1e-6), mean-pool head. No positional embedding.
+* FaSA attention (:class:`FaSA`): ``q = Linear(C, C)``; channels split ``2:7:7/16`` (stages 1–3) or ``1:7/8``
+  (stage 4) into a global spatial-reduction branch (one head, ``Conv(k=s=sr) → LN → Linear(Cg, 2Cg)``, depthwise
+  3×3 added to V) and one or two 7×7 window branches (dilation 1 and dilation ``sr``) fed by a shared depthwise 3×3
+  + pointwise 1×1 K/V source; each window branch fuses its ``L`` windows into 49 keys/values (the *cross-window
+  fusion*, :mod:`favit_probsparse.attention.fusion`), then ``Linear(c, c) → Linear(c, 2c)`` shared across heads and
+  a depthwise 3×3 on V over the 7×7 grid.
+* Weights are initialised once (trunc-normal .02 Linear, N(0, sqrt(2/fan_out)) conv, LN (1, 0), zero biases).
+
+Module names inside a block are the official ones (``attn.q``, ``attn.kv_g``, ``attn.kv_l.depth_conv``, ``attn.sr``,
+``attn.norm``, ``attn.local_conv_g``, ``attn.fcs.i``, ``attn.single_heads.i``, ``attn.local_convs.i``,
+``attn.proj``, ``mlp.fc1``, ``mlp.dwconv.dwconv``, ``mlp.fc2``), and :func:`checkpoint_filter_fn` maps the official
+top-level layout (``patch_embed{i}``, ``block{i}.{j}``, ``norm{i}``) onto ``stages.{i-1}.{downsample,blocks,norm}``,
+so an official checkpoint loads and, with ``fusion="official"``, gives the same logits.
+
+Differences from the official code (none changes the ``fusion="official"`` outputs where the official code runs):
+
+* **Window sampling without padding copies.** The official code reflection-pads the K/V map to a multiple of the
+  dilated window span ``7·d`` and runs ``nn.Unfold``. Windows never overlap (stride = span), so the unfold is a
+  strided *view* when no padding is needed, and otherwise a gather of only the sampled rows/columns.
+* **Padding rule (any input ≥ 32×32).** Padded sample positions are mapped back by *reflection about the last
+  row/column* (``torch``'s ``reflect`` padding, which the official code uses and which is only defined while the pad
+  is smaller than the map), *extended periodically* (mirror again) when the pad is larger than the map, and
+  *replication* for a one-pixel map. This equals the official result wherever the official code runs (≥ 112×112)
+  and is well defined down to the global branch's limit: stage ``i``'s map must be at least ``sr_i`` wide, i.e. the
+  input must be at least ``8 · stem_stride`` pixels (32 for the ImageNet stem, 8 for the CIFAR stem); smaller
+  inputs raise ``ValueError``.
+* Attention uses ``F.scaled_dot_product_attention`` (same scales as the official code: ``Cg^-0.5`` and ``c^-0.5``).
+* timm integration: ``stages``/``feature_info`` (so ``features_only=True`` works), ``forward_features`` /
+  ``forward_head(pre_logits=...)``, a working ``reset_classifier``, ``no_weight_decay`` (empty: there is no
+  positional embedding or token; timm's optimiser factory already skips norms and biases).
+
+Factories (``timm.create_model(name, fusion=..., num_classes=..., drop_path_rate=..., img_size=..., in_chans=...)``):
+``favit_b0``–``favit_b3`` (ImageNet stem, 224²) and ``favit_b0_cifar``–``favit_b3_cifar`` (3×3 stride-1 stem for
+native 32² inputs; ``favit_b1_cifar`` is seed 002's "Small" ≈ 13 M configuration).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+
+from favit_probsparse.attention.fusion import FUSIONS, CrossWindowFusion, build_fusion
+
+__all__ = ["FaSA", "FaViT", "checkpoint_filter_fn", "reflect_index", "window_candidates"]
+
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# window sampling
+# ----------------------------------------------------------------------------------------------------------------
+def reflect_index(i: int, n: int) -> int:
+    """Source index of padded position ``i`` in a length-``n`` axis (reflection, extended periodically)."""
+    if i < n:
+        return i
+    if n == 1:
+        return 0
+    period = 2 * (n - 1)
+    m = i % period
+    return m if m < n else period - m
+
+
+_INDEX_CACHE: dict[tuple[int, int, int, str], torch.Tensor | None] = {}
+
+
+def _sample_index(n: int, window_size: int, dilation: int, device: torch.device) -> torch.Tensor | None:
+    """Indices of the sampled positions along one axis, window-major; None when a strided view suffices."""
+    span = window_size * dilation
+    if n % span == 0:
+        return None
+    key = (n, window_size, dilation, str(device))
+    compiling = torch.compiler.is_compiling()
+    if not compiling and key in _INDEX_CACHE:
+        return _INDEX_CACHE[key]
+    nw = -(-n // span)
+    idx = [reflect_index(w * span + k * dilation, n) for w in range(nw) for k in range(window_size)]
+    t = torch.tensor(idx, dtype=torch.long, device=device)
+    if not compiling:
+        _INDEX_CACHE[key] = t
+    return t
+
+
+def window_candidates(
+    x: torch.Tensor, num_heads: int, window_size: int = 7, dilation: int = 1
+) -> torch.Tensor:
+    """Cut ``x [B, C, H, W]`` into non-overlapping dilated ``window_size²`` windows: ``[B, heads, P, L, C/heads]``.
+
+    Identical to the official ``ReflectionPad2d`` (right/bottom, to a multiple of the span ``window_size·dilation``)
+    + ``nn.Unfold(window_size, dilation, stride=span)`` + ``reshape(B, h, c, P, L).permute(0, 1, 3, 4, 2)``, with
+    the padding rule of :func:`reflect_index`. ``L`` is ordered row-major over windows, ``P`` row-major inside a
+    window, channels head-major.
+    """
+    B, C, H, W = x.shape
+    ws, d = window_size, dilation
+    span = ws * d
+    rows = _sample_index(H, ws, d, x.device)
+    cols = _sample_index(W, ws, d, x.device)
+    if rows is None and cols is None:
+        x = x.unflatten(3, (W // span, ws, d)).unflatten(2, (H // span, ws, d))[:, :, :, :, 0, :, :, 0]
+    else:
+        if rows is None:
+            x = x.unflatten(2, (H // span, ws, d))[:, :, :, :, 0].flatten(2, 3)
+        else:
+            x = x.index_select(2, rows)
+        if cols is None:
+            x = x.unflatten(3, (W // span, ws, d))[..., 0].flatten(3, 4)
+        else:
+            x = x.index_select(3, cols)
+        x = x.unflatten(3, (-1, ws)).unflatten(2, (-1, ws))
+    # x: [B, C, nH, ws, nW, ws] -> [B, h, ws, ws, nH, nW, c] -> [B, h, P, L, c]
+    nh, nw = x.shape[2], x.shape[4]
+    x = x.unflatten(1, (num_heads, C // num_heads)).permute(0, 1, 4, 6, 3, 5, 2)
+    return x.reshape(B, num_heads, ws * ws, nh * nw, C // num_heads)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# layers
+# ----------------------------------------------------------------------------------------------------------------
+class DepthwiseSeparableConv(nn.Module):
+    """Depthwise 3×3 then a full pointwise 1×1 (the official ``DEPTHWISECONV``; FaSA's window K/V source)."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.depth_conv = nn.Conv2d(in_ch, in_ch, 3, 1, 1, groups=in_ch)
+        self.point_conv = nn.Conv2d(in_ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.point_conv(self.depth_conv(x))
+
+
+class DWConv(nn.Module):
+    """Depthwise 3×3 over the token map (PVTv2 conv-MLP)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+
+    def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        B, _N, C = x.shape
+        x = self.dwconv(x.transpose(1, 2).reshape(B, C, H, W))
+        return x.flatten(2).transpose(1, 2)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.dwconv = DWConv(hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        x = self.act(self.dwconv(self.fc1(x), H, W))
+        return self.drop(self.fc2(self.drop(x)))
+
+
+def _num_windows(n: int, span: int) -> int:
+    return -(-n // span)
+
+
+class FaSA(nn.Module):
+    """Factorization self-attention, exactly as the released FaViT code (see the module docstring).
+
+    Args:
+        dim: channels C.
+        num_heads: heads of the window branches (the global branch has one head).
+        sr_ratio: spatial-reduction ratio of the global branch; also the dilation of the second window branch.
+            ``sr_ratio == 1`` gives the stage-4 layout (split 1:7, one window branch).
+        window_size: window side (7: 49 keys per window branch).
+        fusion: cross-window fusion operator name (``favit_probsparse.attention.fusion.FUSIONS``).
+        fusion_kwargs: options of the fusion operator (``seed`` is offset by ``fusion_seed_offset + branch``).
+        feat_size: the (H, W) token map this block is built for; needed by learned fusions (``conv1x1``,
+            ``linear``) whose parameters depend on the number of windows.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 1,
+        sr_ratio: int = 1,
+        window_size: int = 7,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        fusion: str = "official",
+        fusion_kwargs: dict[str, Any] | None = None,
+        fusion_seed_offset: int = 0,
+        feat_size: tuple[int, int] | None = None,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.sr_ratio = sr_ratio
+        self.mul = [2, 7, 7] if sr_ratio > 1 else [1, 7]
+        self.single_dim = [dim // sum(self.mul) * m for m in self.mul]
+        cg = self.single_dim[0]
+        cl = dim - cg
+        for d in self.single_dim[1:]:
+            if d % num_heads:
+                raise ValueError(
+                    f"window branch width {d} (dim {dim}) must be divisible by num_heads {num_heads}"
+                )
+        self.head_dims = [d // num_heads for d in self.single_dim[1:]]
+        self.scales = [cg**-0.5] + [c**-0.5 for c in self.head_dims]
+        self.dilations = [1] + ([sr_ratio] if sr_ratio > 1 else [])
+        self.attn_drop = attn_drop
+        self.fusion_name = fusion
+
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv_g = nn.Linear(cg, 2 * cg, bias=qkv_bias)
+        self.kv_l = DepthwiseSeparableConv(cl, cl)
+        self.sr = nn.Conv2d(cg, cg, kernel_size=sr_ratio, stride=sr_ratio)
+        self.norm = nn.LayerNorm(cg)  # eps 1e-5 as in the official code
+        self.local_conv_g = nn.Conv2d(cg, cg, 3, 1, 1, groups=cg)
+
+        fusion_kwargs = dict(fusion_kwargs or {})
+        base_seed = int(fusion_kwargs.pop("seed", 0))
+        self.fcs = nn.ModuleList()
+        self.single_heads = nn.ModuleList()
+        self.local_convs = nn.ModuleList()
+        self.fusions = nn.ModuleList()
+        for i, (c, cb, d) in enumerate(zip(self.head_dims, self.single_dim[1:], self.dilations)):
+            self.fcs.append(nn.Linear(c, c, bias=qkv_bias))
+            self.single_heads.append(nn.Linear(c, 2 * c, bias=qkv_bias))
+            L = None
+            if feat_size is not None:
+                span = window_size * d
+                L = _num_windows(feat_size[0], span) * _num_windows(feat_size[1], span)
+            kw = dict(fusion_kwargs)
+            if fusion in ("probsparse", "hierarchical"):
+                kw["seed"] = base_seed + fusion_seed_offset + i
+            fz = build_fusion(fusion, c, window_size, L, **kw)
+            self.fusions.append(fz)
+            if fz.keeps_grid:
+                self.local_convs.append(nn.Conv2d(cb, cb, 3, 1, 1, groups=cb))
+            else:  # K != 49: depthwise conv along the key sequence replaces the 7×7-grid conv
+                self.local_convs.append(nn.Conv1d(cb, cb, 3, 1, 1, groups=cb))
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        p = self.attn_drop if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=scale)
+
+    def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        B, N, C = x.shape
+        h = self.num_heads
+        cg = self.single_dim[0]
+        q = self.q(x)
+
+        # global branch: one head, keys from the spatially reduced first Cg input channels
+        q_g = q[:, :, :cg].unsqueeze(1)  # [B,1,N,Cg]
+        x_g = x[:, :, :cg].transpose(1, 2).reshape(B, cg, H, W)
+        x_g = self.sr(x_g)
+        hg, wg = x_g.shape[-2:]
+        x_g = self.norm(x_g.flatten(2).transpose(1, 2))
+        k_g, v_g = self.kv_g(x_g).unsqueeze(1).chunk(2, dim=-1)  # [B,1,Ng,Cg] each
+        v_g = v_g + self.local_conv_g(v_g.transpose(-1, -2).reshape(B, cg, hg, wg)).flatten(2).transpose(
+            1, 2
+        ).unsqueeze(1)
+        outs = [self._attend(q_g, k_g, v_g, self.scales[0]).squeeze(1)]  # [B,N,Cg]
+
+        # window branches: shared dw+pw K/V source over the remaining Cl channels
+        q_l = q[:, :, cg:].unflatten(2, (h, -1))  # [B,N,h,Cl/h]; branch i takes a slice *within* each head
+        x_l = x[:, :, cg:].transpose(1, 2).reshape(B, C - cg, H, W)
+        kv_l = self.kv_l(x_l)
+        q_off = kv_off = 0
+        for i, (c, cb, d) in enumerate(zip(self.head_dims, self.single_dim[1:], self.dilations)):
+            q_i = q_l[..., q_off : q_off + c].transpose(1, 2)  # [B,h,N,c]
+            cand = window_candidates(kv_l[:, kv_off : kv_off + cb], h, self.window_size, d)  # [B,h,P,L,c]
+            q_off += c
+            kv_off += cb
+            fz: CrossWindowFusion = self.fusions[i]
+            kv = fz(cand, q_i if fz.needs_query else None)  # [B,h,K,c]
+            k_i, v_i = self.single_heads[i](self.fcs[i](kv)).chunk(2, dim=-1)
+            K = v_i.shape[2]
+            v_t = v_i.transpose(2, 3).reshape(B, cb, K)  # channels head-major
+            if fz.keeps_grid:
+                lc = self.local_convs[i](v_t.unflatten(2, (self.window_size, self.window_size))).flatten(2)
+            else:
+                lc = self.local_convs[i](v_t)
+            v_i = v_i + lc.unflatten(1, (h, c)).transpose(2, 3)
+            o = self._attend(q_i, k_i, v_i, self.scales[i + 1])  # [B,h,N,c]
+            outs.append(o.transpose(1, 2).reshape(B, N, cb))
+        return self.proj_drop(self.proj(torch.cat(outs, dim=-1)))
+
+
+class Block(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        sr_ratio: int,
+        drop_path: float = 0.0,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        qkv_bias: bool = True,
+        norm_eps: float = 1e-6,
+        **attn_kwargs: Any,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = FaSA(
+            dim, num_heads, sr_ratio, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop, **attn_kwargs
+        )
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+
+    def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), H, W))
+        return x + self.drop_path(self.mlp(self.norm2(x), H, W))
+
+
+class OverlapPatchEmbed(nn.Module):
+    """Conv(k, stride, padding k//2) + LayerNorm (eps 1e-5), NCHW in, tokens out."""
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, stride: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride, patch_size // 2)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        x = self.proj(x)
+        H, W = x.shape[-2:]
+        return self.norm(x.flatten(2).transpose(1, 2)), H, W
+
+
+class FaViTStage(nn.Module):
+    """Downsample (overlapping patch embed) → blocks → LayerNorm; NCHW in, NCHW out."""
+
+    def __init__(
+        self,
+        in_chans: int,
+        dim: int,
+        depth: int,
+        patch_size: int,
+        stride: int,
+        block_kwargs: list[dict[str, Any]],
+        norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        self.downsample = OverlapPatchEmbed(in_chans, dim, patch_size, stride)
+        self.blocks = nn.ModuleList([Block(dim, **block_kwargs[j]) for j in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B = x.shape[0]
+        x, H, W = self.downsample(x)
+        for blk in self.blocks:
+            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint(blk, x, H, W, use_reentrant=False)
+            else:
+                x = blk(x, H, W)
+        x = self.norm(x)
+        return x.transpose(1, 2).reshape(B, -1, H, W)
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv2d | nn.Conv1d):
+        fan_out = math.prod(m.kernel_size) * m.out_channels // m.groups
+        nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+class FaViT(nn.Module):
+    """FaViT backbone + mean-pool classification head.
+
+    Args:
+        img_size: input resolution the model is built for (only learned fusions and the default config use it).
+        in_chans: input channels.
+        num_classes: classes of the head (0: no head, ``forward`` returns pooled features).
+        embed_dims, depths, num_heads, mlp_ratios, sr_ratios: the per-stage configuration.
+        stem_patch_size, stem_stride: the first patch embed (7/4 for ImageNet, 3/1 for the CIFAR variants).
+        window_size: FaSA window side (7).
+        fusion: cross-window fusion operator (``official``, ``max``, ``mean``, ``conv1x1``, ``linear``,
+            ``probsparse``, ``hierarchical``).
+        fusion_kwargs: options of the fusion operator, e.g. ``{"topk": 4, "use_points": True,
+            "use_windows": False, "seed": 0}`` for ``hierarchical`` or ``{"factor": 5, "aggregate": "mean"}``
+            for ``probsparse``.
+        drop_rate, attn_drop_rate, drop_path_rate: dropout (MLP and projection), attention dropout, stochastic depth
+            (linearly increasing over all blocks).
+        global_pool: ``"avg"`` (mean over tokens).
+    """
+
+    def __init__(
+        self,
+        img_size: int | Sequence[int] = 224,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dims: Sequence[int] = (64, 128, 256, 512),
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (1, 2, 4, 8),
+        mlp_ratios: Sequence[float] = (8, 6, 4, 4),
+        sr_ratios: Sequence[int] = (8, 4, 2, 1),
+        stem_patch_size: int = 7,
+        stem_stride: int = 4,
+        window_size: int = 7,
+        qkv_bias: bool = True,
+        fusion: str = "official",
+        fusion_kwargs: dict[str, Any] | None = None,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
+    ):
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {fusion!r}; choose one of {sorted(FUSIONS)}")
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        n = len(depths)
+        if not (len(embed_dims) == len(num_heads) == len(mlp_ratios) == len(sr_ratios) == n):
+            raise ValueError(
+                "embed_dims, depths, num_heads, mlp_ratios and sr_ratios must have the same length"
+            )
+        if stem_patch_size <= stem_stride:
+            raise ValueError(
+                f"stem_patch_size ({stem_patch_size}) must be larger than stem_stride ({stem_stride})"
+            )
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.img_size = img_size
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.fusion = fusion
+        self.fusion_kwargs = dict(fusion_kwargs or {})
+        self.embed_dims = list(embed_dims)
+        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.stem_stride = stem_stride
+        self.sr_ratios = list(sr_ratios)
+        # smallest input: every stage's map must be at least sr_ratio wide for the global branch's SR conv
+        self.min_input_size = stem_stride * max(s * 2**i for i, s in enumerate(sr_ratios))
+        self.drop_rate = drop_rate
+
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        stages = []
+        self.feature_info = []
+        fh, fw = img_size
+        prev, cur, reduction = in_chans, 0, 1
+        for i in range(n):
+            ps, st = (stem_patch_size, stem_stride) if i == 0 else (3, 2)
+            fh, fw = (fh + 2 * (ps // 2) - ps) // st + 1, (fw + 2 * (ps // 2) - ps) // st + 1
+            reduction *= st
+            block_kwargs = [
+                dict(
+                    num_heads=num_heads[i],
+                    mlp_ratio=mlp_ratios[i],
+                    sr_ratio=sr_ratios[i],
+                    drop_path=dpr[cur + j],
+                    drop=drop_rate,
+                    attn_drop=attn_drop_rate,
+                    qkv_bias=qkv_bias,
+                    window_size=window_size,
+                    fusion=fusion,
+                    fusion_kwargs=self.fusion_kwargs,
+                    fusion_seed_offset=1000 * (cur + j),
+                    feat_size=(max(fh, 1), max(fw, 1)),
+                )
+                for j in range(depths[i])
+            ]
+            stages.append(FaViTStage(prev, embed_dims[i], depths[i], ps, st, block_kwargs))
+            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=reduction, module=f"stages.{i}"))
+            prev, cur = embed_dims[i], cur + depths[i]
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    # --- init / timm plumbing ----------------------------------------------------------------------------------
+    def init_weights(self) -> None:
+        """Initialise every weight once (official PVTv2 scheme); fusion operators use their own init."""
+        for m in self.modules():
+            if isinstance(m, CrossWindowFusion):
+                m.init_weights()
+            else:
+                _init_weights(m)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(
+            stem=r"^stages\.0\.downsample",
+            blocks=r"^stages\.(\d+)"
+            if coarse
+            else [(r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^stages\.(\d+)\.(?:downsample|norm)", (0,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            _init_weights(self.head)
+
+    # --- forward -----------------------------------------------------------------------------------------------
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"FaViT expects images [B, C, H, W], got shape {list(x.shape)}")
+        H, W = x.shape[-2:]
+        m = self.min_input_size
+        if m > H or m > W:
+            raise ValueError(
+                f"FaViT needs inputs of at least {m}×{m} (stem stride {self.stem_stride}: every stage's map must be "
+                f"as wide as its spatial-reduction ratio {self.sr_ratios}); got {H}×{W}. Upsample the images or use "
+                "a *_cifar variant (stride-1 stem)"
+            )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.stages(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = x.mean(dim=(2, 3))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    # --- reporting ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fusion_summary(self, img_size: int | Sequence[int] | None = None, batch: int = 1) -> dict[str, Any]:
+        """Parameters and MACs of the cross-window fusion operators (and keys per branch) at ``img_size``."""
+        img_size = self.img_size if img_size is None else img_size
+        fh, fw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        params = macs = 0
+        keys: list[list[int]] = []
+        for i, stage in enumerate(self.stages):
+            conv = stage.downsample.proj
+            ps, st = conv.kernel_size[0], conv.stride[0]
+            fh, fw = (fh + 2 * (ps // 2) - ps) // st + 1, (fw + 2 * (ps // 2) - ps) // st + 1
+            for blk in stage.blocks:
+                attn: FaSA = blk.attn
+                ks = []
+                for fz, d in zip(attn.fusions, attn.dilations):
+                    span = attn.window_size * d
+                    L = _num_windows(fh, span) * _num_windows(fw, span)
+                    params += fz.extra_params
+                    macs += fz.macs(batch, fh * fw, L, attn.num_heads)
+                    ks.append(fz.num_keys(L))
+                if i == len(keys):
+                    keys.append(ks)
+        return dict(fusion=self.fusion, params=params, macs=macs, keys_per_stage=keys)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# checkpoint conversion
+# ----------------------------------------------------------------------------------------------------------------
+_OFFICIAL_KEY = re.compile(r"^(patch_embed|block|norm)(\d+)\.(.*)$")
+
+
+def checkpoint_filter_fn(
+    state_dict: dict[str, torch.Tensor], model: FaViT | None = None
+) -> dict[str, torch.Tensor]:
+    """Map an official FaViT state_dict (``patch_embed{i}``, ``block{i}.{j}``, ``norm{i}``, ``head``) onto
+    :class:`FaViT`'s ``stages.{i-1}.{downsample,blocks.{j},norm}`` layout. Keys already in this layout pass
+    through; a ``{"model": ...}`` / ``{"state_dict": ...}`` wrapper is unwrapped.
+    """
+    for wrapper in ("model", "state_dict"):
+        if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
+            state_dict = state_dict[wrapper]
+    out = {}
+    for k, v in state_dict.items():
+        k = k.removeprefix("module.")
+        m = _OFFICIAL_KEY.match(k)
+        if m:
+            kind, i, rest = m.group(1), int(m.group(2)) - 1, m.group(3)
+            if kind == "patch_embed":
+                k = f"stages.{i}.downsample.{rest}"
+            elif kind == "block":
+                k = f"stages.{i}.blocks.{rest}"
+            else:
+                k = f"stages.{i}.norm.{rest}"
+        out[k] = v
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# registry
+# ----------------------------------------------------------------------------------------------------------------
+_ARCHS: dict[str, dict[str, Any]] = {
+    "b0": dict(embed_dims=(32, 64, 128, 256), depths=(2, 2, 6, 2)),
+    "b1": dict(embed_dims=(64, 128, 256, 512), depths=(2, 2, 6, 2)),
+    "b2": dict(embed_dims=(64, 128, 256, 512), depths=(2, 3, 18, 3)),
+    "b3": dict(embed_dims=(96, 192, 384, 768), depths=(2, 3, 14, 3)),
+}
+_CIFAR_STEM = dict(stem_patch_size=3, stem_stride=1, img_size=32)
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stages.0.downsample.proj",
+        "classifier": "head",
+        "license": "unknown (official repository has no LICENSE; no weights released)",
+        **kwargs,
+    }
+
+
+_CIFAR_CFG = dict(
+    num_classes=100,
+    input_size=(3, 32, 32),
+    pool_size=(4, 4),
+    crop_pct=1.0,
+    mean=CIFAR100_MEAN,
+    std=CIFAR100_STD,
+)
+default_cfgs = generate_default_cfgs(
+    {f"favit_{a}": _cfg() for a in _ARCHS} | {f"favit_{a}_cifar": _cfg(**_CIFAR_CFG) for a in _ARCHS}
+)
+
+
+def _create_favit(variant: str, pretrained: bool = False, **kwargs: Any) -> FaViT:
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    return build_model_with_cfg(
+        FaViT,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
+        **kwargs,
+    )
+
+
+def _args(arch: str, cifar: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
+    base = dict(_ARCHS[arch]) | (dict(_CIFAR_STEM) if cifar else {})
+    return base | kwargs
+
+
+@register_model
+def favit_b0(pretrained: bool = False, **kwargs: Any) -> FaViT:
+    """FaViT-B0 (3.43 M params, 0.63 GMACs at 224²)."""
+    return _create_favit("favit_b0", pretrained, **_args("b0", False, kwargs))
+
+
+@register_model
+def favit_b1(pretrained: bool = False, **kwargs: Any) -> FaViT:
+    """FaViT-B1 (12.96 M, 2.34 GMACs)."""
+    return _create_favit("favit_b1", pretrained, **_args("b1", False, kwargs))
+
+
+@register_model
+def favit_b2(pretrained: bool = False, **kwargs: Any) -> FaViT:
+    """FaViT-B2 (24.92 M, 4.46 GMACs)."""
+    return _create_favit("favit_b2", pretrained, **_args("b2", False, kwargs))
+
+
+@register_model
+def favit_b3(pretrained: bool = False, **kwargs: Any) -> FaViT:
+    """FaViT-B3 (48.75 M, 8.51 GMACs)."""
+    return _create_favit("favit_b3", pretrained, **_args("b3", False, kwargs))
+
+
+@register_model
+def favit_b0_cifar(pretrained: bool = False, **kwargs: Any) -> FaViT:
+    """FaViT-B0 widths/depths with a 3×3 stride-1 stem for native 32² inputs (maps 32/16/8/4)."""
+    return _create_favit("favit_b0_cifar", pretrained, **_args("b0", True, kwargs))
+
+
+@register_model
+def favit_b1_cifar(pretrained: bool = False, **kwargs: Any) -> FaViT:
+    """FaViT-B1 widths/depths, CIFAR stem: seed 002's "Small" ≈ 13 M configuration."""
+    return _create_favit("favit_b1_cifar", pretrained, **_args("b1", True, kwargs))
+
+
+@register_model
+def favit_b2_cifar(pretrained: bool = False, **kwargs: Any) -> FaViT:
+    """FaViT-B2 widths/depths, CIFAR stem."""
+    return _create_favit("favit_b2_cifar", pretrained, **_args("b2", True, kwargs))
+
+
+@register_model
+def favit_b3_cifar(pretrained: bool = False, **kwargs: Any) -> FaViT:
+    """FaViT-B3 widths/depths, CIFAR stem."""
+    return _create_favit("favit_b3_cifar", pretrained, **_args("b3", True, kwargs))
