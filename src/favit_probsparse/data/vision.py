@@ -1,0 +1,539 @@
+"""Image-classification data: CIFAR-10/100, Fashion-MNIST and any ImageFolder tree, as one LightningDataModule.
+
+``ImageClassificationDataModule(dataset=..., data_dir=..., img_size=...)``:
+
+* ``dataset="cifar10" | "cifar100"``: ``torchvision.datasets.CIFAR10/100`` under ``data_dir`` (default
+  ``<data root>/cifar10`` resp. ``cifar100``), downloaded on first use when ``download=True`` (the default).
+* ``dataset="fashion_mnist"``: the full Fashion-MNIST. The Debian package ``dataset-fashion-mnist`` installs the
+  four IDX files in ``/usr/share/datasets/fashion-mnist``; they are read from there when present (or from
+  ``data_dir`` if it holds them), else ``torchvision.datasets.FashionMNIST`` downloads them. Images are 28x28 grey,
+  replicated to 3 channels so every RGB model takes them.
+* ``dataset="imagefolder"``: ``data_dir/<train_split>/<class>/*.png|jpg...`` and ``data_dir/<val_split>/<class>/...``
+  (the ImageNet-1K layout; ``train``/``val`` by default, ``test`` is tried when ``val`` is missing). The shared
+  ``cifar10-subset`` folder is of this kind. Errors name the problem: a missing or empty folder, a class missing
+  from one split, an image that cannot be decoded (the file is named).
+
+Data paths are resolved by :func:`favit_probsparse.paths.resolve_data_path`: relative names live under the data
+root (``$FAVIT_DATA``, else ``../shared/data`` when it exists, else a per-user cache folder).
+
+Transforms come from timm's ``create_transform``: RandAugment (``auto_augment="rand-m9-mstd0.5-inc1"``), random
+erasing (``re_prob=0.25``), bicubic interpolation, per-dataset mean/std. ``img_size`` either keeps the native
+resolution (32 for CIFAR) or upsamples (224, as the seed did; evaluation then resizes to 256 and center-crops
+224, i.e. ``eval_crop_pct=0.875``). ``train_crop="rrc"`` is timm's RandomResizedCrop (ImageNet recipe);
+``train_crop="pad_crop"`` is the CIFAR-style reflect-pad-and-random-crop, better for native 32x32 training.
+
+Shuffling is reproducible and resumable: the training order (and every augmentation draw) depends only on the
+seed and the epoch (see :class:`favit_probsparse.training.classification.ImageClassifier`, which reseeds the
+random generators at each epoch start), so a resumed run sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from favit_probsparse.paths import resolve_data_path
+
+__all__ = [
+    "DATASET_STATS",
+    "FASHION_MNIST_SYSTEM_DIR",
+    "DatasetError",
+    "FashionMNISTIDX",
+    "ImageClassificationDataModule",
+    "build_transform",
+    "checked_image_folder",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: name -> (mean, std, native image size, number of classes)
+DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...], int | None, int | None]] = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 32, 10),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 32, 100),
+    "fashion_mnist": ((0.2860, 0.2860, 0.2860), (0.3530, 0.3530, 0.3530), 28, 10),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD, None, 1000),
+}
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "imagefolder")
+
+#: where Debian's ``dataset-fashion-mnist`` package puts the four IDX files
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class DatasetError(ValueError):
+    """A dataset folder or file is missing, empty, corrupt or inconsistent."""
+
+
+# --------------------------------------------------------------------------------------------- transforms
+def _pad_crop(img_size: int, hflip: float):
+    from torchvision import transforms as T
+
+    tfs = [T.RandomCrop(img_size, padding=max(1, img_size // 8), padding_mode="reflect")]
+    if hflip > 0:
+        tfs.append(T.RandomHorizontalFlip(hflip))
+    return tfs
+
+
+def build_transform(
+    is_train: bool,
+    img_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    native_size: int | None = None,
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1",
+    re_prob: float = 0.25,
+    interpolation: str = "bicubic",
+    color_jitter: float | None = 0.4,
+    train_crop: str = "rrc",
+    scale: Sequence[float] | None = None,
+    hflip: float = 0.5,
+    eval_crop_pct: float | None = None,
+):
+    """Build a timm train/eval transform (PIL image -> normalized tensor).
+
+    ``eval_crop_pct`` defaults to 0.875 (resize 256, center-crop 224) when ``img_size`` is larger than the native
+    size, and to 1.0 (plain resize) otherwise.
+    """
+    from timm.data import create_transform
+    from torchvision import transforms as T
+
+    if train_crop not in ("rrc", "pad_crop"):
+        raise ValueError(f"train_crop must be 'rrc' or 'pad_crop', got {train_crop!r}")
+    if not is_train:
+        if eval_crop_pct is None:
+            eval_crop_pct = 0.875 if native_size is not None and img_size > native_size else 1.0
+        return create_transform(
+            img_size,
+            is_training=False,
+            interpolation=interpolation,
+            mean=tuple(mean),
+            std=tuple(std),
+            crop_pct=eval_crop_pct,
+        )
+    primary, secondary, final = create_transform(
+        img_size,
+        is_training=True,
+        scale=tuple(scale) if scale is not None else None,
+        hflip=hflip,
+        color_jitter=color_jitter if color_jitter else 0.0,
+        auto_augment=auto_augment or None,
+        interpolation=interpolation,
+        mean=tuple(mean),
+        std=tuple(std),
+        re_prob=re_prob,
+        separate=True,
+    )
+    if train_crop == "pad_crop":
+        pre = []
+        if native_size is not None and native_size != img_size:
+            from timm.data.transforms import str_to_interp_mode
+
+            pre.append(T.Resize(img_size, interpolation=str_to_interp_mode(interpolation)))
+        primary = T.Compose([*pre, *_pad_crop(img_size, hflip)])
+    return T.Compose([primary, secondary, final])
+
+
+# --------------------------------------------------------------------------------------------- datasets
+def _checked_loader(path: str) -> Image.Image:
+    """PIL loader that names the file when it cannot be decoded."""
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise DatasetError(f"cannot decode image {path}: {e}") from e
+
+
+def _list_classes(split_dir: Path) -> list[str]:
+    return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def checked_image_folder(
+    root: Path, split: str, transform=None, expected_classes: Sequence[str] | None = None
+):
+    """``torchvision.datasets.ImageFolder`` on ``root/split`` with clear errors (missing/empty/class mismatch)."""
+    from torchvision.datasets import ImageFolder
+
+    split_dir = Path(root) / split
+    if not Path(root).is_dir():
+        raise DatasetError(f"dataset folder {root} does not exist")
+    if not split_dir.is_dir():
+        present = sorted(p.name for p in Path(root).iterdir() if p.is_dir())
+        raise DatasetError(
+            f"split folder {split_dir} does not exist (sub-folders of {root}: {present or 'none'}); "
+            f"expected the ImageFolder layout {root}/{split}/<class>/<image>"
+        )
+    classes = _list_classes(split_dir)
+    if not classes:
+        raise DatasetError(
+            f"split folder {split_dir} has no class sub-folders; expected {split_dir}/<class>/<image>"
+        )
+    empty = [
+        c for c in classes if not any(f.suffix.lower() in IMG_EXTENSIONS for f in (split_dir / c).iterdir())
+    ]
+    if len(empty) == len(classes):
+        raise DatasetError(
+            f"split folder {split_dir} holds no images (extensions {', '.join(IMG_EXTENSIONS)})"
+        )
+    if empty:
+        raise DatasetError(f"class folder(s) without images in {split_dir}: {', '.join(empty[:10])}")
+    if expected_classes is not None and list(expected_classes) != classes:
+        missing = sorted(set(expected_classes) - set(classes))
+        extra = sorted(set(classes) - set(expected_classes))
+        raise DatasetError(
+            f"class mismatch between splits: {split_dir} lacks {missing[:10] or 'nothing'} and has "
+            f"extra {extra[:10] or 'nothing'} compared with the training split; both splits must "
+            "hold the same class folders so that class indices agree"
+        )
+    return ImageFolder(str(split_dir), transform=transform, loader=_checked_loader)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 8:
+        raise DatasetError(f"IDX file {path} is truncated")
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise DatasetError(f"{path} is not an unsigned-byte IDX file")
+    shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(shape)):
+        raise DatasetError(
+            f"IDX file {path} is truncated ({arr.size} values, expected {int(np.prod(shape))})"
+        )
+    return arr.reshape(shape)
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        for p in (folder / name, folder / "FashionMNIST" / "raw" / name, folder / "raw" / name):
+            if p.is_file():
+                return p
+    return None
+
+
+class FashionMNISTIDX(Dataset):
+    """Fashion-MNIST read from its four IDX files (``.gz`` or not); images are returned as RGB PIL images."""
+
+    classes = FASHION_MNIST_CLASSES
+
+    def __init__(self, folder: str | os.PathLike, train: bool, transform=None):
+        prefix = "train" if train else "t10k"
+        img_p = _find_idx(Path(folder), f"{prefix}-images-idx3-ubyte")
+        lab_p = _find_idx(Path(folder), f"{prefix}-labels-idx1-ubyte")
+        if img_p is None or lab_p is None:
+            raise DatasetError(
+                f"Fashion-MNIST IDX files ({prefix}-images-idx3-ubyte[.gz], "
+                f"{prefix}-labels-idx1-ubyte[.gz]) not found in {folder}"
+            )
+        self.images = _read_idx(img_p)
+        self.targets = _read_idx(lab_p).astype(np.int64)
+        if len(self.images) != len(self.targets):
+            raise DatasetError(
+                f"{img_p} has {len(self.images)} images but {lab_p} has {len(self.targets)} labels"
+            )
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        img = Image.fromarray(self.images[i], mode="L").convert("RGB")
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, int(self.targets[i])
+
+
+class _RGB(Dataset):
+    """Wrap a dataset whose images are grey PIL images so they come out RGB before the transform."""
+
+    def __init__(self, ds, transform):
+        self.ds, self.transform = ds, transform
+        self.classes = getattr(ds, "classes", None)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        img, y = self.ds[i]
+        img = img.convert("RGB")
+        return (self.transform(img) if self.transform is not None else img), int(y)
+
+
+def _class_balanced_subset(ds, n_per_class: int, seed: int = 0):
+    targets = np.asarray(
+        getattr(ds, "targets", None)
+        if getattr(ds, "targets", None) is not None
+        else [ds[i][1] for i in range(len(ds))]
+    )
+    rng = np.random.default_rng(seed)
+    idx = []
+    for c in np.unique(targets):
+        where = np.flatnonzero(targets == c)
+        idx.extend(rng.permutation(where)[:n_per_class].tolist())
+    return Subset(ds, sorted(idx))
+
+
+# --------------------------------------------------------------------------------------------- datamodule
+class ImageClassificationDataModule(LightningDataModule):
+    """CIFAR-10/100, Fashion-MNIST or an ImageFolder tree with timm transforms (see the module docstring).
+
+    Args:
+        dataset: ``cifar10``, ``cifar100``, ``fashion_mnist`` or ``imagefolder``.
+        data_dir: dataset folder (relative names live under the data root); default per dataset.
+        img_size: training/eval resolution (native 32 for CIFAR, or 224 as in the seed).
+        batch_size: per-process batch size.
+        num_workers: DataLoader workers.
+        train_split / val_split: ImageFolder sub-folders (``val_split`` falls back to ``test`` when missing).
+        auto_augment: timm auto-augment policy, ``None`` to disable.
+        re_prob: random-erasing probability.
+        interpolation: resize interpolation (``bicubic``).
+        color_jitter: timm color jitter (only used when ``auto_augment`` is off, as in timm).
+        train_crop: ``rrc`` (RandomResizedCrop, ImageNet/DeiT recipe) or ``pad_crop`` (CIFAR-style).
+        scale: RandomResizedCrop scale range (timm default (0.08, 1.0)).
+        eval_crop_pct: eval center-crop fraction (default 0.875 when upsampling, else 1.0).
+        mean / std: normalization; default per dataset (``normalization`` names a preset instead).
+        normalization: preset name from :data:`DATASET_STATS` (e.g. ``cifar10`` for ``cifar10-subset``).
+        download: allow torchvision downloads (CIFAR, Fashion-MNIST).
+        limit_train_per_class / limit_val_per_class: class-balanced subsets (smoke tests, quick runs).
+        pin_memory: DataLoader pin_memory (default: when CUDA is available).
+    """
+
+    def __init__(
+        self,
+        dataset: str = "imagefolder",
+        data_dir: str | None = None,
+        img_size: int = 224,
+        batch_size: int = 128,
+        num_workers: int = 4,
+        train_split: str = "train",
+        val_split: str = "val",
+        auto_augment: str | None = "rand-m9-mstd0.5-inc1",
+        re_prob: float = 0.25,
+        interpolation: str = "bicubic",
+        color_jitter: float | None = 0.4,
+        train_crop: str = "rrc",
+        scale: list[float] | None = None,
+        eval_crop_pct: float | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        normalization: str | None = None,
+        download: bool = True,
+        limit_train_per_class: int | None = None,
+        limit_val_per_class: int | None = None,
+        pin_memory: bool | None = None,
+    ):
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+        if train_crop not in ("rrc", "pad_crop"):
+            raise ValueError(f"train_crop must be 'rrc' or 'pad_crop', got {train_crop!r}")
+        if int(img_size) < 8:
+            raise ValueError(f"img_size must be at least 8, got {img_size}")
+        self.save_hyperparameters()
+        self.dataset = dataset
+        self.img_size = int(img_size)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        preset = normalization or (dataset if dataset != "imagefolder" else "imagenet")
+        if preset not in DATASET_STATS:
+            raise ValueError(
+                f"unknown normalization preset {preset!r}; choose one of {sorted(DATASET_STATS)}"
+            )
+        p_mean, p_std, native, n_cls = DATASET_STATS[preset]
+        self.mean = tuple(mean) if mean is not None else p_mean
+        self.std = tuple(std) if std is not None else p_std
+        self.native_size = native if dataset != "imagefolder" else (native if normalization else None)
+        self._num_classes = n_cls if dataset != "imagefolder" else None
+        self.data_path = self._resolve_path(data_dir)
+        if dataset == "imagefolder":
+            self._check_imagefolder_root()
+        self.train_set: Any = None
+        self.val_set: Any = None
+        self.classes: list[str] | None = None
+
+    # ---------------------------------------------------------------- paths
+    def _resolve_path(self, data_dir: str | None) -> Path:
+        if self.dataset == "imagefolder":
+            if data_dir is None:
+                raise DatasetError(
+                    "dataset='imagefolder' needs data_dir (a folder with train/ and val/ or test/)"
+                )
+            return resolve_data_path(data_dir, data_dir)
+        default = {"cifar10": "cifar10", "cifar100": "cifar100", "fashion_mnist": "fashion-mnist"}[
+            self.dataset
+        ]
+        return resolve_data_path(data_dir, default)
+
+    def _check_imagefolder_root(self) -> None:
+        root = self.data_path
+        if not root.is_dir():
+            raise DatasetError(
+                f"dataset folder {root} does not exist (data_dir={self.hparams.data_dir!r}; "
+                "relative paths are looked up under $FAVIT_DATA / ../shared/data)"
+            )
+        if not (root / self.hparams.train_split).is_dir():
+            raise DatasetError(
+                f"dataset folder {root} has no '{self.hparams.train_split}' split folder; expected "
+                f"{root}/{self.hparams.train_split}/<class>/<image>"
+            )
+        if self._val_split_name() is None:
+            raise DatasetError(
+                f"dataset folder {root} has neither '{self.hparams.val_split}' nor 'test' split folder"
+            )
+
+    def _val_split_name(self) -> str | None:
+        for s in (self.hparams.val_split, "test", "val"):
+            if (self.data_path / s).is_dir():
+                return s
+        return None
+
+    def _fashion_dir(self) -> Path | None:
+        for d in (self.data_path, FASHION_MNIST_SYSTEM_DIR):
+            if _find_idx(d, "train-images-idx3-ubyte") is not None:
+                return d
+        return None
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def num_classes(self) -> int:
+        if self._num_classes is None:
+            train_dir = self.data_path / self.hparams.train_split
+            self._num_classes = len(_list_classes(train_dir))
+        return self._num_classes
+
+    def transform(self, is_train: bool):
+        h = self.hparams
+        return build_transform(
+            is_train,
+            self.img_size,
+            self.mean,
+            self.std,
+            native_size=self.native_size,
+            auto_augment=h.auto_augment,
+            re_prob=h.re_prob,
+            interpolation=h.interpolation,
+            color_jitter=h.color_jitter,
+            train_crop=h.train_crop,
+            scale=h.scale,
+            eval_crop_pct=h.eval_crop_pct,
+        )
+
+    # ---------------------------------------------------------------- lightning hooks
+    def prepare_data(self) -> None:
+        if self.dataset in ("cifar10", "cifar100"):
+            from torchvision import datasets
+
+            cls = datasets.CIFAR10 if self.dataset == "cifar10" else datasets.CIFAR100
+            self._torchvision(cls, train=True, prepare=True)
+            self._torchvision(cls, train=False, prepare=True)
+        elif self.dataset == "fashion_mnist" and self._fashion_dir() is None:
+            from torchvision import datasets
+
+            self._torchvision(datasets.FashionMNIST, train=True, prepare=True)
+            self._torchvision(datasets.FashionMNIST, train=False, prepare=True)
+
+    def _torchvision(self, cls, train: bool, transform=None, prepare: bool = False):
+        try:
+            return cls(
+                str(self.data_path),
+                train=train,
+                transform=transform,
+                download=self.hparams.download and prepare,
+            )
+        except (
+            RuntimeError
+        ) as e:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
+            raise DatasetError(
+                f"{cls.__name__} not found in {self.data_path} ({e}); set data.download=true on a "
+                "machine with internet access, or point data_dir at a folder holding it"
+            ) from e
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        t_train, t_eval = self.transform(True), self.transform(False)
+        h = self.hparams
+        if self.dataset in ("cifar10", "cifar100"):
+            from torchvision import datasets
+
+            cls = datasets.CIFAR10 if self.dataset == "cifar10" else datasets.CIFAR100
+            train, val = self._torchvision(cls, True, t_train), self._torchvision(cls, False, t_eval)
+            self.classes = list(train.classes)
+        elif self.dataset == "fashion_mnist":
+            folder = self._fashion_dir()
+            if folder is not None:
+                train, val = FashionMNISTIDX(folder, True, t_train), FashionMNISTIDX(folder, False, t_eval)
+            else:
+                from torchvision import datasets
+
+                train = _RGB(self._torchvision(datasets.FashionMNIST, True), t_train)
+                val = _RGB(self._torchvision(datasets.FashionMNIST, False), t_eval)
+                train.targets = train.ds.targets.numpy()
+                val.targets = val.ds.targets.numpy()
+            self.classes = list(FASHION_MNIST_CLASSES)
+        else:
+            train = checked_image_folder(self.data_path, h.train_split, t_train)
+            val = checked_image_folder(
+                self.data_path, self._val_split_name(), t_eval, expected_classes=train.classes
+            )
+            self.classes = list(train.classes)
+            self._num_classes = len(train.classes)
+        if h.limit_train_per_class:
+            train = _class_balanced_subset(train, h.limit_train_per_class, seed=0)
+        if h.limit_val_per_class:
+            val = _class_balanced_subset(val, h.limit_val_per_class, seed=1)
+        if len(train) == 0 or len(val) == 0:
+            raise DatasetError(
+                f"empty split in {self.data_path}: {len(train)} train / {len(val)} eval images"
+            )
+        self.train_set, self.val_set = train, val
+
+    def _loader(self, ds, train: bool) -> DataLoader:
+        # drop_last on training keeps batches even (Mixup/CutMix need it) unless the set is smaller than a batch
+        drop_last = train and len(ds) >= self.batch_size
+        # training workers are re-created each epoch so their seeds follow the per-epoch reseed (resumable runs)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0 and not train,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, False)
