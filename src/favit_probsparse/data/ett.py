@@ -1,0 +1,493 @@
+"""ETT (Electricity Transformer Temperature) datasets under the exact Informer / TSL protocol.
+
+Protocol (``informer.md`` §2; Informer2020 ``data/data_loader.py`` ``Dataset_ETT_hour`` / ``Dataset_ETT_minute``):
+
+* Borders, with a month of 30 days: hourly train ``[0, 8640)``, val ``[8640 - seq_len, 11520)``, test
+  ``[11520 - seq_len, 14400)`` (12/4/4 months; val/test carry ``seq_len`` steps of history); 15-minute data ×4.
+  Rows after the test border are never used.
+* Windows with stride 1: ``len = len(split) - seq_len - pred_len + 1``. Window ``i`` gives the encoder input
+  ``[i, i + seq_len)`` and the decoder target ``[i + seq_len - label_len, i + seq_len + pred_len)``.
+* z-score with population statistics (ddof 0) fitted on the **train slice only**, applied to the whole series.
+* Features: ``M`` (all 7 columns in and out), ``S`` (target only), ``MS`` (all in, target out). The target column
+  is moved to the last position (ETT's ``OT`` already is last, so this is the official column order).
+* Time features: ``timeenc=1`` (``embed=timeF``) gives GluonTS-style features scaled to [-0.5, 0.5]
+  (``h`` -> 4 dims, ``t`` -> 5 dims, ...); ``timeenc=0`` (``embed=fixed|learned``) gives integer calendar fields
+  ``[month, day, weekday, hour(, minute // 15)]``. The stamps are those of the split slice.
+  The frequency defaults to the data's own (``h`` for ETTh, ``t`` for ETTm); pass ``freq="h"`` on ETTm to mimic
+  the official scripts, which omit ``--freq t``.
+* Loaders: train shuffled with ``drop_last=True`` (official); val/test in order and **keeping every window**
+  (``drop_last=False``). ``test_drop_last=True`` (and ``val_drop_last`` / ``val_shuffle``) mimic the official
+  loaders for side-by-side comparisons with published numbers.
+
+Data files are looked up under :func:`favit_probsparse.paths.data_root` ``/ETT/<name>.csv``; with
+``download=True`` a missing file is fetched from the upstream ETDataset repository (pinned commit, checked
+against its SHA-256). The data is CC BY-ND 4.0: keep the files unmodified and cite the Informer paper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from favit_probsparse.paths import data_root
+
+__all__ = [
+    "ETT_NAMES",
+    "ETTDataModule",
+    "ETTDataset",
+    "EpochSeededRandomSampler",
+    "StandardScaler",
+    "download_ett",
+    "ett_borders",
+    "ett_path",
+    "time_feature_dim",
+    "time_features",
+]
+
+# name -> native frequency
+ETT_NAMES: dict[str, str] = {"ETTh1": "h", "ETTh2": "h", "ETTm1": "t", "ETTm2": "t"}
+UPSTREAM_COMMIT = "1d16c8f4f943005d613b5bc962e9eeb06058cf07"
+UPSTREAM_URL = "https://raw.githubusercontent.com/zhouhaoyi/ETDataset/{commit}/ETT-small/{name}.csv"
+SHA256 = {
+    "ETTh1": "f18de3ad269cef59bb07b5438d79bb3042d3be49bdeecf01c1cd6d29695ee066",
+    "ETTh2": "a3dc2c597b9218c7ce1cd55eb77b283fd459a1d09d753063f944967dd6b9218b",
+    "ETTm1": "6ce1759b1a18e3328421d5d75fadcb316c449fcd7cec32820c8dafda71986c9e",
+    "ETTm2": "db973ca252c6410a30d0469b13d696cf919648d0f3fd588c60f03fdbdbadd1fd",
+}
+SPLITS = ("train", "val", "test")
+FEATURES = ("M", "S", "MS")
+
+# Number of time features per frequency for timeenc=1 (Informer's TimeFeatureEmbedding freq_map).
+_TIMEF_DIMS = {"h": 4, "t": 5, "s": 6, "m": 1, "w": 2, "d": 3, "b": 3}
+# Calendar fields for timeenc=0 (Informer's utils/timefeatures.py freq_map).
+_CALENDAR_FIELDS = {
+    "m": ["month"],
+    "w": ["month"],
+    "d": ["month", "day", "weekday"],
+    "b": ["month", "day", "weekday"],
+    "h": ["month", "day", "weekday", "hour"],
+    "t": ["month", "day", "weekday", "hour", "minute"],
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# borders, scaler, time features
+# ----------------------------------------------------------------------------------------------------------------
+def _native_freq(name: str) -> str:
+    try:
+        return ETT_NAMES[name]
+    except KeyError:
+        raise ValueError(f"unknown ETT dataset {name!r}; choose one of {sorted(ETT_NAMES)}") from None
+
+
+def ett_borders(name: str, seq_len: int) -> dict[str, tuple[int, int]]:
+    """Row ranges ``[start, end)`` of each split (12/4/4 months of 30 days; val/test include ``seq_len`` history)."""
+    per_hour = 4 if _native_freq(name) == "t" else 1
+    month = 30 * 24 * per_hour
+    b1 = [0, 12 * month - seq_len, 16 * month - seq_len]
+    b2 = [12 * month, 16 * month, 20 * month]
+    return {s: (b1[i], b2[i]) for i, s in enumerate(SPLITS)}
+
+
+@dataclass
+class StandardScaler:
+    """z-score with population statistics (ddof 0), like the official numpy scaler and sklearn's."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, data: np.ndarray) -> StandardScaler:
+        data = np.asarray(data, dtype=np.float64)
+        return cls(mean=data.mean(0), std=data.std(0))
+
+    def transform(self, data: np.ndarray) -> np.ndarray:
+        return (data - self.mean) / self.std
+
+    def inverse_transform(self, data):
+        """Inverse transform for numpy arrays or tensors whose last dim is all channels or only the last ones
+        (e.g. the target of ``S``/``MS``: the last ``C`` columns' statistics are used)."""
+        c = data.shape[-1]
+        mean, std = self.mean[-c:], self.std[-c:]
+        if isinstance(data, torch.Tensor):
+            return data * torch.as_tensor(std, dtype=data.dtype, device=data.device) + torch.as_tensor(
+                mean, dtype=data.dtype, device=data.device
+            )
+        return data * std + mean
+
+
+def time_feature_dim(freq: str, timeenc: int = 1) -> int:
+    """Width of the time-feature vector for ``freq`` (checks the frequency)."""
+    freq = _check_freq(freq, timeenc)
+    return _TIMEF_DIMS[freq] if timeenc == 1 else len(_CALENDAR_FIELDS[freq])
+
+
+def _check_freq(freq: str, timeenc: int) -> str:
+    if not isinstance(freq, str) or not freq:
+        raise ValueError(f"unknown frequency {freq!r}")
+    if timeenc not in (0, 1):
+        raise ValueError(f"timeenc must be 0 (calendar fields) or 1 (timeF), got {timeenc!r}")
+    f = freq[
+        -1:
+    ].lower()  # official: args.freq = freq[-1:] ('15min' -> 'n' is rejected below, 't' is accepted)
+    table = _TIMEF_DIMS if timeenc == 1 else _CALENDAR_FIELDS
+    if f not in table:
+        raise ValueError(
+            f"unknown frequency {freq!r}; choose one of {sorted(table)} (h = hourly, t = minutely, e.g. 15-min ETTm)"
+        )
+    return f
+
+
+def time_features(dates: pd.DatetimeIndex | pd.Series, freq: str = "h", timeenc: int = 1) -> np.ndarray:
+    """Time features ``[N, d]`` exactly as Informer's ``utils/timefeatures.py`` (GluonTS-derived, Apache-2.0)."""
+    f = _check_freq(freq, timeenc)
+    dates = pd.DatetimeIndex(pd.to_datetime(dates))
+    if timeenc == 0:
+        fields = {
+            "month": dates.month,
+            "day": dates.day,
+            "weekday": dates.weekday,
+            "hour": dates.hour,
+            "minute": dates.minute // 15,
+        }
+        cols = _CALENDAR_FIELDS[f]
+        return np.stack([np.asarray(fields[c]) for c in cols], axis=1).astype(np.float32)
+    second = dates.second / 59.0 - 0.5
+    minute = dates.minute / 59.0 - 0.5
+    hour = dates.hour / 23.0 - 0.5
+    dow = dates.dayofweek / 6.0 - 0.5
+    dom = (dates.day - 1) / 30.0 - 0.5
+    doy = (dates.dayofyear - 1) / 365.0 - 0.5
+    moy = (dates.month - 1) / 11.0 - 0.5
+    woy = (np.asarray(dates.isocalendar().week, dtype=np.float64) - 1) / 52.0 - 0.5
+    feats = {
+        "m": [moy],
+        "w": [dom, woy],
+        "d": [dow, dom, doy],
+        "b": [dow, dom, doy],
+        "h": [hour, dow, dom, doy],
+        "t": [minute, hour, dow, dom, doy],
+        "s": [second, minute, hour, dow, dom, doy],
+    }[f]
+    return np.stack([np.asarray(x, dtype=np.float64) for x in feats], axis=1).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# files
+# ----------------------------------------------------------------------------------------------------------------
+def ett_path(name: str, root: str | os.PathLike | None = None) -> Path:
+    """Where ``<name>.csv`` is expected: ``root/<name>.csv`` if given, else ``data_root()/ETT/<name>.csv``."""
+    _native_freq(name)
+    base = Path(root).expanduser() if root is not None else data_root() / "ETT"
+    return base / f"{name}.csv"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download_ett(name: str, root: str | os.PathLike | None = None, *, verify: bool = True) -> Path:
+    """Download ``<name>.csv`` from zhouhaoyi/ETDataset (pinned commit) into ``root`` (CC BY-ND 4.0, unmodified)."""
+    path = ett_path(name, root)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    url = UPSTREAM_URL.format(commit=UPSTREAM_COMMIT, name=name)
+    tmp = path.with_suffix(".csv.part")
+    try:
+        with urllib.request.urlopen(url, timeout=120) as resp, open(tmp, "wb") as out:
+            while chunk := resp.read(1 << 20):
+                out.write(chunk)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"could not download {url}: {err}") from err
+    if verify and _sha256(tmp) != SHA256[name]:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"checksum mismatch for {url}; expected sha256 {SHA256[name]}")
+    tmp.replace(path)
+    return path
+
+
+def _load_csv(path: Path, name: str, download: bool) -> pd.DataFrame:
+    if not path.exists():
+        if download:
+            download_ett(name, path.parent)
+        else:
+            raise FileNotFoundError(
+                f"ETT file not found: {path}. Put {name}.csv there (from github.com/zhouhaoyi/ETDataset, "
+                f"ETT-small/), set FAVIT_DATA to a folder containing ETT/{name}.csv, or pass download=True."
+            )
+    df = pd.read_csv(path)
+    if "date" not in df.columns:
+        raise ValueError(f"{path}: no 'date' column (columns: {list(df.columns)})")
+    return df
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dataset
+# ----------------------------------------------------------------------------------------------------------------
+class ETTDataset(Dataset):
+    """One split of an ETT series as ``(seq_x, seq_y, seq_x_mark, seq_y_mark)`` float32 tensor windows.
+
+    ``seq_x`` [seq_len, C_in], ``seq_y`` [label_len + pred_len, C_in] (the model target is its last ``pred_len``
+    rows and, for ``MS``, its last column), marks [*, d_time].
+    """
+
+    def __init__(
+        self,
+        name: str = "ETTh1",
+        split: str = "train",
+        seq_len: int = 96,
+        label_len: int = 48,
+        pred_len: int = 24,
+        features: str = "M",
+        target: str = "OT",
+        scale: bool = True,
+        timeenc: int = 1,
+        freq: str | None = None,
+        root: str | os.PathLike | None = None,
+        path: str | os.PathLike | None = None,
+        download: bool = False,
+        frame: pd.DataFrame | None = None,
+    ):
+        native = _native_freq(name)
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+        if features not in FEATURES:
+            raise ValueError(f"unknown features {features!r}; choose one of {list(FEATURES)}")
+        for k, v in (("seq_len", seq_len), ("pred_len", pred_len)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{k} must be a positive int, got {v!r}")
+        if not isinstance(label_len, int) or not 0 <= label_len <= seq_len:
+            raise ValueError(f"label_len must be an int in [0, seq_len={seq_len}], got {label_len!r}")
+        self.freq = _check_freq(freq if freq is not None else native, timeenc)
+        self.name, self.split, self.features, self.target = name, split, features, target
+        self.seq_len, self.label_len, self.pred_len = seq_len, label_len, pred_len
+        self.timeenc = timeenc
+
+        self.path = Path(path) if path is not None else ett_path(name, root)
+        df = frame if frame is not None else _load_csv(self.path, name, download)
+        cols = [c for c in df.columns if c != "date"]
+        if target not in cols:
+            raise ValueError(f"target column {target!r} not in {self.path.name} (columns: {cols})")
+        cols = [c for c in cols if c != target] + [target]  # target last (ETT: already the official order)
+        self.columns = cols if features in ("M", "MS") else [target]
+
+        borders = ett_borders(name, seq_len)
+        need = borders["test"][1]
+        if len(df) < need:
+            raise ValueError(f"{self.path.name} has {len(df)} rows; the ETT protocol needs at least {need}")
+        for s, (b1, b2) in borders.items():
+            if b2 - b1 - seq_len - pred_len + 1 < 1:
+                raise ValueError(
+                    f"seq_len + pred_len = {seq_len} + {pred_len} = {seq_len + pred_len} is longer than the {s} "
+                    f"split of {name} ({b2 - b1} rows including {(s != 'train' and seq_len) or 0} of history): "
+                    "no window fits"
+                )
+        values = df[self.columns].to_numpy(dtype=np.float64)
+        used = values[: borders["test"][1]]
+        if not np.isfinite(used).all():
+            bad = np.argwhere(~np.isfinite(used))[0]
+            raise ValueError(
+                f"{self.path.name}: NaN/inf in column {self.columns[bad[1]]!r} at row {bad[0]} (date "
+                f"{df['date'].iloc[bad[0]]}); the ETT protocol expects complete data"
+            )
+        b1, b2 = borders[split]
+        self.border = (b1, b2)
+        self.scaler = StandardScaler.fit(values[: borders["train"][1]])
+        if scale:
+            values = self.scaler.transform(values)
+        self.scale = scale
+        self.data = torch.from_numpy(values[b1:b2].astype(np.float32))
+        stamps = time_features(df["date"].iloc[b1:b2], self.freq, timeenc)
+        self.stamp = torch.from_numpy(stamps)
+        self.dates = pd.DatetimeIndex(pd.to_datetime(df["date"].iloc[b1:b2]))
+
+    @property
+    def n_channels(self) -> int:
+        return self.data.shape[1]
+
+    @property
+    def n_time_features(self) -> int:
+        return self.stamp.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.data) - self.seq_len - self.pred_len + 1
+
+    def __getitem__(self, index: int):
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"window {index} out of range for {len(self)} windows")
+        s_end = index + self.seq_len
+        r_begin = s_end - self.label_len
+        r_end = s_end + self.pred_len
+        return (
+            self.data[index:s_end],
+            self.data[r_begin:r_end],
+            self.stamp[index:s_end],
+            self.stamp[r_begin:r_end],
+        )
+
+    def inverse_transform(self, data):
+        return self.scaler.inverse_transform(data)
+
+
+class EpochSeededRandomSampler(Sampler[int]):
+    """Random permutation that depends only on ``(seed, epoch)``: Lightning calls :meth:`set_epoch` before each
+    epoch, so a run resumed from an epoch-end checkpoint sees the same order as an uninterrupted one."""
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n, self.seed, self.epoch = n, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator()
+        g.manual_seed(self.seed * 100_003 + self.epoch)
+        yield from torch.randperm(self.n, generator=g).tolist()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# datamodule
+# ----------------------------------------------------------------------------------------------------------------
+try:
+    from lightning.pytorch import LightningDataModule
+except ImportError:  # pragma: no cover - lightning is a hard dependency; keep the dataset usable without it
+    LightningDataModule = object  # type: ignore[assignment,misc]
+
+
+class ETTDataModule(LightningDataModule):
+    """Lightning datamodule over :class:`ETTDataset` with the official loader settings (see module docstring).
+
+    Args:
+        name: ETTh1 | ETTh2 | ETTm1 | ETTm2.
+        embed: ``timeF`` (timeenc 1) or ``fixed``/``learned`` (calendar fields, timeenc 0); must match the model.
+        freq: time-feature frequency; ``None`` = the data's own (``h``/``t``). ``"h"`` on ETTm mimics the scripts.
+        seed: seeds the train shuffle (per epoch, resume-safe).
+    """
+
+    def __init__(
+        self,
+        name: str = "ETTh1",
+        seq_len: int = 96,
+        label_len: int = 48,
+        pred_len: int = 24,
+        features: str = "M",
+        target: str = "OT",
+        embed: str = "timeF",
+        freq: str | None = None,
+        scale: bool = True,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = True,
+        val_shuffle: bool = False,
+        val_drop_last: bool = False,
+        test_drop_last: bool = False,
+        root: str | None = None,
+        path: str | None = None,
+        download: bool = False,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if embed not in ("timeF", "fixed", "learned"):
+            raise ValueError(f"unknown embed {embed!r}; choose timeF, fixed or learned")
+        self.save_hyperparameters()
+        self.name, self.seq_len, self.label_len, self.pred_len = name, seq_len, label_len, pred_len
+        self.features, self.target = features, target
+        self.timeenc = 1 if embed == "timeF" else 0
+        self.freq = _check_freq(freq if freq is not None else _native_freq(name), self.timeenc)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.val_shuffle, self.val_drop_last, self.test_drop_last = val_shuffle, val_drop_last, test_drop_last
+        self.root, self.path, self.download, self.seed = root, path, download, seed
+        self.datasets: dict[str, ETTDataset] = {}
+        self._frame: pd.DataFrame | None = None
+
+    def prepare_data(self) -> None:
+        if self.download and self.path is None:
+            download_ett(self.name, self.root)
+
+    def dataset(self, split: str) -> ETTDataset:
+        if split not in self.datasets:
+            if self._frame is None:
+                p = Path(self.path) if self.path is not None else ett_path(self.name, self.root)
+                self._frame = _load_csv(p, self.name, self.download)
+            self.datasets[split] = ETTDataset(
+                self.name,
+                split,
+                self.seq_len,
+                self.label_len,
+                self.pred_len,
+                self.features,
+                self.target,
+                self.hparams.scale,
+                self.timeenc,
+                self.freq,
+                self.root,
+                self.path,
+                self.download,
+                frame=self._frame,
+            )
+        return self.datasets[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        for s in SPLITS:
+            self.dataset(s)
+
+    # shapes the model needs
+    @property
+    def enc_in(self) -> int:
+        return 7 if self.features in ("M", "MS") else 1
+
+    @property
+    def c_out(self) -> int:
+        return 7 if self.features == "M" else 1
+
+    @property
+    def scaler(self) -> StandardScaler:
+        return self.dataset("train").scaler
+
+    def _loader(self, split: str, shuffle: bool, drop_last: bool, batch_size: int) -> DataLoader:
+        ds = self.dataset(split)
+        sampler = EpochSeededRandomSampler(len(ds), self.seed) if shuffle else None
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=False,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, True, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.val_shuffle, self.val_drop_last, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.test_drop_last, self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", False, False, self.eval_batch_size)

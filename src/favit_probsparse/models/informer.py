@@ -1,0 +1,574 @@
+"""Informer (Zhou et al., AAAI 2021) for long-sequence forecasting, built on :mod:`favit_probsparse.attention`.
+
+Architecture as the official Informer2020 code (``informer.md`` §1):
+
+* :class:`DataEmbedding` = value (Conv1d k=3, circular) + position (``pos_encoding``) + temporal
+  (``timeF`` linear, or ``fixed`` / ``learned`` calendar tables), then dropout.
+* Encoder: post-LN layers (ProbSparse or full self-attention, conv-k1 FFN) with distilling
+  (:class:`ConvLayer`: Conv1d k=3 circular -> BatchNorm -> ELU -> MaxPool k=3 s=2) between them; final LayerNorm.
+* Decoder: masked self-attention (ProbSparse or full), full cross-attention, FFN; final LayerNorm; linear head.
+  Generative "start token" decoding: the decoder input is the last ``label_len`` known steps followed by
+  ``pred_len`` zeros (:func:`decoder_input`), one forward pass for the whole horizon.
+
+Protocol presets (``informer.md`` §3) differ only in these switches (each one can be overridden):
+
+================  ====================  ===============  ========  ==========  =======  ======
+preset            head/time "mix"       cross-attention  distil    embedding   dropout  factor
+                                                         padding   biases
+================  ====================  ===============  ========  ==========  =======  ======
+official-head     decoder self only     full             1         yes         0.05     5
+paper-2021-03     every ProbSparse      full             1         yes         0.05     5
+tsl               every ProbSparse      ProbSparse       2         no          0.1      3
+================  ====================  ===============  ========  ==========  =======  ======
+
+"mix" is the official ``AttentionLayer(mix=True)`` reinterpretation of the ``[B, H, L, D]`` attention output as
+``[B, L, H*D]`` (row t then holds (head, time) fragments of other positions). Official HEAD (since ``cf58e44``)
+does it in decoder self-attention for *both* attention types (``--mix``, default on). Before ``cf58e44`` (the
+code that produced the Mar-2021 README numbers) and in TSL, ProbAttention returned ``[B, H, L, D]`` and every
+ProbSparse layer was viewed that way, while FullAttention returned ``[B, L, H, D]`` (never mixed).
+Note that any mixing makes the decoder non-causal in its output positions; use ``mix="none"`` for a strictly
+causal decoder with full attention.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from favit_probsparse.attention import build_attention
+from favit_probsparse.posenc import build_pos_encoding
+
+__all__ = [
+    "MIX_MODES",
+    "PRESETS",
+    "AttentionLayer",
+    "ConvLayer",
+    "DataEmbedding",
+    "Decoder",
+    "DecoderLayer",
+    "Encoder",
+    "EncoderLayer",
+    "FixedEmbedding",
+    "Informer",
+    "InformerPreset",
+    "TemporalEmbedding",
+    "TimeFeatureEmbedding",
+    "TokenEmbedding",
+    "decoder_input",
+    "distilled_length",
+]
+
+# time-feature widths for embed="timeF" (official TimeFeatureEmbedding.freq_map)
+TIMEF_DIMS = {"h": 4, "t": 5, "s": 6, "m": 1, "w": 2, "d": 3, "b": 3}
+MIX_MODES = ("none", "decoder_self", "prob_layers")
+
+
+# ================================================================================================================
+# embeddings
+# ================================================================================================================
+class TokenEmbedding(nn.Module):
+    """Value embedding: Conv1d(c_in -> d_model, k=3, circular padding), Kaiming-normal (fan_in, leaky_relu)."""
+
+    def __init__(self, c_in: int, d_model: int, bias: bool = True, padding: int = 1):
+        super().__init__()
+        self.token_conv = nn.Conv1d(
+            c_in, d_model, kernel_size=3, padding=padding, padding_mode="circular", bias=bias
+        )
+        nn.init.kaiming_normal_(self.token_conv.weight, mode="fan_in", nonlinearity="leaky_relu")
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, L, c_in] -> [B, L', d_model]
+        return self.token_conv(x.transpose(1, 2)).transpose(1, 2)
+
+
+class FixedEmbedding(nn.Module):
+    """Frozen sinusoid table ``[c_in, d_model]`` looked up by integer index (official ``FixedEmbedding``)."""
+
+    def __init__(self, c_in: int, d_model: int):
+        super().__init__()
+        w = torch.zeros(c_in, d_model)
+        position = torch.arange(0, c_in, dtype=torch.float32).unsqueeze(1)
+        div_term = torch.exp(
+            torch.arange(0, d_model, 2, dtype=torch.float32) * -(math.log(10000.0) / d_model)
+        )
+        w[:, 0::2] = torch.sin(position * div_term)
+        w[:, 1::2] = torch.cos(position * div_term[: d_model // 2])
+        self.emb = nn.Embedding(c_in, d_model)
+        self.emb.weight = nn.Parameter(w, requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.emb(x).detach()
+
+
+class TemporalEmbedding(nn.Module):
+    """Sum of calendar-field embeddings (``embed="fixed"``: frozen sinusoid tables; ``"learned"``: nn.Embedding).
+
+    Input columns ``[month, day, weekday, hour(, minute // 15)]`` as produced by the ETT loader with timeenc 0.
+    """
+
+    def __init__(self, d_model: int, embed_type: str = "fixed", freq: str = "h"):
+        super().__init__()
+        if freq not in ("h", "t"):
+            raise ValueError(f"embed={embed_type!r} supports freq 'h' or 't', got {freq!r}")
+        table = FixedEmbedding if embed_type == "fixed" else nn.Embedding
+        self.minute_embed = table(4, d_model) if freq == "t" else None
+        self.hour_embed = table(24, d_model)
+        self.weekday_embed = table(7, d_model)
+        self.day_embed = table(32, d_model)
+        self.month_embed = table(13, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.long()
+        out = self.hour_embed(x[:, :, 3]) + self.weekday_embed(x[:, :, 2])
+        out = out + self.day_embed(x[:, :, 1]) + self.month_embed(x[:, :, 0])
+        if self.minute_embed is not None:
+            out = out + self.minute_embed(x[:, :, 4])
+        return out
+
+
+class TimeFeatureEmbedding(nn.Module):
+    """``embed="timeF"``: Linear(d_time -> d_model) on the [-0.5, 0.5] time features."""
+
+    def __init__(self, d_model: int, freq: str = "h", bias: bool = True):
+        super().__init__()
+        if freq not in TIMEF_DIMS:
+            raise ValueError(f"unknown freq {freq!r} for timeF; choose one of {sorted(TIMEF_DIMS)}")
+        self.embed = nn.Linear(TIMEF_DIMS[freq], d_model, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.embed(x)
+
+
+class DataEmbedding(nn.Module):
+    """value + position + temporal embedding, then dropout (official ``DataEmbedding``).
+
+    ``pos_encoding`` names a :func:`favit_probsparse.posenc.build_pos_encoding` entry; only encodings of kind
+    ``"absolute"`` are added here (``"none"`` adds nothing; rotary/bias encodings act inside attention).
+    The position index runs 0..L-1 within each window, for encoder and decoder alike (official behaviour).
+    """
+
+    def __init__(
+        self,
+        c_in: int,
+        d_model: int,
+        embed: str = "timeF",
+        freq: str = "h",
+        dropout: float = 0.1,
+        pos_encoding: str = "sinusoidal",
+        max_len: int = 5000,
+        bias: bool = True,
+    ):
+        super().__init__()
+        if embed not in ("timeF", "fixed", "learned"):
+            raise ValueError(f"unknown embed {embed!r}; choose timeF, fixed or learned")
+        self.value_embedding = TokenEmbedding(c_in, d_model, bias=bias)
+        self.position_embedding = build_pos_encoding(pos_encoding, d_model, max_len)
+        if embed == "timeF":
+            self.temporal_embedding: nn.Module = TimeFeatureEmbedding(d_model, freq, bias=bias)
+        else:
+            self.temporal_embedding = TemporalEmbedding(d_model, embed, freq)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, x_mark: Tensor | None) -> Tensor:
+        out = self.value_embedding(x)
+        if getattr(self.position_embedding, "kind", "absolute") == "absolute":
+            pe = self.position_embedding(out)
+            if pe is not None:
+                out = out + pe
+        if x_mark is not None:
+            out = out + self.temporal_embedding(x_mark)
+        return self.dropout(out)
+
+
+# ================================================================================================================
+# attention layer
+# ================================================================================================================
+class AttentionLayer(nn.Module):
+    """Multi-head attention wrapper: Q/K/V projections -> ``attention`` on [B, H, L, D] -> output projection.
+
+    ``mix=True`` reinterprets the operator's ``[B, H, L, D]`` output buffer as ``[B, L, H*D]`` (the official
+    head/time "mix"); ``mix=False`` concatenates the heads of each position (standard multi-head attention).
+    """
+
+    def __init__(
+        self,
+        attention: nn.Module,
+        d_model: int,
+        n_heads: int,
+        d_keys: int | None = None,
+        d_values: int | None = None,
+        mix: bool = False,
+    ):
+        super().__init__()
+        if d_model % n_heads and (d_keys is None or d_values is None):
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        d_keys = d_keys or d_model // n_heads
+        d_values = d_values or d_model // n_heads
+        self.inner_attention = attention
+        self.query_projection = nn.Linear(d_model, d_keys * n_heads)
+        self.key_projection = nn.Linear(d_model, d_keys * n_heads)
+        self.value_projection = nn.Linear(d_model, d_values * n_heads)
+        self.out_projection = nn.Linear(d_values * n_heads, d_model)
+        self.n_heads = n_heads
+        self.mix = mix
+
+    def extra_repr(self) -> str:
+        return f"n_heads={self.n_heads}, mix={self.mix}"
+
+    def forward(
+        self, queries: Tensor, keys: Tensor, values: Tensor, attn_mask: Tensor | None = None
+    ) -> Tensor:
+        b, l_q, _ = queries.shape
+        l_k = keys.shape[1]
+        h = self.n_heads
+        q = self.query_projection(queries).view(b, l_q, h, -1).transpose(1, 2)
+        k = self.key_projection(keys).view(b, l_k, h, -1).transpose(1, 2)
+        v = self.value_projection(values).view(b, l_k, h, -1).transpose(1, 2)
+        out = self.inner_attention(q, k, v, attn_mask)  # [B, H, L_Q, D_v]
+        if self.mix:
+            out = out.contiguous().view(b, l_q, -1)  # official mix: the [B,H,L,D] buffer read as [B,L,H*D]
+        else:
+            out = out.transpose(1, 2).reshape(b, l_q, -1)
+        return self.out_projection(out)
+
+
+# ================================================================================================================
+# encoder / decoder
+# ================================================================================================================
+def _activation(name: str):
+    if name == "gelu":
+        return F.gelu
+    if name == "relu":
+        return F.relu
+    raise ValueError(f"unknown activation {name!r}; choose gelu or relu")
+
+
+class ConvLayer(nn.Module):
+    """Distilling: Conv1d(k=3, circular) -> BatchNorm1d -> ELU -> MaxPool1d(k=3, s=2, p=1).
+
+    ``padding=1`` halves the length (L -> ceil(L/2)); ``padding=2`` is TSL's (and official code on torch
+    1.10-1.13 through its string version test): L -> floor((L+1)/2) + 1, e.g. 96 -> 49.
+    """
+
+    def __init__(self, c_in: int, padding: int = 1):
+        super().__init__()
+        if padding not in (1, 2):
+            raise ValueError(f"distil padding must be 1 or 2, got {padding!r}")
+        self.down_conv = nn.Conv1d(c_in, c_in, kernel_size=3, padding=padding, padding_mode="circular")
+        self.norm = nn.BatchNorm1d(c_in)
+        self.activation = nn.ELU()
+        self.max_pool = nn.MaxPool1d(kernel_size=3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.down_conv(x.transpose(1, 2))
+        x = self.max_pool(self.activation(self.norm(x)))
+        return x.transpose(1, 2)
+
+
+def distilled_length(length: int, padding: int = 1) -> int:
+    """Sequence length after one :class:`ConvLayer`."""
+    conv = length + 2 * padding - 2
+    return (conv + 2 - 3) // 2 + 1
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN: ``x = LN1(x + Drop(Attn(x)))``; ``LN2(x + Drop(Conv_k1(Drop(act(Conv_k1(x))))))``."""
+
+    def __init__(
+        self,
+        attention: AttentionLayer,
+        d_model: int,
+        d_ff: int | None = None,
+        dropout: float = 0.1,
+        activation: str = "relu",
+    ):
+        super().__init__()
+        d_ff = d_ff or 4 * d_model
+        self.attention = attention
+        self.conv1 = nn.Conv1d(d_model, d_ff, kernel_size=1)
+        self.conv2 = nn.Conv1d(d_ff, d_model, kernel_size=1)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.activation = _activation(activation)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        x = self.norm1(x + self.dropout(self.attention(x, x, x, attn_mask)))
+        y = self.dropout(self.activation(self.conv1(x.transpose(-1, 1))))
+        y = self.dropout(self.conv2(y).transpose(-1, 1))
+        return self.norm2(x + y)
+
+
+class Encoder(nn.Module):
+    """attn[0], conv[0], attn[1], conv[1], ..., attn[-1], then LayerNorm (no conv layers without distilling)."""
+
+    def __init__(
+        self,
+        attn_layers: list[EncoderLayer],
+        conv_layers: list[ConvLayer] | None = None,
+        norm_layer: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.attn_layers = nn.ModuleList(attn_layers)
+        self.conv_layers = nn.ModuleList(conv_layers) if conv_layers is not None else None
+        self.norm = norm_layer
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        if self.conv_layers is not None:
+            for attn_layer, conv_layer in zip(self.attn_layers, self.conv_layers):
+                x = conv_layer(attn_layer(x, attn_mask))
+            x = self.attn_layers[-1](x, attn_mask)
+        else:
+            for attn_layer in self.attn_layers:
+                x = attn_layer(x, attn_mask)
+        return self.norm(x) if self.norm is not None else x
+
+
+class DecoderLayer(nn.Module):
+    """``LN1(x + Drop(SelfAttn(x)))``, ``LN2(x + Drop(CrossAttn(x, enc)))``, ``LN3(x + FFN(x))``."""
+
+    def __init__(
+        self,
+        self_attention: AttentionLayer,
+        cross_attention: AttentionLayer,
+        d_model: int,
+        d_ff: int | None = None,
+        dropout: float = 0.1,
+        activation: str = "relu",
+    ):
+        super().__init__()
+        d_ff = d_ff or 4 * d_model
+        self.self_attention = self_attention
+        self.cross_attention = cross_attention
+        self.conv1 = nn.Conv1d(d_model, d_ff, kernel_size=1)
+        self.conv2 = nn.Conv1d(d_ff, d_model, kernel_size=1)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.activation = _activation(activation)
+
+    def forward(
+        self, x: Tensor, cross: Tensor, x_mask: Tensor | None = None, cross_mask: Tensor | None = None
+    ) -> Tensor:
+        x = self.norm1(x + self.dropout(self.self_attention(x, x, x, x_mask)))
+        x = self.norm2(x + self.dropout(self.cross_attention(x, cross, cross, cross_mask)))
+        y = self.dropout(self.activation(self.conv1(x.transpose(-1, 1))))
+        y = self.dropout(self.conv2(y).transpose(-1, 1))
+        return self.norm3(x + y)
+
+
+class Decoder(nn.Module):
+    def __init__(self, layers: list[DecoderLayer], norm_layer: nn.Module | None = None):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.norm = norm_layer
+
+    def forward(
+        self, x: Tensor, cross: Tensor, x_mask: Tensor | None = None, cross_mask: Tensor | None = None
+    ) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, cross, x_mask, cross_mask)
+        return self.norm(x) if self.norm is not None else x
+
+
+# ================================================================================================================
+# presets and the model
+# ================================================================================================================
+@dataclass(frozen=True)
+class InformerPreset:
+    """Protocol-mode switches (``informer.md`` §3); see the module docstring's table."""
+
+    mix: str  # one of MIX_MODES
+    cross_attention: str  # "full" | "prob"
+    distil_padding: int
+    embed_bias: bool
+    dropout: float
+    factor: float
+
+
+PRESETS: dict[str, InformerPreset] = {
+    "official-head": InformerPreset("decoder_self", "full", 1, True, 0.05, 5),
+    "paper-2021-03": InformerPreset("prob_layers", "full", 1, True, 0.05, 5),
+    "tsl": InformerPreset("prob_layers", "prob", 2, False, 0.1, 3),
+}
+
+
+def decoder_input(batch_y: Tensor, label_len: int, pred_len: int, padding: int = 0) -> Tensor:
+    """Generative start token: ``cat(batch_y[:, :label_len], zeros/ones[B, pred_len, C])`` (official ``dec_inp``)."""
+    if padding not in (0, 1):
+        raise ValueError(f"padding must be 0 (zeros) or 1 (ones), got {padding!r}")
+    b, _, c = batch_y.shape
+    fill = batch_y.new_zeros(b, pred_len, c) if padding == 0 else batch_y.new_ones(b, pred_len, c)
+    return torch.cat([batch_y[:, :label_len], fill], dim=1)
+
+
+class Informer(nn.Module):
+    """Informer encoder-decoder. ``forward(x_enc, x_mark_enc, x_dec, x_mark_dec) -> [B, pred_len, c_out]``.
+
+    Args:
+        enc_in / dec_in / c_out: channels in (encoder / decoder) and out (M: 7/7/7, S: 1/1/1, MS: 7/7/1 on ETT).
+        seq_len / label_len / pred_len: encoder length, start-token length, horizon (the decoder input has
+            ``label_len + pred_len`` steps; only ``pred_len`` is needed by the model, the others are checked).
+        preset: "official-head" | "paper-2021-03" | "tsl" (defaults of the switches below when they are None).
+        attention: "prob" (ProbSparse) or "full" for encoder self- and decoder self-attention (Informer†).
+        factor: ProbSparse sampling factor c (preset default 5, tsl 3).
+        mix: None (preset), True/False (official ``--mix``: decoder self-attention only / nothing), or one of
+            "none" | "decoder_self" | "prob_layers".
+        cross_attention: None (preset), "full" or "prob".
+        distil: distilling ConvLayers between encoder layers; distil_padding: None (preset), 1 or 2.
+        embed_bias: biases of the value conv and timeF linear (official True, TSL False).
+        embed: "timeF" | "fixed" | "learned"; freq: time-feature frequency ("h", "t", ...).
+        pos_encoding: name for :func:`favit_probsparse.posenc.build_pos_encoding` (default "sinusoidal").
+        prob_impl: "fast" | "exact" ProbSparse implementation; prob_measure, masked_lazy, causal_sampling,
+            fixed_eval_sample: :class:`favit_probsparse.attention.ProbSparseAttention` options (official defaults).
+    """
+
+    def __init__(
+        self,
+        enc_in: int = 7,
+        dec_in: int = 7,
+        c_out: int = 7,
+        seq_len: int = 96,
+        label_len: int = 48,
+        pred_len: int = 24,
+        preset: str = "official-head",
+        attention: str = "prob",
+        factor: float | None = None,
+        d_model: int = 512,
+        n_heads: int = 8,
+        e_layers: int = 2,
+        d_layers: int = 1,
+        d_ff: int = 2048,
+        dropout: float | None = None,
+        embed: str = "timeF",
+        freq: str = "h",
+        activation: str = "gelu",
+        distil: bool = True,
+        mix: bool | str | None = None,
+        cross_attention: str | None = None,
+        distil_padding: int | None = None,
+        embed_bias: bool | None = None,
+        pos_encoding: str = "sinusoidal",
+        max_len: int = 5000,
+        prob_impl: str = "fast",
+        prob_measure: str = "official",
+        masked_lazy: str = "cumsum",
+        causal_sampling: bool = False,
+        fixed_eval_sample: bool = False,
+    ):
+        super().__init__()
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        if attention not in ("prob", "full"):
+            raise ValueError(f"unknown attention {attention!r}; choose prob or full")
+        if e_layers < 1 or d_layers < 1:
+            raise ValueError(f"e_layers and d_layers must be >= 1, got {e_layers}, {d_layers}")
+        if not 0 <= label_len <= seq_len:
+            raise ValueError(f"label_len must be in [0, seq_len={seq_len}], got {label_len}")
+        p = PRESETS[preset]
+        if mix is True:
+            mix = "decoder_self"
+        elif mix is False:
+            mix = "none"
+        p = replace(
+            p,
+            mix=p.mix if mix is None else mix,
+            cross_attention=p.cross_attention if cross_attention is None else cross_attention,
+            distil_padding=p.distil_padding if distil_padding is None else distil_padding,
+            embed_bias=p.embed_bias if embed_bias is None else embed_bias,
+            dropout=p.dropout if dropout is None else dropout,
+            factor=p.factor if factor is None else factor,
+        )
+        if p.mix not in MIX_MODES:
+            raise ValueError(f"unknown mix {p.mix!r}; choose True, False or one of {list(MIX_MODES)}")
+        if p.cross_attention not in ("prob", "full"):
+            raise ValueError(f"unknown cross_attention {p.cross_attention!r}; choose prob or full")
+        self.settings = p
+        self.preset, self.attention_kind = preset, attention
+        self.seq_len, self.label_len, self.pred_len = seq_len, label_len, pred_len
+        self.enc_in, self.dec_in, self.c_out = enc_in, dec_in, c_out
+        self.d_model, self.n_heads = d_model, n_heads
+        dropout, factor = p.dropout, p.factor
+
+        prob_opts = dict(
+            factor=factor,
+            measure=prob_measure,
+            masked_lazy=masked_lazy,
+            causal_sampling=causal_sampling,
+            impl=prob_impl,
+            fixed_eval_sample=fixed_eval_sample,
+        )
+
+        def attn(kind: str, causal: bool) -> nn.Module:
+            if kind == "prob":
+                return build_attention("prob", causal=causal, **prob_opts)
+            return build_attention("full", causal=causal, dropout=dropout)
+
+        def mixed(kind: str, role: str) -> bool:
+            if p.mix == "prob_layers":
+                return kind == "prob"
+            return p.mix == "decoder_self" and role == "decoder_self"
+
+        self.enc_embedding = DataEmbedding(
+            enc_in, d_model, embed, freq, dropout, pos_encoding, max_len, p.embed_bias
+        )
+        self.dec_embedding = DataEmbedding(
+            dec_in, d_model, embed, freq, dropout, pos_encoding, max_len, p.embed_bias
+        )
+        self.encoder = Encoder(
+            [
+                EncoderLayer(
+                    AttentionLayer(attn(attention, False), d_model, n_heads, mix=mixed(attention, "encoder")),
+                    d_model,
+                    d_ff,
+                    dropout=dropout,
+                    activation=activation,
+                )
+                for _ in range(e_layers)
+            ],
+            [ConvLayer(d_model, p.distil_padding) for _ in range(e_layers - 1)] if distil else None,
+            norm_layer=nn.LayerNorm(d_model),
+        )
+        self.decoder = Decoder(
+            [
+                DecoderLayer(
+                    AttentionLayer(
+                        attn(attention, True), d_model, n_heads, mix=mixed(attention, "decoder_self")
+                    ),
+                    AttentionLayer(
+                        attn(p.cross_attention, False),
+                        d_model,
+                        n_heads,
+                        mix=mixed(p.cross_attention, "cross"),
+                    ),
+                    d_model,
+                    d_ff,
+                    dropout=dropout,
+                    activation=activation,
+                )
+                for _ in range(d_layers)
+            ],
+            norm_layer=nn.LayerNorm(d_model),
+        )
+        self.projection = nn.Linear(d_model, c_out, bias=True)
+
+    def encoder_length(self, seq_len: int | None = None) -> int:
+        """Length of the encoder output for an input of ``seq_len`` steps."""
+        length = self.seq_len if seq_len is None else seq_len
+        if self.encoder.conv_layers is not None:
+            for _ in self.encoder.conv_layers:
+                length = distilled_length(length, self.settings.distil_padding)
+        return length
+
+    def forward(
+        self, x_enc: Tensor, x_mark_enc: Tensor | None, x_dec: Tensor, x_mark_dec: Tensor | None
+    ) -> Tensor:
+        if x_dec.shape[1] < self.pred_len:
+            raise ValueError(f"decoder input has {x_dec.shape[1]} steps, fewer than pred_len={self.pred_len}")
+        enc_out = self.encoder(self.enc_embedding(x_enc, x_mark_enc))
+        dec_out = self.decoder(self.dec_embedding(x_dec, x_mark_dec), enc_out)
+        return self.projection(dec_out)[:, -self.pred_len :, :]

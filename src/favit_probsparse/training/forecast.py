@@ -1,0 +1,479 @@
+"""Forecasting training/evaluation: a LightningModule for Informer on ETT, and a multi-seed (``--itr``) runner.
+
+Official Informer2020 training protocol (``informer.md`` §1.6): Adam(lr 1e-4, no weight decay, no clipping),
+MSE loss on ``batch_y[:, -pred_len:, f_dim:]`` (``f_dim = -1`` for MS), ``lradj type1`` (epochs 1-2 at lr0, then
+halved after every epoch), early stopping on the validation MSE (patience 3), 6 epochs, the best checkpoint is
+reloaded before testing. Metrics: MAE, MSE, RMSE, MAPE, MSPE over all test windows, steps and channels, on the
+z-scored data (``metrics_scale="original"`` or ``"both"`` adds metrics after the inverse transform).
+
+Differences from the official loop, all deliberate and documented:
+
+* Validation/test use every window (the datamodule's ``*_drop_last`` options mimic the official loaders) and
+  the loss is the exact mean over windows, not a mean of batch means.
+* Reproducibility: the global RNG (dropout, ProbSparse key sampling) is reseeded from ``(seed, epoch)`` at the
+  start of every training epoch and the train shuffle depends only on ``(seed, epoch)``; so a run resumed from an
+  epoch-end checkpoint equals an uninterrupted one. Validation and test run under a forked RNG seeded with
+  ``eval_seed``, so the (stochastic) ProbSparse evaluation is a deterministic function of the weights and does
+  not disturb the training stream. The official code sets no seed at all.
+* No per-step host synchronisation: metrics are accumulated on the device and read once per epoch.
+
+Multi-seed runs (the official ``--itr N``)::
+
+    python -m favit_probsparse.training.forecast --config configs/forecast/X.yaml --itr 5 [--seeds 0 1 ...]
+        [--out results/runs/X.json] [any LightningCLI override, e.g. --trainer.max_epochs 1]
+
+runs fit + test (best checkpoint) per seed and prints/writes mean ± std of the test metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from favit_probsparse.models.informer import Informer, decoder_input
+
+__all__ = ["METRICS", "InformerForecaster", "TestAfterFit", "lr_lambda", "main", "run_seeds"]
+
+METRICS = ("mae", "mse", "rmse", "mape", "mspe")
+
+
+def lr_lambda(lradj: str):
+    """Multiplier of lr0 for 0-based epoch ``e`` (official ``adjust_learning_rate``, applied after each epoch)."""
+    if lradj == "type1":
+        return lambda e: 0.5 ** max(0, e - 1)
+    if lradj == "type2":
+        table = {
+            2: 5e-5,
+            4: 1e-5,
+            6: 5e-6,
+            8: 1e-6,
+            10: 5e-7,
+            15: 1e-7,
+            20: 5e-8,
+        }  # absolute lrs from lr0=1e-4
+
+        def f(e: int) -> float:
+            done = e  # epochs completed before epoch e (0-based)
+            keys = [k for k in table if k <= done]
+            return table[max(keys)] / 1e-4 if keys else 1.0
+
+        return f
+    if lradj == "constant":
+        return lambda e: 1.0
+    raise ValueError(f"unknown lradj {lradj!r}; choose type1, type2 or constant")
+
+
+class _MetricSums:
+    """Device-side sums for MAE/MSE/MAPE/MSPE (no host sync until :meth:`compute`)."""
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(5, dtype=torch.float64, device=device)  # sae, sse, sape, sspe, count
+
+    def update(self, pred: torch.Tensor, true: torch.Tensor) -> None:
+        err = (pred - true).double()
+        rel = err / true.double()
+        self.sums += torch.stack(
+            [
+                err.abs().sum(),
+                err.square().sum(),
+                rel.abs().sum(),
+                rel.square().sum(),
+                torch.tensor(float(err.numel()), dtype=torch.float64, device=err.device),
+            ]
+        )
+
+    def compute(self) -> dict[str, float]:
+        sae, sse, sape, sspe, n = self.sums.tolist()
+        n = max(n, 1.0)
+        return {
+            "mae": sae / n,
+            "mse": sse / n,
+            "rmse": math.sqrt(sse / n),
+            "mape": sape / n,
+            "mspe": sspe / n,
+        }
+
+
+class InformerForecaster(LightningModule):
+    """Informer + the official training protocol. Model arguments are those of
+    :class:`favit_probsparse.models.informer.Informer`; they must agree with the datamodule (checked in setup).
+
+    Args (training):
+        features: M | S | MS (the loss/metrics use the last channel for MS).
+        learning_rate, lradj: Adam lr and schedule (type1 = official default).
+        padding: 0 = zeros (official default) or 1 = ones for the decoder's unknown steps.
+        metrics_scale: "scaled" (published protocol), "original" (after inverse transform) or "both".
+        seed: per-epoch reseeding of dropout/ProbSparse sampling; eval_seed: RNG for validation/test.
+        save_predictions: folder to write test ``pred.pt``/``true.pt`` (scaled) after testing.
+    """
+
+    def __init__(
+        self,
+        enc_in: int = 7,
+        dec_in: int = 7,
+        c_out: int = 7,
+        seq_len: int = 96,
+        label_len: int = 48,
+        pred_len: int = 24,
+        preset: str = "official-head",
+        attention: str = "prob",
+        factor: float | None = None,
+        d_model: int = 512,
+        n_heads: int = 8,
+        e_layers: int = 2,
+        d_layers: int = 1,
+        d_ff: int = 2048,
+        dropout: float | None = None,
+        embed: str = "timeF",
+        freq: str = "h",
+        activation: str = "gelu",
+        distil: bool = True,
+        mix: bool | str | None = None,
+        cross_attention: str | None = None,
+        distil_padding: int | None = None,
+        embed_bias: bool | None = None,
+        pos_encoding: str = "sinusoidal",
+        prob_impl: str = "fast",
+        prob_measure: str = "official",
+        masked_lazy: str = "cumsum",
+        causal_sampling: bool = False,
+        fixed_eval_sample: bool = False,
+        features: str = "M",
+        learning_rate: float = 1e-4,
+        lradj: str = "type1",
+        padding: int = 0,
+        metrics_scale: str = "scaled",
+        seed: int = 0,
+        eval_seed: int = 2021,
+        save_predictions: str | None = None,
+    ):
+        super().__init__()
+        if features not in ("M", "S", "MS"):
+            raise ValueError(f"unknown features {features!r}; choose M, S or MS")
+        if metrics_scale not in ("scaled", "original", "both"):
+            raise ValueError(f"unknown metrics_scale {metrics_scale!r}; choose scaled, original or both")
+        lr_lambda(lradj)  # validate
+        self.save_hyperparameters()
+        self.model = Informer(
+            enc_in,
+            dec_in,
+            c_out,
+            seq_len,
+            label_len,
+            pred_len,
+            preset=preset,
+            attention=attention,
+            factor=factor,
+            d_model=d_model,
+            n_heads=n_heads,
+            e_layers=e_layers,
+            d_layers=d_layers,
+            d_ff=d_ff,
+            dropout=dropout,
+            embed=embed,
+            freq=freq,
+            activation=activation,
+            distil=distil,
+            mix=mix,
+            cross_attention=cross_attention,
+            distil_padding=distil_padding,
+            embed_bias=embed_bias,
+            pos_encoding=pos_encoding,
+            prob_impl=prob_impl,
+            prob_measure=prob_measure,
+            masked_lazy=masked_lazy,
+            causal_sampling=causal_sampling,
+            fixed_eval_sample=fixed_eval_sample,
+        )
+        self.f_dim = -1 if features == "MS" else 0
+        self._sums: dict[str, _MetricSums] = {}
+        self._train_loss_sum: torch.Tensor | None = None
+        self._rng_ctx = None
+        self._preds: list[torch.Tensor] = []
+        self._trues: list[torch.Tensor] = []
+        self.test_results: dict[str, float] = {}
+        self.register_buffer("_mean", torch.zeros(c_out), persistent=False)
+        self.register_buffer("_std", torch.ones(c_out), persistent=False)
+
+    # ------------------------------------------------------------------------------------------------ setup
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None:
+            return
+        hp = self.hparams
+        expected = {
+            "seq_len": hp.seq_len,
+            "label_len": hp.label_len,
+            "pred_len": hp.pred_len,
+            "features": hp.features,
+        }
+        for key, value in expected.items():
+            if hasattr(dm, key) and getattr(dm, key) != value:
+                raise ValueError(
+                    f"model {key}={value!r} but data {key}={getattr(dm, key)!r}; make them agree"
+                )
+        if hasattr(dm, "enc_in") and (dm.enc_in, dm.c_out) != (hp.enc_in, hp.c_out):
+            raise ValueError(
+                f"model enc_in/c_out = {hp.enc_in}/{hp.c_out} but {hp.features} data has {dm.enc_in}/{dm.c_out}"
+            )
+        if hasattr(dm, "freq") and dm.freq != hp.freq:
+            raise ValueError(f"model freq={hp.freq!r} but data freq={dm.freq!r}")
+        if hasattr(dm, "timeenc") and dm.timeenc != (1 if hp.embed == "timeF" else 0):
+            raise ValueError(f"model embed={hp.embed!r} does not match data embed={dm.hparams.embed!r}")
+        if hasattr(dm, "scaler"):
+            sc = dm.scaler
+            self._mean = torch.as_tensor(sc.mean[-hp.c_out :], dtype=torch.float32, device=self.device)
+            self._std = torch.as_tensor(sc.std[-hp.c_out :], dtype=torch.float32, device=self.device)
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def forward(self, batch_x, batch_y, batch_x_mark, batch_y_mark):
+        hp = self.hparams
+        dec_inp = decoder_input(batch_y, hp.label_len, hp.pred_len, hp.padding)
+        return self.model(batch_x, batch_x_mark, dec_inp, batch_y_mark)
+
+    def _step(self, batch):
+        batch_x, batch_y, batch_x_mark, batch_y_mark = batch
+        out = self(batch_x.float(), batch_y.float(), batch_x_mark.float(), batch_y_mark.float())
+        pred = out[..., self.f_dim :]
+        true = batch_y[:, -self.hparams.pred_len :, self.f_dim :].float()
+        return pred, true
+
+    # ------------------------------------------------------------------------------------------------ RNG
+    def _fork_rng(self, seed: int) -> None:
+        devices = [self.device] if self.device.type == "cuda" else []
+        self._rng_ctx = torch.random.fork_rng(devices=devices)
+        self._rng_ctx.__enter__()
+        torch.manual_seed(seed)
+
+    def _join_rng(self) -> None:
+        if self._rng_ctx is not None:
+            self._rng_ctx.__exit__(None, None, None)
+            self._rng_ctx = None
+
+    # ------------------------------------------------------------------------------------------------ train
+    def on_train_epoch_start(self) -> None:
+        torch.manual_seed(int(self.hparams.seed) * 1_000_003 + 7919 * (self.current_epoch + 1))
+        self._train_loss_sum = torch.zeros(2, dtype=torch.float64, device=self.device)
+
+    def training_step(self, batch, batch_idx):
+        pred, true = self._step(batch)
+        loss = torch.nn.functional.mse_loss(pred, true)
+        if self._train_loss_sum is not None:
+            self._train_loss_sum += torch.stack(
+                [loss.detach().double(), loss.new_ones((), dtype=torch.float64)]
+            )
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self._train_loss_sum is not None:
+            s = self._train_loss_sum
+            self.log("train_loss", (s[0] / s[1].clamp_min(1)).float(), prog_bar=True)
+            self.log("lr", self.optimizers().param_groups[0]["lr"] if self._trainer else 0.0)
+
+    # ------------------------------------------------------------------------------------------------ eval
+    def _eval_start(self, name: str) -> None:
+        self._fork_rng(int(self.hparams.eval_seed))
+        self._sums[name] = _MetricSums(self.device)
+        self._sums[name + "_orig"] = _MetricSums(self.device)
+
+    def _eval_update(self, name: str, pred: torch.Tensor, true: torch.Tensor) -> None:
+        self._sums[name].update(pred, true)
+        if self.hparams.metrics_scale in ("original", "both"):
+            c = pred.shape[-1]
+            mean, std = self._mean[-c:], self._std[-c:]
+            self._sums[name + "_orig"].update(pred * std + mean, true * std + mean)
+
+    def _eval_end(self, name: str) -> dict[str, float]:
+        self._join_rng()
+        res = {}
+        if self.hparams.metrics_scale in ("scaled", "both"):
+            res.update(self._sums[name].compute())
+        if self.hparams.metrics_scale in ("original", "both"):
+            orig = self._sums[name + "_orig"].compute()
+            res.update(
+                {f"{k}_orig": v for k, v in orig.items()} if self.hparams.metrics_scale == "both" else orig
+            )
+        return res
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_start("val")
+
+    def validation_step(self, batch, batch_idx):
+        pred, true = self._step(batch)
+        self._eval_update("val", pred, true)
+
+    def on_validation_epoch_end(self) -> None:
+        scaled = self._sums["val"].compute()
+        res = self._eval_end("val")
+        self.log("val_loss", scaled["mse"], prog_bar=True)
+        self.log("val_mae", scaled["mae"])
+        for k, v in res.items():
+            if k not in ("mse", "mae"):
+                self.log(f"val_{k}", v)
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_start("test")
+        self._preds, self._trues = [], []
+
+    def test_step(self, batch, batch_idx):
+        pred, true = self._step(batch)
+        self._eval_update("test", pred, true)
+        if self.hparams.save_predictions:
+            self._preds.append(pred.detach().cpu())
+            self._trues.append(true.detach().cpu())
+
+    def on_test_epoch_end(self) -> None:
+        res = self._eval_end("test")
+        self.test_results = dict(res)
+        for k, v in res.items():
+            self.log(f"test_{k}", v)
+        if self.hparams.save_predictions and self._preds:
+            out = Path(self.hparams.save_predictions)
+            out.mkdir(parents=True, exist_ok=True)
+            torch.save(torch.cat(self._preds), out / "pred.pt")
+            torch.save(torch.cat(self._trues), out / "true.pt")
+
+    def predict_step(self, batch, batch_idx):
+        pred, _ = self._step(batch)
+        return pred
+
+    # ------------------------------------------------------------------------------------------------ optim
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.hparams.lradj))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+class TestAfterFit(Callback):
+    """Run the test loop on the best checkpoint (official: best model reloaded before test) right after fit."""
+
+    def __init__(self, ckpt_path: str = "best"):
+        self.ckpt_path = ckpt_path
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.interrupted or trainer.fast_dev_run:
+            return
+        ckpt = self.ckpt_path
+        if ckpt == "best" and not (
+            trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
+        ):
+            ckpt = None
+        trainer.test(pl_module, datamodule=trainer.datamodule, ckpt_path=ckpt, verbose=True)
+
+
+# ====================================================================================================================
+# multi-seed runner (--itr)
+# ====================================================================================================================
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def run_seeds(
+    config: str, seeds: Sequence[int], overrides: Sequence[str] = (), out: str | None = None
+) -> dict:
+    """``fit`` then ``test`` (best checkpoint) once per seed via LightningCLI; returns per-seed and mean ± std."""
+    from lightning.pytorch import LightningDataModule
+    from lightning.pytorch.cli import LightningCLI
+
+    runs = []
+    for seed in seeds:
+        args = [
+            "--config",
+            config,
+            "--seed_everything",
+            str(seed),
+            "--model.init_args.seed",
+            str(seed),
+            "--data.init_args.seed",
+            str(seed),
+            *overrides,
+        ]
+        t0 = time.time()
+        cli = LightningCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=args,
+            run=False,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+        )
+        trainer, model = cli.trainer, cli.model
+        fit_t0 = time.time()
+        trainer.fit(model, datamodule=cli.datamodule)
+        fit_s = time.time() - fit_t0
+        has_best = bool(trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path)
+        if not model.test_results:  # TestAfterFit not configured
+            trainer.test(
+                model, datamodule=cli.datamodule, ckpt_path="best" if has_best else None, verbose=False
+            )
+        res = dict(model.test_results)
+        run = {
+            "seed": seed,
+            "epochs": trainer.current_epoch,
+            "fit_s": round(fit_s, 1),
+            "total_s": round(time.time() - t0, 1),
+            "best_ckpt": trainer.checkpoint_callback.best_model_path if has_best else None,
+            "best_val_loss": float(trainer.checkpoint_callback.best_model_score)
+            if has_best and trainer.checkpoint_callback.best_model_score is not None
+            else None,
+            **res,
+        }
+        runs.append(run)
+        print(json.dumps(run), flush=True)
+    keys = [k for k in runs[0] if k not in ("seed", "best_ckpt")] if runs else []
+    summary = {k: _mean_std([r[k] for r in runs if isinstance(r.get(k), int | float)]) for k in keys}
+    report = {
+        "config": config,
+        "overrides": list(overrides),
+        "seeds": list(seeds),
+        "runs": runs,
+        "mean_std": {k: {"mean": m, "std": s} for k, (m, s) in summary.items()},
+        "host": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+    }
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=2))
+    for k in ("mse", "mae"):
+        if k in summary:
+            m, s = summary[k]
+            print(f"test {k}: {m:.4f} ± {s:.4f} over {len(runs)} seeds", flush=True)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--itr", type=int, default=None, help="number of runs (seeds 0..N-1 unless --seeds)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--out", default=None, help="write the JSON report here")
+    args, overrides = parser.parse_known_args(argv)
+    seeds = args.seeds if args.seeds is not None else list(range(args.itr if args.itr is not None else 1))
+    if args.itr is not None and args.seeds is not None and len(args.seeds) != args.itr:
+        parser.error(f"--itr {args.itr} but {len(args.seeds)} --seeds given")
+    run_seeds(args.config, seeds, overrides, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
