@@ -108,10 +108,12 @@ def test_causal_sampling_never_samples_the_future():
 
 
 # ---- the sparsity measure -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("chunk_budget", [1, 2**22])  # 1 forces chunks of ceil(L_Q / U) queries
+@pytest.mark.parametrize("dense_ratio", [0, 10**6])  # both ways to get the sampled scores (gather / dense)
+@pytest.mark.parametrize("chunk_budget", [1, 2**22])  # 1 forces the smallest chunks
 @pytest.mark.parametrize("measure", ["official", "mean"])
-def test_measure_equals_naive_loop(measure, chunk_budget, monkeypatch):
+def test_measure_equals_naive_loop(measure, chunk_budget, dense_ratio, monkeypatch):
     monkeypatch.setattr("favit_probsparse.attention.probsparse._CHUNK_ELEMENTS", chunk_budget)
+    monkeypatch.setattr("favit_probsparse.attention.probsparse._DENSE_MEASURE_MAX_RATIO", dense_ratio)
     q, k, _ = rand_qkv(b=2, h=2, l_q=17, l_k=9, d=4)
     idx = sample_key_index(17, 9, 5, generator=torch.Generator().manual_seed(1))
     got = sparsity_measure(q, k, idx, measure)

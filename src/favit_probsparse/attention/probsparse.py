@@ -54,7 +54,8 @@ Impl = Literal["fast", "exact"]
 _MEASURES = ("official", "mean")
 _MASKED_LAZY = ("cumsum", "cummean")
 _IMPLS = ("fast", "exact")
-_CHUNK_ELEMENTS = 2**22  # element budget of one chunk of gathered keys in the fast sparsity measure
+_CHUNK_ELEMENTS = 2**22  # element budget of one chunk's temporary in the fast sparsity measure
+_DENSE_MEASURE_MAX_RATIO = 48  # fast measure: dense chunked scores while L_K <= ratio * U (see sparsity_measure)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -153,23 +154,32 @@ def sample_key_index(
 
 
 def sparsity_measure(q: Tensor, k: Tensor, index: Tensor, measure: Measure = "official") -> Tensor:
-    """M [B, H, L_Q] from the unscaled sampled scores, without building [B, H, L_Q, U, D] at once.
+    """M [B, H, L_Q] from the unscaled sampled scores, without building [B, H, L_Q, U, D].
 
-    Queries are processed in chunks whose gathered keys [B, H, chunk, U, D] hold at most
-    max(L_Q·D·B·H, 2**22) elements (no larger than q itself, or 16 MB in fp32 for short sequences, where
-    fewer, larger chunks save per-op overhead). No autograd: M only feeds ``topk``.
+    No autograd (M only feeds ``topk``). Queries are processed in chunks so that one chunk's temporary holds
+    at most max(size of q, 2**22) elements. Two ways to get the sampled scores, same values up to rounding:
+
+    * ``L_K <= 48·U`` (short sequences): a chunk of dense scores q_chunk·Kᵀ [B, H, chunk, L_K], then gather
+      the sampled columns. More FLOPs than needed, but matrix-multiply speed beats a gather of
+      L_Q·U·D key elements by far until L_K/U is large (measured crossover ≈ 40 on CPU).
+    * otherwise: gather the sampled keys of a query chunk [B, H, chunk, U, D] and contract over D.
     """
     l_q, n_samples = index.shape
-    l_k = k.shape[2]
+    b, h, l_k, d = k.shape
     divisor = l_k if measure == "official" else n_samples
-    per_query = n_samples * k.shape[0] * k.shape[1] * k.shape[3]
-    chunk = max(1, math.ceil(l_q / n_samples), _CHUNK_ELEMENTS // per_query)
+    dense = l_k <= _DENSE_MEASURE_MAX_RATIO * n_samples
+    per_query = b * h * (l_k if dense else n_samples * d)
+    chunk = max(1, math.ceil(l_q * d / (l_k if dense else n_samples * d)), _CHUNK_ELEMENTS // per_query)
     out = q.new_empty(q.shape[:3])
     with torch.no_grad():
+        k_t = k.transpose(-2, -1)
         for start in range(0, l_q, chunk):
             stop = min(start + chunk, l_q)
-            k_sample = k[:, :, index[start:stop]]  # [B, H, chunk, U, D]
-            s = (q[:, :, start:stop].unsqueeze(-2) @ k_sample.transpose(-2, -1)).squeeze(-2)  # [B, H, chunk, U]
+            if dense:
+                scores = q[:, :, start:stop] @ k_t  # [B, H, chunk, L_K]
+                s = torch.gather(scores, 3, index[start:stop].expand(b, h, -1, -1))  # [B, H, chunk, U]
+            else:
+                s = torch.einsum("bhcd,bhcud->bhcu", q[:, :, start:stop], k[:, :, index[start:stop]])
             out[:, :, start:stop] = s.amax(-1) - s.sum(-1) / divisor
     return out
 
