@@ -7,84 +7,83 @@ Interface used by models (stable; the posenc work extends the registry, not the 
 Every ``PositionEncoding`` has a ``kind`` attribute:
 
 * ``"absolute"``: ``forward(x)`` with ``x`` of shape [B, L, d_model] returns the encoding rows [1, L, d_model]
-  to be added to (or injected beside) the token embedding.
-* ``"rotary"``: ``rotate(q, k)`` on [B, H, L, D] returns rotated (q, k); ``forward`` returns zeros-free ``None``.
-* ``"bias"``: ``bias(l_q, l_k, n_heads)`` returns an additive logit bias [H, l_q, l_k].
+  to be added to (or injected beside) the token embedding. ``table(L)`` returns the [L, d_model] rows.
+* ``"rotary"``: ``rotate(q, k)`` on [B, H, L, D] returns rotated (q, k); ``forward`` returns ``None``.
+* ``"bias"``: ``bias(l_q, l_k, n_heads)`` returns an additive logit bias [H, l_q, l_k]; ``forward`` returns ``None``.
 * ``"none"``: ``forward(x)`` returns ``None``.
+
+Registered names (``POS_ENCODINGS``):
+
+=================  ==========  ==========================================================================
+name               kind        what
+=================  ==========  ==========================================================================
+``sinusoidal``     absolute    Vaswani et al. (Informer's ``PositionalEmbedding``)
+``learned``        absolute    trainable table, trunc-normal(0.02) init
+``legendre``       absolute    PoPE, paper Eq. 14 layout (degree = position; ``layout="B"`` for degree = feature)
+``pope``           absolute    alias of ``legendre`` (layout A, paper grid, unnormalised, 1-based orders)
+``legendre_orth``  absolute    layout B, QR-conditioned (discrete Legendre), learned K → d_model map
+``legendre_gauss`` absolute    layout B on Gauss–Legendre nodes
+``rope``           rotary      RoFormer rotation of q, k
+``alibi``          bias        −m_h·|i−j| (bidirectional; ``symmetric=False`` for the causal −m_h(i−j))
+``none``           none        no position information
+=================  ==========  ==========================================================================
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
+from functools import partial
 
-import torch
-from torch import nn
+from ._base import (
+    LearnedPositionEncoding,
+    NoPositionEncoding,
+    PositionEncoding,
+    SinusoidalPositionEncoding,
+    sinusoidal_table,
+)
+from .alibi import AlibiPositionEncoding, alibi_bias, alibi_slopes
+from .legendre import LegendrePositionEncoding, legendre_basis_b, legendre_p, legendre_table_a
+from .rope import RotaryPositionEncoding, rope_rotate
+from .terms import TERM_SETS, parse_terms, select_term_qk
 
-__all__ = ["POS_ENCODINGS", "LearnedPositionEncoding", "NoPositionEncoding", "PositionEncoding",
-           "SinusoidalPositionEncoding", "build_pos_encoding"]
-
-
-class PositionEncoding(nn.Module):
-    kind: str = "absolute"
-
-
-class SinusoidalPositionEncoding(PositionEncoding):
-    """Vaswani et al. fixed encoding, identical to Informer's ``PositionalEmbedding`` (sin on even, cos on odd)."""
-
-    kind = "absolute"
-
-    def __init__(self, d_model: int, max_len: int = 5000):
-        super().__init__()
-        pe = torch.zeros(max_len, d_model)
-        position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
-        div_term = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * -(math.log(10000.0) / d_model))
-        pe[:, 0::2] = torch.sin(position * div_term)
-        pe[:, 1::2] = torch.cos(position * div_term[: d_model // 2])
-        self.register_buffer("pe", pe.unsqueeze(0), persistent=False)
-        self.max_len = max_len
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        length = x.shape[1]
-        if length > self.max_len:
-            raise ValueError(f"sequence length {length} exceeds the position encoding's max_len {self.max_len}")
-        return self.pe[:, :length]
-
-
-class LearnedPositionEncoding(PositionEncoding):
-    kind = "absolute"
-
-    def __init__(self, d_model: int, max_len: int = 5000):
-        super().__init__()
-        self.pe = nn.Parameter(torch.zeros(1, max_len, d_model))
-        nn.init.trunc_normal_(self.pe, std=0.02)
-        self.max_len = max_len
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        length = x.shape[1]
-        if length > self.max_len:
-            raise ValueError(f"sequence length {length} exceeds the position encoding's max_len {self.max_len}")
-        return self.pe[:, :length]
+__all__ = [
+    "POS_ENCODINGS",
+    "TERM_SETS",
+    "AlibiPositionEncoding",
+    "LearnedPositionEncoding",
+    "LegendrePositionEncoding",
+    "NoPositionEncoding",
+    "PositionEncoding",
+    "RotaryPositionEncoding",
+    "SinusoidalPositionEncoding",
+    "alibi_bias",
+    "alibi_slopes",
+    "build_pos_encoding",
+    "legendre_basis_b",
+    "legendre_p",
+    "legendre_table_a",
+    "parse_terms",
+    "rope_rotate",
+    "select_term_qk",
+    "sinusoidal_table",
+]
 
 
-class NoPositionEncoding(PositionEncoding):
-    kind = "none"
-
-    def __init__(self, d_model: int = 0, max_len: int = 0):
-        super().__init__()
-
-    def forward(self, x: torch.Tensor) -> None:
-        return None
-
-
-POS_ENCODINGS: dict[str, type[PositionEncoding]] = {
+POS_ENCODINGS: dict[str, Callable[..., PositionEncoding]] = {
     "sinusoidal": SinusoidalPositionEncoding,
     "learned": LearnedPositionEncoding,
+    "legendre": LegendrePositionEncoding,
+    "pope": LegendrePositionEncoding,
+    "legendre_orth": partial(LegendrePositionEncoding, layout="B", conditioning="qr"),
+    "legendre_gauss": partial(LegendrePositionEncoding, layout="B", conditioning="gauss"),
+    "rope": RotaryPositionEncoding,
+    "alibi": AlibiPositionEncoding,
     "none": NoPositionEncoding,
 }
 
 
 def build_pos_encoding(name: str, d_model: int, max_len: int = 5000, **kwargs) -> PositionEncoding:
-    """Build a position encoding by name (see :data:`POS_ENCODINGS`)."""
+    """Build a position encoding by name (see :data:`POS_ENCODINGS`); kwargs go to its constructor."""
     try:
         cls = POS_ENCODINGS[name]
     except KeyError:
