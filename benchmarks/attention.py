@@ -91,7 +91,7 @@ def make_case(method, b, h, l, d, device, dtype):
     return step
 
 
-def run_case(method, b, h, l, d, device, dtype, repeats, warmup):
+def run_case(method, b, h, l, d, device, dtype, repeats, warmup, clock="wall"):
     make_case(method, 1, 1, 16, d, device, dtype)()  # load kernels/allocator pools before the memory baseline
     step = make_case(method, b, h, l, d, device, dtype)
     if device == "cuda":
@@ -116,10 +116,11 @@ def run_case(method, b, h, l, d, device, dtype, repeats, warmup):
             end.record()
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
+        else:  # "cpu": this thread's CPU time, robust to other processes when torch runs on 1 thread
+            now = time.thread_time if clock == "cpu" else time.perf_counter
+            t0 = now()
             step()
-            times.append((time.perf_counter() - t0) * 1e3)
+            times.append((now() - t0) * 1e3)
     return {"method": method, "L": l, "ms": statistics.median(times), "peak_bytes": peak, "repeats": repeats}
 
 
@@ -140,16 +141,23 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
+    p.add_argument("--clock", choices=["wall", "cpu"], default=None,
+                   help="CPU timing: wall clock, or this thread's CPU time (default, forces 1 thread; robust to a "
+                        "loaded machine)")
     p.add_argument("--markdown", default=None, help="also write the table to this file")
     p.add_argument("--_one", default=None, help=argparse.SUPPRESS)  # internal: run one case, print JSON
     a = p.parse_args(argv)
+    if a.device == "cpu" and a.clock is None:
+        a.clock = "cpu"
+    if a.clock == "cpu":
+        a.threads = 1
     if a.threads:
         torch.set_num_threads(a.threads)
     batch = a.batch or (32 if a.device == "cuda" else 1)
     dtype = getattr(torch, a.dtype)
     if a._one:
         method, l = a._one.split(":")
-        print(json.dumps(run_case(method, batch, a.heads, int(l), a.dim, a.device, dtype, a.repeats, a.warmup)))
+        print(json.dumps(run_case(method, batch, a.heads, int(l), a.dim, a.device, dtype, a.repeats, a.warmup, a.clock)))
         return 0
 
     rows = {}
@@ -164,7 +172,7 @@ def main(argv=None):
             else:  # fresh process per case so that ru_maxrss measures this case alone
                 cmd = [sys.executable, __file__, "--_one", f"{m}:{l}", "--device", "cpu", "--batch", str(batch),
                        "--heads", str(a.heads), "--dim", str(a.dim), "--repeats", str(a.repeats),
-                       "--warmup", str(a.warmup), "--dtype", a.dtype]
+                       "--warmup", str(a.warmup), "--dtype", a.dtype, "--clock", a.clock]
                 if a.threads:
                     cmd += ["--threads", str(a.threads)]
                 out = subprocess.run(cmd, capture_output=True, text=True)
@@ -179,7 +187,9 @@ def main(argv=None):
     hw = torch.cuda.get_device_name() if a.device == "cuda" else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     lines = [
         f"Device: {a.device} ({hw}); torch {torch.__version__}; dtype {a.dtype}; B={batch}, H={a.heads}, D={a.dim}; "
-        f"forward+backward, median of {a.repeats} after {a.warmup} warm-up; peak memory above the inputs "
+        f"forward+backward, median of {a.repeats} after {a.warmup} warm-up"
+        f"{'' if a.device == 'cuda' else ' (' + ('per-thread CPU time, 1 thread' if a.clock == 'cpu' else 'wall clock') + ')'}"
+        "; peak memory above the inputs "
         f"({'CUDA max_memory_allocated' if a.device == 'cuda' else 'growth of peak RSS in a fresh process'}).",
         "",
         "| L | " + " | ".join(f"{m} ms" for m in a.methods) + " | " + " | ".join(f"{m} peak" for m in a.methods)
