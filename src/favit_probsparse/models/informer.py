@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from favit_probsparse.attention import build_attention
-from favit_probsparse.posenc import build_pos_encoding
+from favit_probsparse.attention.delta_v import DeltaVAttention
+from favit_probsparse.posenc import PositionEncoding, build_pos_encoding, parse_terms, select_term_qk
 
 __all__ = [
     "MIX_MODES",
@@ -148,6 +149,11 @@ class DataEmbedding(nn.Module):
     ``pos_encoding`` names a :func:`favit_probsparse.posenc.build_pos_encoding` entry; only encodings of kind
     ``"absolute"`` are added here (``"none"`` adds nothing; rotary/bias encodings act inside attention).
     The position index runs 0..L-1 within each window, for encoder and decoder alike (official behaviour).
+
+    Position-encoding ablations (additive options, defaults = official):
+        parts: which embeddings are summed: ``"all"`` (= ``"value+position+temporal"``) or a ``+``-joined subset
+            that contains ``value`` (seed Tables 2-3: ``"value"``, ``"value+temporal"``).
+        pos_kwargs: extra keyword arguments of :func:`build_pos_encoding` (e.g. Legendre ``layout``/``grid``).
     """
 
     def __init__(
@@ -160,12 +166,15 @@ class DataEmbedding(nn.Module):
         pos_encoding: str = "sinusoidal",
         max_len: int = 5000,
         bias: bool = True,
+        parts: str = "all",
+        pos_kwargs: dict | None = None,
     ):
         super().__init__()
         if embed not in ("timeF", "fixed", "learned"):
             raise ValueError(f"unknown embed {embed!r}; choose timeF, fixed or learned")
+        self.parts = _embedding_parts(parts)
         self.value_embedding = TokenEmbedding(c_in, d_model, bias=bias)
-        self.position_embedding = build_pos_encoding(pos_encoding, d_model, max_len)
+        self.position_embedding = build_pos_encoding(pos_encoding, d_model, max_len, **(pos_kwargs or {}))
         if embed == "timeF":
             self.temporal_embedding: nn.Module = TimeFeatureEmbedding(d_model, freq, bias=bias)
         else:
@@ -174,13 +183,23 @@ class DataEmbedding(nn.Module):
 
     def forward(self, x: Tensor, x_mark: Tensor | None) -> Tensor:
         out = self.value_embedding(x)
-        if getattr(self.position_embedding, "kind", "absolute") == "absolute":
+        if "position" in self.parts and getattr(self.position_embedding, "kind", "absolute") == "absolute":
             pe = self.position_embedding(out)
             if pe is not None:
                 out = out + pe
-        if x_mark is not None:
+        if x_mark is not None and "temporal" in self.parts:
             out = out + self.temporal_embedding(x_mark)
         return self.dropout(out)
+
+
+_EMBEDDING_PARTS = ("value", "position", "temporal")
+
+
+def _embedding_parts(parts: str) -> frozenset[str]:
+    names = frozenset(_EMBEDDING_PARTS) if parts == "all" else frozenset(p.strip() for p in parts.split("+"))
+    if not names <= set(_EMBEDDING_PARTS) or "value" not in names:
+        raise ValueError(f"embedding parts {parts!r}: use 'all' or '+'-joined {list(_EMBEDDING_PARTS)} with 'value'")
+    return names
 
 
 # ================================================================================================================
@@ -191,6 +210,17 @@ class AttentionLayer(nn.Module):
 
     ``mix=True`` reinterprets the operator's ``[B, H, L, D]`` output buffer as ``[B, L, H*D]`` (the official
     head/time "mix"); ``mix=False`` concatenates the heads of each position (standard multi-head attention).
+
+    Position-encoding ablations (additive options; defaults leave the layer as above):
+        pos_encoding: a :class:`~favit_probsparse.posenc.PositionEncoding` used *inside* this layer (self-attention
+            only): ``rotary`` rotates q and k; ``bias`` adds ``bias(L_Q, L_K, H)`` to the logits; ``absolute`` is
+            injected into the logits with the terms ``pos_terms`` (positions 0..L-1 of this layer's sequence).
+        pos_terms: ``None`` (no injection of an absolute encoding) or a term set of
+            :func:`~favit_probsparse.posenc.parse_terms` (``"all"``, ``"cross"``, ``"pospos"``, ...). Content
+            projections keep their biases, position projections have none; values come from the content only.
+        delta_v: wrap the attention operator in :class:`~favit_probsparse.attention.delta_v.DeltaVAttention`
+            (``True`` or a dict of its keyword arguments).
+        deep_mlp: the output projection becomes a 2-layer MLP (``Linear -> GELU -> Linear(d_model, d_model)``).
     """
 
     def __init__(
@@ -201,12 +231,18 @@ class AttentionLayer(nn.Module):
         d_keys: int | None = None,
         d_values: int | None = None,
         mix: bool = False,
+        pos_encoding: PositionEncoding | None = None,
+        pos_terms: str | None = None,
+        delta_v: bool | dict | None = None,
+        deep_mlp: bool = False,
     ):
         super().__init__()
         if d_model % n_heads and (d_keys is None or d_values is None):
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
         d_keys = d_keys or d_model // n_heads
         d_values = d_values or d_model // n_heads
+        if delta_v:
+            attention = DeltaVAttention(attention, n_heads=n_heads, **(delta_v if isinstance(delta_v, dict) else {}))
         self.inner_attention = attention
         self.query_projection = nn.Linear(d_model, d_keys * n_heads)
         self.key_projection = nn.Linear(d_model, d_keys * n_heads)
@@ -214,6 +250,9 @@ class AttentionLayer(nn.Module):
         self.out_projection = nn.Linear(d_values * n_heads, d_model)
         self.n_heads = n_heads
         self.mix = mix
+        self.pos_encoding = pos_encoding
+        self.pos_terms = parse_terms(pos_terms) if pos_terms is not None else None
+        self.out_mlp = nn.Linear(d_model, d_model) if deep_mlp else None
 
     def extra_repr(self) -> str:
         return f"n_heads={self.n_heads}, mix={self.mix}"
@@ -227,12 +266,41 @@ class AttentionLayer(nn.Module):
         q = self.query_projection(queries).view(b, l_q, h, -1).transpose(1, 2)
         k = self.key_projection(keys).view(b, l_k, h, -1).transpose(1, 2)
         v = self.value_projection(values).view(b, l_k, h, -1).transpose(1, 2)
+        if self.pos_encoding is not None:
+            q, k, attn_mask = self._inject_positions(q, k, attn_mask)
         out = self.inner_attention(q, k, v, attn_mask)  # [B, H, L_Q, D_v]
         if self.mix:
             out = out.contiguous().view(b, l_q, -1)  # official mix: the [B,H,L,D] buffer read as [B,L,H*D]
         else:
             out = out.transpose(1, 2).reshape(b, l_q, -1)
+        if self.out_mlp is not None:
+            return self.out_mlp(F.gelu(self.out_projection(out)))
         return self.out_projection(out)
+
+    def position_qk(self, l_q: int, l_k: int) -> tuple[Tensor, Tensor]:
+        """Projected positions (no biases) [1, H, L, d_k] of an absolute ``pos_encoding`` for injection."""
+        pe, h = self.pos_encoding, self.n_heads
+        p_q, p_k = pe.table(l_q), pe.table(l_k)
+        qp = F.linear(p_q.to(self.query_projection.weight.dtype), self.query_projection.weight)
+        kp = F.linear(p_k.to(self.key_projection.weight.dtype), self.key_projection.weight)
+        return qp.view(1, l_q, h, -1).transpose(1, 2), kp.view(1, l_k, h, -1).transpose(1, 2)
+
+    def _inject_positions(self, q: Tensor, k: Tensor, attn_mask: Tensor | None):
+        pe, l_q, l_k = self.pos_encoding, q.shape[2], k.shape[2]
+        if pe.kind == "rotary":
+            q, k = pe.rotate(q, k)
+        elif pe.kind == "bias":
+            bias = pe.bias(l_q, l_k, self.n_heads).to(q.dtype)[None]  # [1, H, L_Q, L_K]
+            if attn_mask is None:
+                attn_mask = bias
+            elif attn_mask.dtype == torch.bool:
+                attn_mask = bias.masked_fill(~attn_mask, float("-inf"))
+            else:
+                attn_mask = attn_mask + bias
+        elif pe.kind == "absolute" and self.pos_terms is not None:
+            qp, kp = self.position_qk(l_q, l_k)
+            q, k = select_term_qk(q, k, qp, kp, self.pos_terms)
+        return q, k, attn_mask
 
 
 # ================================================================================================================
@@ -425,6 +493,18 @@ class Informer(nn.Module):
         pos_encoding: name for :func:`favit_probsparse.posenc.build_pos_encoding` (default "sinusoidal").
         prob_impl: "fast" | "exact" ProbSparse implementation; prob_measure, masked_lazy, causal_sampling,
             fixed_eval_sample: :class:`favit_probsparse.attention.ProbSparseAttention` options (official defaults).
+
+    Position-encoding / ΔV ablations (seed Tables 2-6; defaults = the official model):
+        pos_kwargs: keyword arguments for ``build_pos_encoding`` (e.g. ``{"layout": "B"}`` for Legendre).
+        embed_parts: :class:`DataEmbedding` parts, ``"all"`` or e.g. ``"value"``, ``"value+temporal"``.
+        pos_inject: where an *absolute* encoding enters: ``"input"`` (official: added to the embedding),
+            ``"layers"`` (not at the input; injected into the logits of every self-attention layer with
+            ``pos_terms``), or ``"both"``. Rotary and bias encodings always act in the self-attention layers.
+        pos_terms: term set for injected positions (``"all"``, ``"cross"``, ``"pospos"``, ...; see
+            :func:`favit_probsparse.posenc.parse_terms`).
+        delta_v: ΔV attention (``True`` or a dict of :class:`DeltaVAttention` options, e.g. ``{"momentum": True}``).
+        delta_v_layers: which layers get ΔV: ``"self"`` (encoder and decoder self-attention), ``"encoder"``, ``"all"``.
+        deep_mlp: every attention layer's output projection becomes a 2-layer MLP (seed Table 2's "deep MLP").
     """
 
     def __init__(
@@ -459,8 +539,19 @@ class Informer(nn.Module):
         masked_lazy: str = "cumsum",
         causal_sampling: bool = False,
         fixed_eval_sample: bool = False,
+        pos_kwargs: dict | None = None,
+        embed_parts: str = "all",
+        pos_inject: str = "input",
+        pos_terms: str = "all",
+        delta_v: bool | dict = False,
+        delta_v_layers: str = "self",
+        deep_mlp: bool = False,
     ):
         super().__init__()
+        if pos_inject not in ("input", "layers", "both"):
+            raise ValueError(f"unknown pos_inject {pos_inject!r}; choose input, layers or both")
+        if delta_v_layers not in ("self", "encoder", "all"):
+            raise ValueError(f"unknown delta_v_layers {delta_v_layers!r}; choose self, encoder or all")
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
         if attention not in ("prob", "full"):
@@ -513,16 +604,36 @@ class Informer(nn.Module):
                 return kind == "prob"
             return p.mix == "decoder_self" and role == "decoder_self"
 
+        parts = embed_parts
+        if pos_inject == "layers":
+            names = _embedding_parts(embed_parts) - {"position"}
+            parts = "+".join(n for n in _EMBEDDING_PARTS if n in names)
         self.enc_embedding = DataEmbedding(
-            enc_in, d_model, embed, freq, dropout, pos_encoding, max_len, p.embed_bias
+            enc_in, d_model, embed, freq, dropout, pos_encoding, max_len, p.embed_bias, parts, pos_kwargs
         )
         self.dec_embedding = DataEmbedding(
-            dec_in, d_model, embed, freq, dropout, pos_encoding, max_len, p.embed_bias
+            dec_in, d_model, embed, freq, dropout, pos_encoding, max_len, p.embed_bias, parts, pos_kwargs
         )
+        self.pos_inject, self.pos_terms = pos_inject, pos_terms
+
+        def in_layer(emb: DataEmbedding) -> dict:
+            pe = emb.position_embedding
+            if pe.kind in ("rotary", "bias"):
+                return {"pos_encoding": pe}
+            if pe.kind == "absolute" and pos_inject != "input":
+                return {"pos_encoding": pe, "pos_terms": pos_terms}
+            return {}
+
+        def extra(role: str) -> dict:
+            dv = delta_v and (delta_v_layers == "all" or role == "encoder" or (delta_v_layers == "self" and role == "decoder_self"))
+            return {"delta_v": delta_v if dv else None, "deep_mlp": deep_mlp}
         self.encoder = Encoder(
             [
                 EncoderLayer(
-                    AttentionLayer(attn(attention, False), d_model, n_heads, mix=mixed(attention, "encoder")),
+                    AttentionLayer(
+                        attn(attention, False), d_model, n_heads, mix=mixed(attention, "encoder"),
+                        **in_layer(self.enc_embedding), **extra("encoder"),
+                    ),
                     d_model,
                     d_ff,
                     dropout=dropout,
@@ -537,13 +648,15 @@ class Informer(nn.Module):
             [
                 DecoderLayer(
                     AttentionLayer(
-                        attn(attention, True), d_model, n_heads, mix=mixed(attention, "decoder_self")
+                        attn(attention, True), d_model, n_heads, mix=mixed(attention, "decoder_self"),
+                        **in_layer(self.dec_embedding), **extra("decoder_self"),
                     ),
                     AttentionLayer(
                         attn(p.cross_attention, False),
                         d_model,
                         n_heads,
                         mix=mixed(p.cross_attention, "cross"),
+                        **extra("cross"),
                     ),
                     d_model,
                     d_ff,

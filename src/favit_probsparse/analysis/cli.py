@@ -1,0 +1,195 @@
+"""``favit-ps analyze ...``: analyses of trained models and of position-encoding tables.
+
+* ``favit-ps analyze cross-terms --ckpt PATH [--config CFG.yaml] [--data ETTh1] [--batches 2] --out DIR``:
+  load a trained Informer forecaster checkpoint, run test windows through it and decompose every self-attention
+  layer's logits into token-token / token-pos / pos-token / pos-pos (+ bias remainder), which sum exactly to the
+  logits. Writes per-layer heatmaps (heads × terms, batch-mean row-centred maps), a share bar chart,
+  ``cross_terms.md`` (table: share of row-centred RMS, KL(softmax(S) ‖ softmax(S − T)) when the term is removed,
+  correlation with the logits, p2p Toeplitz R²) and ``cross_terms.json``.
+* ``favit-ps analyze pos-decay --out DIR [--max-len 100 --d-model 512 --i 10 --trials 25000]``: the seed's
+  ``pos_embedding_decay`` study for sinusoidal versus Legendre tables (see :mod:`.pos_decay`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+__all__ = ["load_forecaster", "main", "run_cross_terms", "write_cross_term_report"]
+
+
+def load_forecaster(ckpt_path: str | Path):
+    """A :class:`PosencInformerForecaster` (superset of ``InformerForecaster``) with the checkpoint's weights."""
+    from .posenc_forecaster import PosencInformerForecaster
+
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    hp = dict(ckpt.get("hyper_parameters", {}))
+    hp.pop("_instantiator", None)
+    module = PosencInformerForecaster(**hp)
+    module.load_state_dict(ckpt["state_dict"], strict=True)
+    module.eval()
+    return module
+
+
+def _datamodule(args, hp):
+    from favit_probsparse.data.ett import ETTDataModule
+
+    if args.config:
+        import yaml
+
+        cfg = yaml.safe_load(Path(args.config).read_text())
+        init = dict(cfg.get("data", {}).get("init_args", {}))
+        return ETTDataModule(**init)
+    return ETTDataModule(name=args.data, seq_len=hp["seq_len"], label_len=hp["label_len"], pred_len=hp["pred_len"],
+                         features=hp["features"], embed=hp["embed"], freq=hp["freq"], batch_size=args.batch_size,
+                         path=args.data_path)
+
+
+def run_cross_terms(args) -> int:
+    from favit_probsparse.models.informer import decoder_input
+
+    from .informer_terms import informer_cross_terms
+
+    module = load_forecaster(args.ckpt)
+    hp = dict(module.hparams)
+    dm = _datamodule(args, hp)
+    dm.setup("test")
+    loader = dm.test_dataloader()
+    results = None
+    n = 0
+    for i, batch in enumerate(loader):
+        if i >= args.batches:
+            break
+        bx, by, bxm, bym = (t.float() for t in batch)
+        dec = decoder_input(by, hp["label_len"], hp["pred_len"], hp.get("padding", 0))
+        res = informer_cross_terms(module.model, bx, bxm, dec, bym)
+        w = bx.shape[0]
+        if results is None:
+            results = res
+            for r in results:
+                r.maps = {k: v * w for k, v in r.maps.items()}
+                r.metrics = {t: {m: v * w for m, v in d.items()} for t, d in r.metrics.items()}
+                r.p2p_toeplitz_r2 = r.p2p_toeplitz_r2 * w
+        else:
+            for r, r2 in zip(results, res):
+                r.maps = {k: r.maps[k] + r2.maps[k] * w for k in r.maps}
+                r.metrics = {t: {m: r.metrics[t][m] + r2.metrics[t][m] * w for m in r.metrics[t]} for t in r.metrics}
+                r.p2p_toeplitz_r2 = r.p2p_toeplitz_r2 + r2.p2p_toeplitz_r2 * w
+                r.max_abs_sum_error = max(r.max_abs_sum_error, r2.max_abs_sum_error)
+        n += w
+    if not results:
+        print("no self-attention layer with an additive decomposition (rotary/bias encodings are skipped)")
+        return 1
+    for r in results:
+        r.maps = {k: v / n for k, v in r.maps.items()}
+        r.metrics = {t: {m: v / n for m, v in d.items()} for t, d in r.metrics.items()}
+        r.p2p_toeplitz_r2 = r.p2p_toeplitz_r2 / n
+    write_cross_term_report(results, Path(args.out), title=f"Cross terms of {args.ckpt}", n_windows=n,
+                            model_desc=_describe(hp), dpi=args.dpi)
+    print(f"wrote {args.out}/cross_terms.md ({n} test windows)")
+    return 0
+
+
+def _describe(hp: dict) -> str:
+    keys = ("attention", "pos_encoding", "pos_inject", "pos_terms", "embed_parts", "delta_v", "d_model", "n_heads",
+            "seq_len", "label_len", "pred_len")
+    return ", ".join(f"{k}={hp[k]}" for k in keys if k in hp)
+
+
+def write_cross_term_report(results, out: Path, title: str, n_windows: int, model_desc: str = "", dpi: int = 60) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .cross_terms import TERM_LABELS
+
+    out.mkdir(parents=True, exist_ok=True)
+    cols = ("c2c", "c2p", "p2c", "p2p", "bias", "logits")
+    for r in results:
+        n_heads = r.maps["logits"].shape[0]
+        fig, axes = plt.subplots(n_heads, len(cols), figsize=(1.6 * len(cols), 1.5 * n_heads), squeeze=False)
+        for h in range(n_heads):
+            vmax = max(float(r.maps[c][h].abs().max()) for c in cols) or 1.0
+            for j, c in enumerate(cols):
+                ax = axes[h, j]
+                ax.imshow(r.maps[c][h].float().numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+                ax.set_xticks([]), ax.set_yticks([])
+                if h == 0:
+                    lab = TERM_LABELS.get(c, c) + ("" if c in (*r.active, "bias", "logits") else " (off)")
+                    ax.set_title(lab, fontsize=7)
+                if j == 0:
+                    ax.set_ylabel(f"head {h}", fontsize=7)
+        fig.suptitle(f"{r.name} ({r.mode}); row-centred, mean over {n_windows} windows; one scale per head", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / f"cross_terms_{r.name.replace('.', '_')}.png", dpi=dpi)
+        plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 2.8), squeeze=False)
+    for ax, r in zip(axes[0], results):
+        names = [*r.active, "bias"]
+        bottom = torch.zeros_like(r.metrics[names[0]]["share"])
+        for t in names:
+            v = r.metrics[t]["share"]
+            ax.bar(range(len(v)), v.numpy(), bottom=bottom.numpy(), label=TERM_LABELS[t])
+            bottom = bottom + v
+        ax.set_title(r.name, fontsize=8)
+        ax.set_xlabel("head")
+    axes[0][0].set_ylabel("share of row-centred RMS")
+    axes[0][-1].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "cross_terms_shares.png", dpi=dpi + 20)
+    plt.close(fig)
+
+    lines = [f"# {title}", "", f"Model: {model_desc}", "", f"Test windows: {n_windows}. Per layer, mean over heads "
+             "(per-head values in cross_terms.json). share = row-centred RMS of the term / Σ over the layer's active "
+             "terms and the bias remainder; KL = mean over rows of KL(softmax(S) ‖ softmax(S − T)) when the term is "
+             "removed; corr = Pearson correlation of the row-centred term with the row-centred logits.", "",
+             "| layer | split | term | share | KL if removed | corr | raw RMS |", "|---|---|---|---|---|---|---|"]
+    js = []
+    for r in results:
+        for t, m in r.metrics.items():
+            lines.append(f"| {r.name} | {r.mode} | {TERM_LABELS[t]} | {m['share'].mean():.3f} | "
+                         f"{m['kl_removed'].mean():.4f} | {m['corr'].mean():.3f} | {m['rms'].mean():.3f} |")
+        js.append({"layer": r.name, "mode": r.mode, "active": list(r.active),
+                   "max_abs_sum_error": r.max_abs_sum_error, "p2p_toeplitz_r2": r.p2p_toeplitz_r2.tolist(),
+                   "metrics": {t: {k: v.tolist() for k, v in m.items()} for t, m in r.metrics.items()}, **r.extra})
+    lines += ["", "| layer | max \\|Σ terms − logits\\| | p2p Toeplitz R² (mean over heads) |", "|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r.name} | {r.max_abs_sum_error:.2e} | {r.p2p_toeplitz_r2.mean():.3f} |")
+    (out / "cross_terms.md").write_text("\n".join(lines) + "\n")
+    (out / "cross_terms.json").write_text(json.dumps({"title": title, "model": model_desc, "n_windows": n_windows,
+                                                      "layers": js}, indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="favit-ps analyze", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    ct = sub.add_parser("cross-terms", help="decompose the attention logits of a trained Informer checkpoint")
+    ct.add_argument("--ckpt", required=True, help="Lightning checkpoint of an (Posenc)InformerForecaster")
+    ct.add_argument("--config", default=None, help="fit config whose data section defines the test windows")
+    ct.add_argument("--data", default="ETTh1", help="ETT dataset when no --config is given")
+    ct.add_argument("--data-path", default=None, help="explicit CSV path for --data (default: the data root)")
+    ct.add_argument("--batches", type=int, default=2, help="test batches to average over")
+    ct.add_argument("--batch-size", type=int, default=32)
+    ct.add_argument("--dpi", type=int, default=60)
+    ct.add_argument("--out", required=True)
+    pdc = sub.add_parser("pos-decay", help="E_W[p_iᵀ W p_j] and row-cosine plots, sinusoidal vs Legendre")
+    pdc.add_argument("--out", required=True)
+    pdc.add_argument("--max-len", type=int, default=100)
+    pdc.add_argument("--d-model", type=int, default=512)
+    pdc.add_argument("--i", type=int, default=10)
+    pdc.add_argument("--trials", type=int, default=25000)
+    pdc.add_argument("--dpi", type=int, default=90)
+    args = parser.parse_args(argv)
+    if args.cmd == "cross-terms":
+        return run_cross_terms(args)
+    from .pos_decay import make_pos_decay_plots
+
+    paths = make_pos_decay_plots(args.out, args.max_len, args.d_model, args.i, args.trials, args.dpi)
+    for p in paths.values():
+        print(f"wrote {p}")
+    return 0
