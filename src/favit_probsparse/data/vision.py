@@ -22,15 +22,18 @@ resolution (32 for CIFAR) or upsamples (224, as the seed did; evaluation then re
 224, i.e. ``eval_crop_pct=0.875``). ``train_crop="rrc"`` is timm's RandomResizedCrop (ImageNet recipe);
 ``train_crop="pad_crop"`` is the CIFAR-style reflect-pad-and-random-crop, better for native 32x32 training.
 
-Shuffling is reproducible and resumable: the training order (and every augmentation draw) depends only on the
-seed and the epoch (see :class:`favit_probsparse.training.classification.ImageClassifier`, which reseeds the
-random generators at each epoch start), so a resumed run sees the same batches as an uninterrupted one.
+Shuffling is reproducible and resumable: the training order depends only on (seed, epoch) and every sample's
+augmentation only on (seed, epoch, index) (:class:`EpochShuffleSampler`, :class:`SeededSamples`), whatever the
+number of workers, so a run resumed from a checkpoint sees the same batches as an uninterrupted one. The model's
+own randomness (drop path, Mixup) is reseeded per epoch by
+:class:`favit_probsparse.training.classification.ImageClassifier`.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import random
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +43,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from favit_probsparse.paths import resolve_data_path
 
@@ -48,10 +51,13 @@ __all__ = [
     "DATASET_STATS",
     "FASHION_MNIST_SYSTEM_DIR",
     "DatasetError",
+    "EpochShuffleSampler",
     "FashionMNISTIDX",
     "ImageClassificationDataModule",
+    "SeededSamples",
     "build_transform",
     "checked_image_folder",
+    "write_toy_image_folder",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -515,18 +521,32 @@ class ImageClassificationDataModule(LightningDataModule):
             )
         self.train_set, self.val_set = train, val
 
+    def _current_epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.current_epoch) if trainer is not None else 0
+
     def _loader(self, ds, train: bool) -> DataLoader:
         # drop_last on training keeps batches even (Mixup/CutMix need it) unless the set is smaller than a batch
         drop_last = train and len(ds) >= self.batch_size
-        # training workers are re-created each epoch so their seeds follow the per-epoch reseed (resumable runs)
+        kwargs: dict[str, Any] = {}
+        if train:
+            seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+            trainer = getattr(self, "trainer", None)
+            world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+            ds = SeededSamples(ds, seed)
+            kwargs["sampler"] = EpochShuffleSampler(
+                ds, seed, self._current_epoch, num_replicas=world, rank=rank
+            )
+            # the loader's own generator (worker base seeds) keeps the global RNG untouched
+            kwargs["generator"] = torch.Generator().manual_seed(seed)
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            shuffle=train,
             drop_last=drop_last,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0 and not train,
+            **kwargs,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -537,3 +557,92 @@ class ImageClassificationDataModule(LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, False)
+
+
+# --------------------------------------------------------------------------------------------- determinism
+def _mix_seed(*xs: int) -> int:
+    h = 0x9E3779B97F4A7C15
+    for x in xs:
+        h = (
+            h ^ (int(x) + 0x9E3779B97F4A7C15 + ((h << 6) & 0xFFFFFFFFFFFFFFFF) + (h >> 2))
+        ) & 0xFFFFFFFFFFFFFFFF
+    return h % (2**31 - 1)
+
+
+class EpochShuffleSampler(DistributedSampler):
+    """Shuffling determined by (seed, epoch) only, with the epoch read when iteration starts.
+
+    Yields *encoded* indices ``epoch * N + i`` that :class:`SeededSamples` decodes, so each sample's augmentation is
+    seeded by (seed, epoch, index) whatever the worker count, and a run resumed from a checkpoint (whose epoch
+    Lightning restores before the first batch is fetched) sees exactly the batches of an uninterrupted run. It is
+    a ``DistributedSampler`` (rank-sharded under DDP), so Lightning keeps it instead of inserting its own.
+    """
+
+    def __init__(self, dataset, seed: int, epoch_fn=None, num_replicas: int = 1, rank: int = 0):
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False
+        )
+        self.epoch_fn = epoch_fn
+
+    def __iter__(self):
+        if self.epoch_fn is not None:
+            self.epoch = int(self.epoch_fn())
+        n = len(self.dataset)
+        offset = self.epoch * n
+        return (offset + i for i in super().__iter__())
+
+
+class SeededSamples(Dataset):
+    """Dataset wrapper: item ``epoch * N + i`` is item ``i`` with Python/NumPy/torch RNGs seeded from
+    (seed, epoch, i) during its transform; the caller's RNG states are restored afterwards."""
+
+    def __init__(self, ds, seed: int):
+        self.ds, self.seed = ds, int(seed)
+        self.classes = getattr(ds, "classes", None)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key: int):
+        epoch, i = divmod(int(key), len(self.ds))
+        s = _mix_seed(self.seed, epoch, i)
+        py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+        try:
+            return self.ds[i]
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+            torch.set_rng_state(th)
+
+
+# --------------------------------------------------------------------------------------------- toy data
+def write_toy_image_folder(
+    root: str | os.PathLike,
+    num_classes: int = 4,
+    train_per_class: int = 24,
+    test_per_class: int = 8,
+    size: int = 16,
+    seed: int = 0,
+    splits: tuple[str, str] = ("train", "test"),
+) -> Path:
+    """Write a small, learnable ImageFolder tree (class ``k``: its own colour and stripe pattern, plus noise).
+
+    Used by the tests and for trying the pipeline without any download. Returns ``root``.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    palette = rng.uniform(40, 215, size=(num_classes, 3))
+    yy, xx = np.mgrid[0:size, 0:size]
+    for split, n in zip(splits, (train_per_class, test_per_class)):
+        for k in range(num_classes):
+            d = root / split / f"class_{k:02d}"
+            d.mkdir(parents=True, exist_ok=True)
+            period = 2 + k % 4
+            stripes = (((xx if k % 2 else yy) // period) % 2)[..., None] * 40.0
+            for i in range(n):
+                img = palette[k] + stripes + rng.normal(0, 25, size=(size, size, 3))
+                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(d / f"{i:04d}.png")
+    return root

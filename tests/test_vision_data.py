@@ -1,0 +1,164 @@
+"""Image-classification data: ImageFolder checks, transforms, Fashion-MNIST IDX reading, torchvision fallbacks."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from favit_probsparse.data.vision import (
+    FASHION_MNIST_SYSTEM_DIR,
+    DatasetError,
+    FashionMNISTIDX,
+    ImageClassificationDataModule,
+    build_transform,
+    write_toy_image_folder,
+)
+
+
+def _dm(root, **kw):
+    args = dict(dataset="imagefolder", data_dir=str(root), img_size=16, batch_size=8, num_workers=0,
+                auto_augment=None, re_prob=0.0)
+    args.update(kw)
+    return ImageClassificationDataModule(**args)
+
+
+def test_imagefolder_loads_batches(tmp_path):
+    root = write_toy_image_folder(tmp_path / "toy", num_classes=3, train_per_class=5, test_per_class=2)
+    dm = _dm(root)
+    assert dm.num_classes == 3
+    dm.setup("fit")
+    assert dm.classes == ["class_00", "class_01", "class_02"]
+    assert len(dm.train_set) == 15 and len(dm.val_set) == 6
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (8, 3, 16, 16) and x.dtype == torch.float32
+    assert y.dtype == torch.int64 and int(y.max()) < 3
+    xv, _ = next(iter(dm.val_dataloader()))
+    assert xv.shape[1:] == (3, 16, 16)
+
+
+def test_missing_dataset_folder_is_named(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        _dm(tmp_path / "nope")
+
+
+def test_missing_split_folder(tmp_path):
+    (tmp_path / "d" / "train" / "a").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="neither 'val' nor 'test'"):
+        _dm(tmp_path / "d")
+
+
+def test_empty_split_folder(tmp_path):
+    (tmp_path / "d" / "train").mkdir(parents=True)
+    (tmp_path / "d" / "test").mkdir(parents=True)
+    dm = _dm(tmp_path / "d")
+    with pytest.raises(DatasetError, match="no class sub-folders"):
+        dm.setup("fit")
+    (tmp_path / "d" / "train" / "cat").mkdir()
+    with pytest.raises(DatasetError, match="holds no images"):
+        _dm(tmp_path / "d").setup("fit")
+
+
+def test_class_mismatch_between_splits(tmp_path):
+    root = write_toy_image_folder(tmp_path / "toy", num_classes=3, train_per_class=2, test_per_class=1)
+    for f in (root / "test" / "class_02").iterdir():
+        f.unlink()
+    (root / "test" / "class_02").rmdir()
+    with pytest.raises(DatasetError, match=r"class mismatch between splits.*class_02"):
+        _dm(root).setup("fit")
+
+
+def test_corrupt_image_names_the_file(tmp_path):
+    root = write_toy_image_folder(tmp_path / "toy", num_classes=2, train_per_class=2, test_per_class=1)
+    bad = root / "train" / "class_01" / "0001.png"
+    bad.write_bytes(b"this is not a png")
+    dm = _dm(root, batch_size=4)
+    dm.setup("fit")
+    with pytest.raises(DatasetError, match=r"cannot decode image .*class_01/0001\.png"):
+        for _ in dm.train_dataloader():
+            pass
+
+
+def test_unknown_dataset_and_bad_options(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset"):
+        ImageClassificationDataModule(dataset="mnist-ish")
+    root = write_toy_image_folder(tmp_path / "toy", num_classes=2, train_per_class=1, test_per_class=1)
+    with pytest.raises(ValueError, match="train_crop"):
+        _dm(root, train_crop="zoom")
+    with pytest.raises(ValueError, match="normalization preset"):
+        _dm(root, normalization="svhn")
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_cifar_without_download_gives_clear_error(tmp_path, dataset):
+    dm = ImageClassificationDataModule(dataset=dataset, data_dir=str(tmp_path / "empty"), img_size=32,
+                                       download=False, num_workers=0)
+    assert dm.num_classes == (10 if dataset == "cifar10" else 100)
+    with pytest.raises(DatasetError, match="not found"):
+        dm.setup("fit")
+
+
+def test_transforms_native_and_upsampled():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    # seed recipe: RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, bicubic, upsampled to 224
+    t_train = build_transform(True, 224, mean, std, native_size=32, auto_augment="rand-m9-mstd0.5-inc1",
+                              re_prob=0.25)
+    assert t_train(img).shape == (3, 224, 224)
+    text = repr(t_train)
+    assert "RandAugment" in text and "RandomErasing" in text and "bicubic" in text.lower()
+    # eval at 224 from 32: resize 256, center-crop 224
+    t_eval = build_transform(False, 224, mean, std, native_size=32)
+    assert "256" in repr(t_eval) and t_eval(img).shape == (3, 224, 224)
+    # native resolution: no crop loss, CIFAR-style pad-crop for training
+    assert build_transform(False, 32, mean, std, native_size=32)(img).shape == (3, 32, 32)
+    t_pc = build_transform(True, 32, mean, std, native_size=32, train_crop="pad_crop", auto_augment=None)
+    assert "RandomCrop" in repr(t_pc) and t_pc(img).shape == (3, 32, 32)
+
+
+def _write_idx(path: Path, arr: np.ndarray) -> None:
+    header = struct.pack(">HBB", 0, 0x08, arr.ndim) + struct.pack(">" + "I" * arr.ndim, *arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_idx_reader(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 12), ("t10k", 6)):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    ds = FashionMNISTIDX(tmp_path, train=True)
+    img, y = ds[3]
+    assert len(ds) == 12 and img.size == (28, 28) and img.mode == "RGB" and y == 3
+    dm = ImageClassificationDataModule(dataset="fashion_mnist", data_dir=str(tmp_path), img_size=28, batch_size=4,
+                                       num_workers=0, auto_augment=None, re_prob=0.0, download=False)
+    if Path(FASHION_MNIST_SYSTEM_DIR).is_dir():
+        # data_dir has the files: it wins over the system copy
+        assert dm._fashion_dir() == tmp_path
+    dm.setup("fit")
+    x, _ = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 3, 28, 28) and dm.num_classes == 10
+
+
+def test_fashion_mnist_truncated_file(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(struct.pack(">HBB", 0, 8, 3) + struct.pack(">III", 5, 28, 28))
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(5))
+    with pytest.raises(DatasetError, match="truncated"):
+        FashionMNISTIDX(tmp_path, train=True)
+
+
+@pytest.mark.skipif(not (FASHION_MNIST_SYSTEM_DIR / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="Debian package dataset-fashion-mnist not installed")
+def test_fashion_mnist_debian_copy(tmp_path):
+    dm = ImageClassificationDataModule(dataset="fashion_mnist", data_dir=str(tmp_path / "none"), img_size=28,
+                                       batch_size=16, num_workers=0, auto_augment=None, re_prob=0.0,
+                                       download=False, limit_val_per_class=2)
+    dm.setup("fit")
+    assert len(dm.train_set) == 60000 and len(dm.val_set) == 20
+    x, y = next(iter(dm.val_dataloader()))
+    assert x.shape == (16, 3, 28, 28) and int(y.max()) < 10
