@@ -55,7 +55,7 @@ _MEASURES = ("official", "mean")
 _MASKED_LAZY = ("cumsum", "cummean")
 _IMPLS = ("fast", "exact")
 _CHUNK_ELEMENTS = 2**22  # element budget of one chunk's temporary in the fast sparsity measure
-_DENSE_MEASURE_MAX_RATIO = 24  # fast measure: dense chunked scores while L_K <= ratio * U (CPU-calibrated)
+_DENSE_MEASURE_MAX_RATIO = 40  # fast measure: dense chunked scores while L_K <= ratio * U (CPU-calibrated)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -159,10 +159,10 @@ def sparsity_measure(q: Tensor, k: Tensor, index: Tensor, measure: Measure = "of
     No autograd (M only feeds ``topk``). Queries are processed in chunks so that one chunk's temporary holds
     at most max(size of q, 2**22) elements. Two ways to get the sampled scores, same values up to rounding:
 
-    * ``L_K <= 24·U`` (short sequences): a chunk of dense scores q_chunk·Kᵀ [B, H, chunk, L_K], then gather
+    * ``L_K <= 40·U`` (short sequences): a chunk of dense scores q_chunk·Kᵀ [B, H, chunk, L_K], then gather
       the sampled columns. More FLOPs than needed, but matrix-multiply speed beats a gather of
-      L_Q·U·D key elements until L_K/U grows (crossover measured between 20 and 36 on one CPU thread;
-      not yet calibrated on GPU, where matrix multiplies are relatively cheaper still).
+      L_Q·U·D key elements until L_K/U grows (in the benchmark's forward+backward on one CPU thread, dense
+      still wins at L=1440, L_K/U=36; gather wins at L=5760, L_K/U=128; not yet calibrated on GPU).
     * otherwise: gather the sampled keys of a query chunk [B, H, chunk, U, D] and contract over D.
     """
     l_q, n_samples = index.shape
