@@ -150,7 +150,13 @@ def _randomise(model):
 
 
 @pytest.mark.parametrize(
-    ("name", "size"), [("favit_b0", (112, 112)), ("favit_b0", (128, 160)), ("favit_b0_cifar", (32, 32))]
+    ("name", "size"),
+    [
+        ("favit_b0", (224, 224)),
+        ("favit_b0", (112, 112)),
+        ("favit_b0", (128, 200)),
+        ("favit_b0_cifar", (32, 32)),
+    ],
 )
 def test_official_checkpoint_gives_same_logits(name, size):
     torch.manual_seed(0)
@@ -211,13 +217,24 @@ def test_reflect_index_matches_torch_reflect(n):
 
 
 @pytest.mark.parametrize(
-    ("hw", "dil"), [((14, 14), 1), ((56, 56), 8), ((13, 20), 1), ((28, 30), 4), ((8, 9), 2)]
+    ("hw", "dil"),
+    [
+        ((14, 14), 1),
+        ((13, 20), 1),
+        ((56, 56), 8),
+        ((98, 98), 8),
+        ((49, 60), 8),
+        ((28, 30), 4),
+        ((50, 75), 4),
+        ((26, 26), 2),
+        ((8, 9), 2),
+    ],
 )
 def test_window_candidates_match_pad_unfold(hw, dil):
     H, W = hw
     heads, c = 2, 3
     x = torch.randn(2, heads * c, H, W)
-    span = WS * dil
+    span = dil * (WS - 1) + 1
     pr, pb = (span - W % span) % span, (span - H % span) % span
     xp = F.pad(x, (0, pr, 0, pb), mode="reflect")
     u = F.unfold(xp, WS, dilation=dil, stride=span)
@@ -226,9 +243,9 @@ def test_window_candidates_match_pad_unfold(hw, dil):
 
 
 def test_window_candidates_beyond_reflection_limit():
-    # pad (49 - 4 = 45) larger than the map: repeated mirroring (pad with reflect twice, as far as torch allows)
+    # pad (43 - 4 = 39) larger than the map: repeated mirroring
     x = torch.randn(1, 2, 4, 4)
-    out = window_candidates(x, 1, WS, 7)  # span 49
+    out = window_candidates(x, 1, WS, 7)  # span 43
     assert out.shape == (1, 1, 49, 1, 2)
     rows = [reflect_index(k * 7, 4) for k in range(7)]
     ref = x[:, :, rows][:, :, :, rows].permute(0, 2, 3, 1).reshape(1, 1, 49, 1, 2)

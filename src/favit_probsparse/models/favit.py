@@ -25,7 +25,7 @@ so an official checkpoint loads and, with ``fusion="official"``, gives the same 
 Differences from the official code (none changes the ``fusion="official"`` outputs where the official code runs):
 
 * **Window sampling without padding copies.** The official code reflection-pads the K/V map to a multiple of the
-  dilated window span ``7·d`` and runs ``nn.Unfold``. Windows never overlap (stride = span), so the unfold is a
+  dilated window span ``6·d + 1`` and runs ``nn.Unfold``. Windows never overlap (stride = span), so the unfold is a
   strided *view* when no padding is needed, and otherwise a gather of only the sampled rows/columns.
 * **Padding rule (any input ≥ 32×32).** Padded sample positions are mapped back by *reflection about the last
   row/column* (``torch``'s ``reflect`` padding, which the official code uses and which is only defined while the pad
@@ -60,7 +60,7 @@ from torch import nn
 
 from favit_probsparse.attention.fusion import FUSIONS, CrossWindowFusion, build_fusion
 
-__all__ = ["FaSA", "FaViT", "checkpoint_filter_fn", "reflect_index", "window_candidates"]
+__all__ = ["FaSA", "FaViT", "checkpoint_filter_fn", "reflect_index", "window_candidates", "window_span"]
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
@@ -80,12 +80,17 @@ def reflect_index(i: int, n: int) -> int:
     return m if m < n else period - m
 
 
+def window_span(window_size: int, dilation: int) -> int:
+    """Extent of one dilated window, which is also the window stride (windows tile the map without overlap)."""
+    return dilation * (window_size - 1) + 1
+
+
 _INDEX_CACHE: dict[tuple[int, int, int, str], torch.Tensor | None] = {}
 
 
 def _sample_index(n: int, window_size: int, dilation: int, device: torch.device) -> torch.Tensor | None:
-    """Indices of the sampled positions along one axis, window-major; None when a strided view suffices."""
-    span = window_size * dilation
+    """Indices of the sampled positions along one axis, window-major; None when no padding is needed."""
+    span = window_span(window_size, dilation)
     if n % span == 0:
         return None
     key = (n, window_size, dilation, str(device))
@@ -100,33 +105,34 @@ def _sample_index(n: int, window_size: int, dilation: int, device: torch.device)
     return t
 
 
+def _strided_windows(x: torch.Tensor, dim: int, window_size: int, dilation: int) -> torch.Tensor:
+    """View axis ``dim`` (length a multiple of the span) as ``(windows, window_size)`` without copying."""
+    span = window_span(window_size, dilation)
+    n = x.shape[dim]
+    size = [*x.shape[:dim], n // span, window_size, *x.shape[dim + 1 :]]
+    st = x.stride()
+    stride = [*st[:dim], span * st[dim], dilation * st[dim], *st[dim + 1 :]]
+    return x.as_strided(size, stride, x.storage_offset())
+
+
 def window_candidates(
     x: torch.Tensor, num_heads: int, window_size: int = 7, dilation: int = 1
 ) -> torch.Tensor:
     """Cut ``x [B, C, H, W]`` into non-overlapping dilated ``window_size²`` windows: ``[B, heads, P, L, C/heads]``.
 
-    Identical to the official ``ReflectionPad2d`` (right/bottom, to a multiple of the span ``window_size·dilation``)
-    + ``nn.Unfold(window_size, dilation, stride=span)`` + ``reshape(B, h, c, P, L).permute(0, 1, 3, 4, 2)``, with
-    the padding rule of :func:`reflect_index`. ``L`` is ordered row-major over windows, ``P`` row-major inside a
-    window, channels head-major.
+    Identical to the official ``ReflectionPad2d`` (right/bottom, to a multiple of the window span
+    ``s = dilation·(window_size − 1) + 1``) + ``nn.Unfold(window_size, dilation, stride=s)`` +
+    ``reshape(B, h, c, P, L).permute(0, 1, 3, 4, 2)``, with the padding rule of :func:`reflect_index`, but without
+    materialising the padded map: an axis that needs no padding is a strided view, an axis that does is a gather
+    of only the sampled rows/columns. ``L`` is ordered row-major over windows, ``P`` row-major inside a window,
+    channels head-major.
     """
     B, C, H, W = x.shape
     ws, d = window_size, dilation
-    span = ws * d
     rows = _sample_index(H, ws, d, x.device)
     cols = _sample_index(W, ws, d, x.device)
-    if rows is None and cols is None:
-        x = x.unflatten(3, (W // span, ws, d)).unflatten(2, (H // span, ws, d))[:, :, :, :, 0, :, :, 0]
-    else:
-        if rows is None:
-            x = x.unflatten(2, (H // span, ws, d))[:, :, :, :, 0].flatten(2, 3)
-        else:
-            x = x.index_select(2, rows)
-        if cols is None:
-            x = x.unflatten(3, (W // span, ws, d))[..., 0].flatten(3, 4)
-        else:
-            x = x.index_select(3, cols)
-        x = x.unflatten(3, (-1, ws)).unflatten(2, (-1, ws))
+    x = _strided_windows(x, 3, ws, d) if cols is None else x.index_select(3, cols).unflatten(3, (-1, ws))
+    x = _strided_windows(x, 2, ws, d) if rows is None else x.index_select(2, rows).unflatten(2, (-1, ws))
     # x: [B, C, nH, ws, nW, ws] -> [B, h, ws, ws, nH, nW, c] -> [B, h, P, L, c]
     nh, nw = x.shape[2], x.shape[4]
     x = x.unflatten(1, (num_heads, C // num_heads)).permute(0, 1, 4, 6, 3, 5, 2)
@@ -248,7 +254,7 @@ class FaSA(nn.Module):
             self.single_heads.append(nn.Linear(c, 2 * c, bias=qkv_bias))
             L = None
             if feat_size is not None:
-                span = window_size * d
+                span = window_span(window_size, d)
                 L = _num_windows(feat_size[0], span) * _num_windows(feat_size[1], span)
             kw = dict(fusion_kwargs)
             if fusion in ("probsparse", "hierarchical"):
@@ -466,7 +472,7 @@ class FaViT(nn.Module):
         self.min_input_size = stem_stride * max(s * 2**i for i, s in enumerate(sr_ratios))
         self.drop_rate = drop_rate
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         stages = []
         self.feature_info = []
         fh, fw = img_size
@@ -581,7 +587,7 @@ class FaViT(nn.Module):
                 attn: FaSA = blk.attn
                 ks = []
                 for fz, d in zip(attn.fusions, attn.dilations):
-                    span = attn.window_size * d
+                    span = window_span(attn.window_size, d)
                     L = _num_windows(fh, span) * _num_windows(fw, span)
                     params += fz.extra_params
                     macs += fz.macs(batch, fh * fw, L, attn.num_heads)

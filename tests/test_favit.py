@@ -1,0 +1,239 @@
+"""FaViT backbones: size targets, every fusion end to end, timm integration, compile, errors."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+import favit_probsparse.models  # noqa: F401  (registers the models)
+from favit_probsparse.models.favit import FaViT
+
+# (params M, GMACs) of the official code at 224², measured in /work/shared/reference/favit.md §3.1
+TARGETS = {
+    "favit_b0": (3.428, 0.632),
+    "favit_b1": (12.959, 2.344),
+    "favit_b2": (24.920, 4.458),
+    "favit_b3": (48.746, 8.512),
+}
+FUSION_CASES = [
+    ("official", {}),
+    ("max", {}),
+    ("mean", {}),
+    ("conv1x1", {}),
+    ("linear", {}),
+    ("probsparse", {}),
+    ("hierarchical", {"topk": 3}),
+    ("hierarchical", {"use_points": False, "use_windows": True}),
+    ("hierarchical", {"use_points": True, "use_windows": False}),
+]
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def gmacs(m, size=224):
+    fc = FlopCounterMode(display=False)
+    x = torch.randn(1, 3, size, size, device=next(m.parameters()).device)
+    # the math SDPA backend decomposes into counted matmuls (the fused CPU kernel is not counted)
+    with fc, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        m(x)
+    return fc.get_total_flops() / 2e9
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_params_and_macs_match_official(name):
+    with torch.device("meta"):  # shapes only: fast
+        m = timm.create_model(name).eval()
+    p_target, macs_target = TARGETS[name]
+    assert n_params(m) / 1e6 == pytest.approx(p_target, rel=5e-3)
+    assert gmacs(m) == pytest.approx(macs_target, rel=3e-2)
+
+
+def test_cifar_variants_and_small_config():
+    small = timm.create_model("favit_b1_cifar", num_classes=1000)
+    assert n_params(small) / 1e6 == pytest.approx(12.96, rel=5e-3)  # seed 002's "Small"
+    m = timm.create_model("favit_b0_cifar")
+    assert m.num_classes == 100 and m.pretrained_cfg["input_size"] == (3, 32, 32)
+    assert [f["reduction"] for f in m.feature_info] == [1, 2, 4, 8]
+    assert m.min_input_size == 8
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 100)
+
+
+@pytest.mark.parametrize(("fusion", "kw"), FUSION_CASES)
+def test_every_fusion_end_to_end(fusion, kw):
+    torch.manual_seed(0)
+    m = timm.create_model("favit_b0_cifar", fusion=fusion, fusion_kwargs=kw, num_classes=7).train()
+    x = torch.randn(2, 3, 32, 32)
+    out = m(x)
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+    out.square().sum().backward()
+    missing = [n for n, p in m.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, f"no gradient for {missing[:5]}"
+    zero = [n for n, p in m.named_parameters() if p.grad.abs().sum() == 0]
+    assert not zero, f"zero gradient for {zero[:5]}"
+    s = m.fusion_summary()
+    assert s["fusion"] == fusion and s["params"] >= 0 and s["macs"] >= 0
+    if fusion != "hierarchical":
+        assert all(k == 49 for ks in s["keys_per_stage"] for k in ks)
+
+
+def test_fusion_summary_counts():
+    official = timm.create_model("favit_b0", fusion="official")
+    conv = timm.create_model("favit_b0", fusion="conv1x1")
+    lin = timm.create_model("favit_b0", fusion="linear")
+    assert official.fusion_summary()["params"] == 0
+    for m in (conv, lin):
+        assert n_params(m) - n_params(official) == m.fusion_summary()["params"] > 0
+    assert timm.create_model("favit_b0", fusion="probsparse").fusion_summary()["macs"] > 0
+
+
+def test_hierarchical_keys_and_vside_conv():
+    m = timm.create_model("favit_b0", fusion="hierarchical", fusion_kwargs=dict(topk=4, use_windows=False))
+    attn = m.stages[0].blocks[0].attn
+    assert isinstance(attn.local_convs[0], torch.nn.Conv1d)  # K != 49: 1-D depthwise conv along the keys
+    assert m.fusion_summary()["keys_per_stage"][0] == [64 * 4, 4 * 4]
+
+
+def test_sampled_fusions_reproducible():
+    x = torch.randn(2, 3, 32, 32)
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        m = timm.create_model("favit_b0_cifar", fusion="probsparse", fusion_kwargs={"seed": 5}).eval()
+        torch.manual_seed(99)
+        outs.append(m(x))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (40, 57), (96, 96)])
+def test_any_input_size_from_32(size):
+    m = timm.create_model("favit_b0", num_classes=5).eval()
+    with torch.no_grad():
+        assert m(torch.randn(1, 3, *size)).shape == (1, 5)
+
+
+def test_bf16_forward():
+    m = timm.create_model("favit_b0_cifar", fusion="probsparse").to(torch.bfloat16)
+    out = m(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+# ---------------------------------------------------------------------------------------------------- timm API
+def test_timm_api():
+    m = timm.create_model("favit_b0", fusion="max", num_classes=100, drop_path_rate=0.1, in_chans=1)
+    assert isinstance(m, FaViT) and m.fusion == "max"
+    x = torch.randn(2, 1, 64, 64)
+    feats = m.forward_features(x)
+    assert feats.shape == (2, 256, 2, 2)
+    assert m.forward_head(feats, pre_logits=True).shape == (2, 256)
+    assert m.forward_head(feats).shape == (2, 100)
+    m.reset_classifier(10)
+    assert m(x).shape == (2, 10) and m.get_classifier().out_features == 10
+    m.reset_classifier(0)
+    assert m(x).shape == (2, 256)
+    assert m.no_weight_decay() == set()
+    dprs = [
+        blk.drop_path.drop_prob for s in m.stages for blk in s.blocks if hasattr(blk.drop_path, "drop_prob")
+    ]
+    assert dprs[-1] == pytest.approx(0.1) and dprs == sorted(dprs)
+    for name in ("favit_b0", "favit_b1", "favit_b2", "favit_b3", "favit_b0_cifar", "favit_b1_cifar"):
+        assert name in timm.list_models("favit*")
+
+
+def test_timm_save_load_round_trip(tmp_path):
+    m = timm.create_model("favit_b0_cifar", fusion="conv1x1", num_classes=100).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    path = tmp_path / "favit.pth"
+    torch.save(m.state_dict(), path)
+    m2 = timm.create_model("favit_b0_cifar", fusion="conv1x1", num_classes=100).eval()
+    m2.load_state_dict(torch.load(path, weights_only=True))
+    pre = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    m3 = timm.create_model("favit_b0_cifar", fusion="conv1x1", **pre).eval()
+    m4 = timm.create_model("favit_b0_cifar", fusion="conv1x1", num_classes=10, **pre).eval()  # new head
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(m(x), m2(x)) and torch.equal(m(x), m3(x))
+        assert torch.equal(m.forward_features(x), m4.forward_features(x)) and m4(x).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "reductions"), [("favit_b0", 64, (4, 8, 16, 32)), ("favit_b0_cifar", 32, (1, 2, 4, 8))]
+)
+def test_features_only(name, size, reductions):
+    m = timm.create_model(name, features_only=True, fusion="probsparse").eval()
+    assert m.feature_info.channels() == [32, 64, 128, 256]
+    assert tuple(m.feature_info.reduction()) == reductions
+    with torch.no_grad():
+        feats = m(torch.randn(2, 3, size, size))
+    assert [tuple(f.shape) for f in feats] == [
+        (2, c, size // r, size // r) for c, r in zip((32, 64, 128, 256), reductions)
+    ]
+    m2 = timm.create_model(name, features_only=True, out_indices=(1, 3))
+    assert len(m2(torch.randn(1, 3, size, size))) == 2
+
+
+def test_grad_checkpointing_same_output():
+    m = timm.create_model("favit_b0_cifar", num_classes=3).train()
+    x = torch.randn(2, 3, 32, 32)
+    ref = m(x)
+    m.set_grad_checkpointing(True)
+    out = m(x)
+    torch.testing.assert_close(out, ref)
+    out.sum().backward()
+
+
+# ------------------------------------------------------------------------------------------------------ compile
+def test_torch_compile_full_graph():
+    """favit_b0 traces into one graph (no graph breaks) and the compiled graph matches eager."""
+    torch._dynamo.reset()
+    m = timm.create_model("favit_b0", num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    cm = torch.compile(m, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(cm(x), m(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor_small():
+    """Inductor (C++ codegen on CPU) on a one-block-per-stage favit_b0 at 32²."""
+    torch._dynamo.reset()
+    m = timm.create_model("favit_b0", num_classes=10, depths=(1, 1, 1, 1)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    cm = torch.compile(m, fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(cm(x), m(x), rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------------- errors
+def test_errors():
+    m = timm.create_model("favit_b0")
+    with pytest.raises(ValueError, match=r"at least 32×32"):
+        m(torch.randn(1, 3, 28, 28))
+    with pytest.raises(ValueError, match=r"at least 32×32"):
+        m(torch.randn(1, 3, 224, 31))
+    with pytest.raises(ValueError, match=r"at least 8×8"):
+        timm.create_model("favit_b0_cifar")(torch.randn(1, 3, 7, 7))
+    with pytest.raises(ValueError, match=r"images \[B, C, H, W\]"):
+        m(torch.randn(3, 224, 224))
+    with pytest.raises(ValueError, match="unknown fusion"):
+        timm.create_model("favit_b0", fusion="maxpool")
+    with pytest.raises(ValueError, match="does not take"):
+        timm.create_model("favit_b0", fusion="max", fusion_kwargs={"topk": 3})
+    with pytest.raises(ValueError, match="use_points and/or use_windows"):
+        timm.create_model(
+            "favit_b0", fusion="hierarchical", fusion_kwargs={"use_points": False, "use_windows": False}
+        )
+    with pytest.raises(ValueError, match="global_pool"):
+        timm.create_model("favit_b0", global_pool="max")
+    lin = timm.create_model("favit_b0_cifar", fusion="linear")  # built for 32²
+    with pytest.raises(ValueError, match="rebuild the model with a matching img_size"):
+        lin(torch.randn(1, 3, 64, 64))
+    assert timm.create_model("favit_b0_cifar", fusion="linear", img_size=64)(
+        torch.randn(1, 3, 64, 64)
+    ).shape == (1, 100)
