@@ -380,7 +380,8 @@ class ETTDataModule(LightningDataModule):
         name: ETTh1 | ETTh2 | ETTm1 | ETTm2.
         embed: ``timeF`` (timeenc 1) or ``fixed``/``learned`` (calendar fields, timeenc 0); must match the model.
         freq: time-feature frequency; ``None`` = the data's own (``h``/``t``). ``"h"`` on ETTm mimics the scripts.
-        seed: seeds the train shuffle (per epoch, resume-safe).
+        seed: seeds the train shuffle (per epoch, resume-safe); None = the global seed at construction
+            (``seed_everything``).
     """
 
     def __init__(
@@ -404,7 +405,7 @@ class ETTDataModule(LightningDataModule):
         root: str | None = None,
         path: str | None = None,
         download: bool = False,
-        seed: int = 0,
+        seed: int | None = None,
     ):
         super().__init__()
         if embed not in ("timeF", "fixed", "learned"):
@@ -418,7 +419,8 @@ class ETTDataModule(LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.val_shuffle, self.val_drop_last, self.test_drop_last = val_shuffle, val_drop_last, test_drop_last
-        self.root, self.path, self.download, self.seed = root, path, download, seed
+        self.root, self.path, self.download = root, path, download
+        self.seed = int(seed) if seed is not None else torch.initial_seed() % 2**31  # None: the global seed
         self.datasets: dict[str, ETTDataset] = {}
         self._frame: pd.DataFrame | None = None
 
@@ -469,12 +471,16 @@ class ETTDataModule(LightningDataModule):
     def _loader(self, split: str, shuffle: bool, drop_last: bool, batch_size: int) -> DataLoader:
         ds = self.dataset(split)
         sampler = EpochSeededRandomSampler(len(ds), self.seed) if shuffle else None
+        # A loader-owned generator: creating an iterator then draws its base seed from it instead of from the
+        # global RNG, which the training module reseeds per epoch (dropout / ProbSparse sampling stay resume-exact).
+        generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             ds,
             batch_size=batch_size,
             sampler=sampler,
             shuffle=False,
             drop_last=drop_last,
+            generator=generator,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,

@@ -113,7 +113,8 @@ class InformerForecaster(LightningModule):
         learning_rate, lradj: Adam lr and schedule (type1 = official default).
         padding: 0 = zeros (official default) or 1 = ones for the decoder's unknown steps.
         metrics_scale: "scaled" (published protocol), "original" (after inverse transform) or "both".
-        seed: per-epoch reseeding of dropout/ProbSparse sampling; eval_seed: RNG for validation/test.
+        seed: per-epoch reseeding of dropout/ProbSparse sampling (None: the global seed at construction, i.e.
+            ``seed_everything``); eval_seed: RNG for validation/test.
         save_predictions: folder to write test ``pred.pt``/``true.pt`` (scaled) after testing.
     """
 
@@ -153,7 +154,7 @@ class InformerForecaster(LightningModule):
         lradj: str = "type1",
         padding: int = 0,
         metrics_scale: str = "scaled",
-        seed: int = 0,
+        seed: int | None = None,
         eval_seed: int = 2021,
         save_predictions: str | None = None,
     ):
@@ -195,6 +196,8 @@ class InformerForecaster(LightningModule):
             causal_sampling=causal_sampling,
             fixed_eval_sample=fixed_eval_sample,
         )
+        # None: follow the global seed (``seed_everything`` / LightningCLI's ``seed_everything`` runs before this)
+        self.seed = int(seed) if seed is not None else torch.initial_seed() % 2**31
         self.f_dim = -1 if features == "MS" else 0
         self._sums: dict[str, _MetricSums] = {}
         self._train_loss_sum: torch.Tensor | None = None
@@ -210,30 +213,29 @@ class InformerForecaster(LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is None:
             return
+        self.check_data(dm)
+        if hasattr(dm, "scaler"):
+            sc, c = dm.scaler, self.hparams.c_out
+            self._mean = torch.as_tensor(sc.mean[-c:], dtype=torch.float32, device=self.device)
+            self._std = torch.as_tensor(sc.std[-c:], dtype=torch.float32, device=self.device)
+
+    def check_data(self, dm) -> None:
+        """Raise a clear ValueError when the datamodule's windows/channels/time features do not fit the model."""
         hp = self.hparams
-        expected = {
-            "seq_len": hp.seq_len,
-            "label_len": hp.label_len,
-            "pred_len": hp.pred_len,
-            "features": hp.features,
-        }
-        for key, value in expected.items():
-            if hasattr(dm, key) and getattr(dm, key) != value:
+        for key in ("seq_len", "label_len", "pred_len", "features"):
+            if hasattr(dm, key) and getattr(dm, key) != hp[key]:
                 raise ValueError(
-                    f"model {key}={value!r} but data {key}={getattr(dm, key)!r}; make them agree"
+                    f"model {key}={hp[key]!r} but data {key}={getattr(dm, key)!r}; make them agree"
                 )
-        if hasattr(dm, "enc_in") and (dm.enc_in, dm.c_out) != (hp.enc_in, hp.c_out):
+        if hasattr(dm, "enc_in") and (dm.enc_in, dm.enc_in, dm.c_out) != (hp.enc_in, hp.dec_in, hp.c_out):
             raise ValueError(
-                f"model enc_in/c_out = {hp.enc_in}/{hp.c_out} but {hp.features} data has {dm.enc_in}/{dm.c_out}"
+                f"model enc_in/dec_in/c_out = {hp.enc_in}/{hp.dec_in}/{hp.c_out} but {hp.features} data has "
+                f"{dm.enc_in}/{dm.enc_in}/{dm.c_out}"
             )
         if hasattr(dm, "freq") and dm.freq != hp.freq:
             raise ValueError(f"model freq={hp.freq!r} but data freq={dm.freq!r}")
         if hasattr(dm, "timeenc") and dm.timeenc != (1 if hp.embed == "timeF" else 0):
             raise ValueError(f"model embed={hp.embed!r} does not match data embed={dm.hparams.embed!r}")
-        if hasattr(dm, "scaler"):
-            sc = dm.scaler
-            self._mean = torch.as_tensor(sc.mean[-hp.c_out :], dtype=torch.float32, device=self.device)
-            self._std = torch.as_tensor(sc.std[-hp.c_out :], dtype=torch.float32, device=self.device)
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, batch_x, batch_y, batch_x_mark, batch_y_mark):
@@ -262,7 +264,7 @@ class InformerForecaster(LightningModule):
 
     # ------------------------------------------------------------------------------------------------ train
     def on_train_epoch_start(self) -> None:
-        torch.manual_seed(int(self.hparams.seed) * 1_000_003 + 7919 * (self.current_epoch + 1))
+        torch.manual_seed((self.seed * 1_000_003 + 7919 * (self.current_epoch + 1)) % 2**63)
         self._train_loss_sum = torch.zeros(2, dtype=torch.float64, device=self.device)
 
     def training_step(self, batch, batch_idx):
@@ -357,11 +359,12 @@ class InformerForecaster(LightningModule):
 class TestAfterFit(Callback):
     """Run the test loop on the best checkpoint (official: best model reloaded before test) right after fit."""
 
-    def __init__(self, ckpt_path: str = "best"):
+    def __init__(self, ckpt_path: str = "best", enabled: bool = True):
         self.ckpt_path = ckpt_path
+        self.enabled = enabled
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.interrupted or trainer.fast_dev_run:
+        if not self.enabled or trainer.interrupted or trainer.fast_dev_run:
             return
         ckpt = self.ckpt_path
         if ckpt == "best" and not (
@@ -467,7 +470,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--itr", type=int, default=None, help="number of runs (seeds 0..N-1 unless --seeds)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--out", default=None, help="write the JSON report here")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared CPU)")
     args, overrides = parser.parse_known_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     seeds = args.seeds if args.seeds is not None else list(range(args.itr if args.itr is not None else 1))
     if args.itr is not None and args.seeds is not None and len(args.seeds) != args.itr:
         parser.error(f"--itr {args.itr} but {len(args.seeds)} --seeds given")

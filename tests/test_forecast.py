@@ -1,0 +1,241 @@
+"""Forecast training: schedule, metrics, one epoch on real ETTh1 lowers the validation loss, kill-and-resume equals
+an uninterrupted run, configs parse and agree with their data, the multi-seed runner aggregates."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from lightning.pytorch import Trainer
+
+from favit_probsparse.data.ett import ETTDataModule, ett_path
+from favit_probsparse.training.forecast import InformerForecaster, _MetricSums, lr_lambda
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_etth1 = pytest.mark.skipif(not ett_path("ETTh1").exists(), reason="real ETTh1.csv not present")
+TINY = dict(d_model=16, n_heads=4, d_ff=32, e_layers=2, d_layers=1)
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Training loops on a shared, oversubscribed CPU are ~10x faster single-threaded."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_type1_schedule_matches_official():
+    f = lr_lambda("type1")
+    # official: epochs 1-2 at lr0, epoch 3 at lr0/2, epoch 4 at lr0/4, ...
+    assert [f(e) for e in range(6)] == [1.0, 1.0, 0.5, 0.25, 0.125, 0.0625]
+    g = lr_lambda("type2")
+    assert g(0) == 1.0 and g(2) == pytest.approx(0.5) and g(4) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="unknown lradj"):
+        lr_lambda("cosine")
+
+
+def test_metric_sums_match_numpy():
+    rng = np.random.default_rng(0)
+    pred, true = rng.normal(size=(2, 50, 24, 7))
+    sums = _MetricSums(torch.device("cpu"))
+    for i in range(0, 50, 16):  # ragged last batch
+        sums.update(torch.tensor(pred[i : i + 16]), torch.tensor(true[i : i + 16]))
+    res = sums.compute()
+    err = pred - true
+    np.testing.assert_allclose(res["mse"], np.mean(err**2), rtol=1e-12)
+    np.testing.assert_allclose(res["mae"], np.mean(np.abs(err)), rtol=1e-12)
+    np.testing.assert_allclose(res["rmse"], np.sqrt(np.mean(err**2)), rtol=1e-12)
+    np.testing.assert_allclose(res["mape"], np.mean(np.abs(err / true)), rtol=1e-10)
+    np.testing.assert_allclose(res["mspe"], np.mean((err / true) ** 2), rtol=1e-10)
+
+
+def test_original_scale_metrics():
+    m = InformerForecaster(c_out=2, enc_in=2, dec_in=2, metrics_scale="both", **TINY)
+    m._mean, m._std = torch.tensor([10.0, -1.0]), torch.tensor([2.0, 0.5])
+    m._sums = {"t": _MetricSums(m.device), "t_orig": _MetricSums(m.device)}
+    pred, true = torch.zeros(4, 3, 2), torch.ones(4, 3, 2)
+    m._eval_update("t", pred, true)
+    res = {**m._sums["t"].compute(), **{k + "_orig": v for k, v in m._sums["t_orig"].compute().items()}}
+    assert res["mse"] == pytest.approx(1.0)
+    assert res["mse_orig"] == pytest.approx((4.0 + 0.25) / 2)  # errors scaled by std: 2 and 0.5
+    assert res["mae_orig"] == pytest.approx((2.0 + 0.5) / 2)
+
+
+def _dm(**kw):
+    return ETTDataModule("ETTh1", **{**dict(seq_len=24, label_len=12, pred_len=12, batch_size=128), **kw})
+
+
+def _module(**kw):
+    return InformerForecaster(**{**dict(seq_len=24, label_len=12, pred_len=12, **TINY), **kw})
+
+
+def _trainer(tmp_path, **kw):
+    return Trainer(
+        **{
+            **dict(
+                accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                default_root_dir=str(tmp_path),
+            ),
+            **kw,
+        }
+    )  # fmt: skip
+
+
+@needs_etth1
+@pytest.mark.slow
+def test_one_epoch_lowers_the_validation_loss(tmp_path):
+    """A whole epoch (all 67 training batches of 128 windows) of a tiny Informer on the real ETTh1 data."""
+    torch.manual_seed(0)
+    dm, model = _dm(eval_batch_size=1024), _module(learning_rate=1e-3)
+    trainer = _trainer(tmp_path)
+    before = trainer.validate(model, datamodule=dm, verbose=False)[0]["val_loss"]
+    trainer.fit(model, datamodule=dm)
+    assert trainer.fit_loop.epoch_loop.batch_progress.total.completed == (8640 - 24 - 12 + 1) // 128
+    after = trainer.validate(model, datamodule=dm, verbose=False)[0]["val_loss"]
+    assert after < 0.85 * before, (before, after)
+    # validation is deterministic for fixed weights although ProbSparse samples keys at random
+    again = trainer.validate(model, datamodule=dm, verbose=False)[0]["val_loss"]
+    assert again == pytest.approx(after, rel=1e-6)
+    test = trainer.test(model, datamodule=dm, verbose=False)[0]
+    assert set(test) >= {"test_mse", "test_mae", "test_rmse", "test_mape", "test_mspe"}
+    assert test["test_rmse"] == pytest.approx(test["test_mse"] ** 0.5, rel=1e-5)
+
+
+@needs_etth1
+def test_model_data_mismatch_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="model pred_len=12 but data pred_len=6"):
+        _trainer(tmp_path, limit_train_batches=1, limit_val_batches=1).fit(
+            _module(), datamodule=_dm(pred_len=6)
+        )
+    with pytest.raises(ValueError, match="enc_in/dec_in/c_out"):
+        _trainer(tmp_path).fit(_module(c_out=1), datamodule=_dm())
+    with pytest.raises(ValueError, match="model freq='t' but data freq='h'"):
+        _trainer(tmp_path).fit(_module(freq="t"), datamodule=_dm())
+
+
+RESUME_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, torch
+    torch.set_num_threads(1)
+    from lightning.pytorch import Callback, Trainer, seed_everything
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from favit_probsparse.data.ett import ETTDataModule
+    from favit_probsparse.training.forecast import InformerForecaster
+    mode, out = sys.argv[1], sys.argv[2]
+
+    class Kill(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 2:
+                os.kill(os.getpid(), signal.SIGKILL)  # a real kill, no clean-up
+
+    seed_everything(0)
+    model = InformerForecaster(seq_len=48, label_len=24, pred_len=24, d_model=16, n_heads=4, d_ff=32, seed=5)
+    dm = ETTDataModule("ETTh1", seq_len=48, label_len=24, pred_len=24, batch_size=16, seed=5)
+    ckpt = ModelCheckpoint(dirpath=os.path.join(out, "ckpt"), monitor="val_loss", save_last=True)
+    cbs = [ckpt] + ([Kill()] if mode == "kill" else [])
+    trainer = Trainer(accelerator="cpu", max_epochs=4, limit_train_batches=6, limit_val_batches=3, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, callbacks=cbs, default_root_dir=out)
+    trainer.fit(model, datamodule=dm, ckpt_path=os.path.join(out, "ckpt", "last.ckpt") if mode == "resume" else None)
+    torch.save({"state": model.state_dict(), "lr": trainer.optimizers[0].param_groups[0]["lr"],
+                "val": float(trainer.callback_metrics["val_loss"])}, os.path.join(out, "final.pt"))
+    """
+)
+
+
+def _run(tmp_path: Path, mode: str, out: Path) -> subprocess.CompletedProcess:
+    script = tmp_path / "resume_script.py"
+    script.write_text(RESUME_SCRIPT)
+    return subprocess.run(
+        [sys.executable, str(script), mode, str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        env={**os.environ, **ONE_THREAD},
+    )
+
+
+@needs_etth1
+@pytest.mark.slow
+def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    full = _run(tmp_path, "full", full_dir)
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed = _run(tmp_path, "kill", cut_dir)
+    assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL at the start of the third epoch
+    assert (cut_dir / "ckpt" / "last.ckpt").exists() and not (cut_dir / "final.pt").exists()
+    resumed = _run(tmp_path, "resume", cut_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = torch.load(full_dir / "final.pt"), torch.load(cut_dir / "final.pt")
+    assert a["lr"] == b["lr"] == pytest.approx(1e-4 * 0.125)  # type1, stepped after each of the 4 epochs
+    assert a["val"] == b["val"]
+    for k, v in a["state"].items():
+        torch.testing.assert_close(b["state"][k], v, rtol=0, atol=0, msg=k)
+
+
+# ------------------------------------------------------------------------------------------------- configs
+CONFIGS = sorted((ROOT / "configs" / "forecast").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_configs_parse_and_agree_with_their_data(path):
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.cli import LightningCLI
+
+    cfg = yaml.safe_load(path.read_text())
+    m_args = cfg["model"]["init_args"]
+    # build the model small: this checks the config's wiring, not the width
+    small = [
+        "--model.init_args.d_model",
+        "8",
+        "--model.init_args.n_heads",
+        "2",
+        "--model.init_args.d_ff",
+        "8",
+    ]
+    cli = LightningCLI(
+        LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
+        args=["--config", str(path), *small, "--trainer.logger", "false", "--trainer.callbacks", "[]"],
+        auto_configure_optimizers=False,
+    )  # fmt: skip
+    assert isinstance(cli.model, InformerForecaster)
+    cli.model.check_data(cli.datamodule)
+    assert m_args["seq_len"] == cfg["data"]["init_args"]["seq_len"]
+
+
+@needs_etth1
+@pytest.mark.slow
+def test_multi_seed_runner(tmp_path):
+    cfg = yaml.safe_load((ROOT / "configs" / "forecast" / "informer_etth1_M_96_48_24.yaml").read_text())
+    cfg["trainer"].update(
+        dict(max_epochs=1, limit_train_batches=2, limit_val_batches=2, limit_test_batches=2, default_root_dir=str(tmp_path),
+             logger=False, enable_progress_bar=False, callbacks=[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+             "init_args": {"monitor": "val_loss", "dirpath": str(tmp_path / "ck")}}])
+    )  # fmt: skip
+    cfg["model"]["init_args"].update(d_model=8, n_heads=2, d_ff=8)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "favit_probsparse.training.forecast", "--config", str(path), "--itr", "2",
+         "--out", str(out), "--threads", "1"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, **ONE_THREAD},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [r["seed"] for r in report["runs"]] == [0, 1]
+    mses = [r["mse"] for r in report["runs"]]
+    assert report["mean_std"]["mse"]["mean"] == pytest.approx(sum(mses) / 2)
+    assert mses[0] != mses[1]  # different seeds, different runs
+    assert "test mse:" in proc.stdout
