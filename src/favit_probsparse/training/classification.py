@@ -193,6 +193,9 @@ class ImageClassifier(LightningModule):
             from timm.utils import ModelEmaV3
 
             self.ema = ModelEmaV3(self.model, decay=h.ema_decay)
+            self.ema.requires_grad_(
+                False
+            )  # updated by copying, never by the optimizer (and invisible to DDP)
         # modules with their own random stream (sampled fusions): construction seeds, restored for evaluation
         self._own_rng = [
             (m, int(getattr(m, "seed", 0)))

@@ -1,0 +1,331 @@
+"""Image classification end to end on CPU: learning, kill-and-resume, `test --ckpt`, DDP (gloo), config errors."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from favit_probsparse.data.vision import DatasetError, ImageClassificationDataModule, write_toy_image_folder
+from favit_probsparse.training.classification import ImageClassifier
+from favit_probsparse.training.optim import param_groups_weight_decay, warmup_cosine_cooldown
+
+# A tiny FaViT: B0 structure at 1/2 width, one block per stage, CIFAR stem with stride 2 (16x16 input -> maps 8/4/2/1)
+TINY = dict(
+    model_name="favit_b0_cifar",
+    model_kwargs=dict(
+        fusion="max", img_size=16, stem_stride=2, depths=[1, 1, 1, 1], embed_dims=[16, 32, 64, 128]
+    ),
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # small models on a shared 2-core machine: one intra-op thread is faster than oversubscribed OpenMP
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return write_toy_image_folder(
+        tmp_path_factory.mktemp("toy") / "toy", num_classes=4, train_per_class=24, test_per_class=8, size=16
+    )
+
+
+def _data(root, **kw):
+    args = dict(
+        dataset="imagefolder",
+        data_dir=str(root),
+        img_size=16,
+        batch_size=16,
+        num_workers=0,
+        auto_augment=None,
+        re_prob=0.0,
+        train_crop="pad_crop",
+        color_jitter=None,
+    )
+    args.update(kw)
+    return ImageClassificationDataModule(**args)
+
+
+def _model(**kw):
+    args = dict(
+        TINY,
+        lr=3e-3,
+        base_batch_size=None,
+        warmup_epochs=0.0,
+        weight_decay=0.01,
+        mixup_alpha=0.0,
+        cutmix_alpha=0.0,
+        label_smoothing=0.0,
+    )
+    args.update(kw)
+    return ImageClassifier(**args)
+
+
+def _trainer(root_dir, max_epochs=2, **kw):
+    args = dict(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=str(root_dir),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=False,
+    )
+    args.update(kw)
+    return Trainer(**args)
+
+
+@pytest.mark.slow
+def test_two_epochs_learn_above_chance(toy, tmp_path):
+    seed_everything(0, workers=True)
+    model, dm = _model(), _data(toy)
+    trainer = _trainer(tmp_path, max_epochs=2, enable_checkpointing=False)
+    trainer.fit(model, datamodule=dm)
+    res = trainer.test(model, datamodule=dm, verbose=False)[0]
+    # 4 classes: chance is 25%; the toy classes are separable by colour
+    assert res["test/acc1"] >= 0.6, res
+    assert res["test/acc5"] == pytest.approx(1.0)  # top-k with k = min(5, classes) = 4
+    assert model.num_classes == 4  # taken from the datamodule
+
+
+class _Crash(Callback):
+    """Simulates a kill: raises at the start of epoch 1 (after epoch 0's checkpoint was written)."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+
+
+def _resume_setup():
+    # every source of randomness on: ProbSparse fusion sampling, Mixup/CutMix, drop path, EMA, augmentation
+    return dict(
+        model=dict(
+            model_kwargs=dict(TINY["model_kwargs"], fusion="probsparse"),
+            drop_path_rate=0.1,
+            mixup_alpha=0.8,
+            cutmix_alpha=1.0,
+            label_smoothing=0.1,
+            ema_decay=0.9,
+            warmup_epochs=0.5,
+        ),
+        data=dict(auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25),
+    )
+
+
+@pytest.mark.slow
+def test_kill_and_resume_matches_uninterrupted(toy, tmp_path):
+    cfg = _resume_setup()
+
+    def run(root, callbacks=(), ckpt_path=None):
+        seed_everything(7, workers=True)
+        model, dm = _model(**cfg["model"]), _data(toy, **cfg["data"])
+        ckpt = ModelCheckpoint(dirpath=str(root / "ckpt"), save_last=True)
+        trainer = _trainer(
+            root, max_epochs=2, callbacks=[ckpt, *callbacks], limit_train_batches=4, limit_val_batches=2
+        )
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        return model, {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    ref_model, ref = run(tmp_path / "a")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(tmp_path / "b", callbacks=[_Crash()])
+    last = tmp_path / "b" / "ckpt" / "last.ckpt"
+    assert last.is_file()
+    assert torch.load(last, weights_only=False)["epoch"] == 0
+    torch.manual_seed(12345)  # a resumed process starts from an unrelated RNG state
+    res_model, res = run(tmp_path / "b", ckpt_path=str(last))
+    for key in ("val/acc1", "val/loss", "train/loss_epoch"):
+        assert res[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), (key, res[key], ref[key])
+    for (name, p), (_, q) in zip(ref_model.state_dict().items(), res_model.state_dict().items()):
+        assert torch.allclose(p.float(), q.float(), atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_cli_fit_then_test_ckpt(toy, tmp_path):
+    """`favit-ps fit --config` then `favit-ps test --config --ckpt last.ckpt` reproduces the in-fit test."""
+    from favit_probsparse.cli import run_lightning
+
+    cfg = {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": 1,
+            "accelerator": "cpu",
+            "devices": 1,
+            "default_root_dir": str(tmp_path),
+            "enable_progress_bar": False,
+            "logger": False,
+            "limit_train_batches": 3,
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True},
+                }
+            ],
+        },
+        "model": {
+            "class_path": "favit_probsparse.training.classification.ImageClassifier",
+            "init_args": dict(
+                TINY,
+                model_kwargs=dict(TINY["model_kwargs"], fusion="probsparse"),
+                ema_decay=0.5,
+                mixup_alpha=0.0,
+                cutmix_alpha=0.0,
+            ),
+        },
+        "data": {
+            "class_path": "favit_probsparse.data.vision.ImageClassificationDataModule",
+            "init_args": dict(
+                dataset="imagefolder",
+                data_dir=str(toy),
+                img_size=16,
+                batch_size=16,
+                num_workers=0,
+                auto_augment=None,
+                re_prob=0.0,
+            ),
+        },
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cli = run_lightning(["fit", "--config", str(path)])
+    in_fit = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+    cli2 = run_lightning(["test", "--config", str(path), "--ckpt", str(tmp_path / "ckpt" / "last.ckpt")])
+    standalone = {k: float(v) for k, v in cli2.trainer.callback_metrics.items()}
+    assert standalone["test/acc1"] == pytest.approx(in_fit["test/acc1"])
+    assert standalone["test/loss"] == pytest.approx(in_fit["test/loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(toy, tmp_path):
+    """Lightning DDP with 2 CPU processes (gloo) runs an epoch end to end through the CLI."""
+    cfg = {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": 1,
+            "accelerator": "cpu",
+            "devices": 2,
+            "strategy": "ddp",
+            "default_root_dir": str(tmp_path),
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(tmp_path), "name": "csv"},
+            },
+        },
+        "model": {
+            "class_path": "favit_probsparse.training.classification.ImageClassifier",
+            "init_args": dict(TINY, mixup_alpha=0.0, cutmix_alpha=0.0, ema_decay=0.9),
+        },
+        "data": {
+            "class_path": "favit_probsparse.data.vision.ImageClassificationDataModule",
+            "init_args": dict(
+                dataset="imagefolder",
+                data_dir=str(toy),
+                img_size=16,
+                batch_size=8,
+                num_workers=0,
+                auto_augment=None,
+                re_prob=0.0,
+            ),
+        },
+    }
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "favit_probsparse.cli", "fit", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        env=env,
+        cwd=str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "GLOBAL_RANK: 1" in out or "global_rank=1" in out or "Rank 1" in out or "MEMBER: 2/2" in out, out[
+        -2000:
+    ]
+    metrics = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text()
+    assert "val/acc1" in metrics.splitlines()[0]
+    # each process saw half of the 96 training images: 6 steps of 8 per epoch
+    assert "epoch" in metrics
+
+
+# ------------------------------------------------------------------------------------------ config errors
+def test_unknown_fusion_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"(?i)fusion.*nope|nope.*fusion"):
+        ImageClassifier(model_name="favit_b0_cifar", model_kwargs={"fusion": "nope"}, num_classes=10)
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="unknown model 'favit_b9'"):
+        ImageClassifier(model_name="favit_b9", num_classes=10)
+
+
+def test_missing_dataset_path(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        ImageClassificationDataModule(dataset="imagefolder", data_dir=str(tmp_path / "missing"))
+
+
+def test_image_size_the_model_cannot_take(toy, tmp_path):
+    # the ImageNet-stem FaViT needs at least 32x32 inputs; the toy data is 16x16
+    model = ImageClassifier(
+        model_name="favit_b0", model_kwargs={"fusion": "max"}, mixup_alpha=0.0, cutmix_alpha=0.0
+    )
+    trainer = _trainer(tmp_path, max_epochs=1)
+    with pytest.raises(ValueError, match=r"cannot take 16x16 images"):
+        trainer.fit(model, datamodule=_data(toy))
+
+
+def test_num_classes_mismatch(toy, tmp_path):
+    model = _model(num_classes=10)
+    with pytest.raises(ValueError, match="num_classes=10 but the dataset has 4"):
+        _trainer(tmp_path, max_epochs=1).fit(model, datamodule=_data(toy))
+
+
+# ------------------------------------------------------------------------------------------ optimizer pieces
+def test_no_weight_decay_on_norms_and_biases():
+    m = _model(num_classes=4).model
+    decay, no_decay = param_groups_weight_decay(m, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decay["params"])
+    assert all(p.ndim <= 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(
+        [p for p in m.parameters() if p.requires_grad]
+    )
+
+
+def test_schedule_warmup_cosine_cooldown():
+    f = warmup_cosine_cooldown(
+        100, warmup_steps=10, cooldown_steps=10, min_ratio=0.01, warmup_start_ratio=0.0
+    )
+    assert f(0) == 0.0 and f(5) == pytest.approx(0.5) and f(10) == pytest.approx(1.0)
+    assert f(50) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert f(90) == pytest.approx(0.01) and f(99) == pytest.approx(0.01)
+    vals = [f(s) for s in range(10, 91)]
+    assert all(a >= b for a, b in itertools.pairwise(vals))
+
+
+def test_lr_scaling_with_global_batch(toy, tmp_path):
+    model = _model(lr=1e-3, base_batch_size=512)
+    trainer = _trainer(tmp_path, max_epochs=1, max_steps=1, enable_checkpointing=False)
+    trainer.fit(model, datamodule=_data(toy, batch_size=16))
+    opt = trainer.optimizers[0]
+    assert opt.param_groups[0]["initial_lr"] == pytest.approx(1e-3 * 16 / 512)
