@@ -1,9 +1,13 @@
-"""Attention operators: ProbSparse (exact and fast) and full attention, layout [B, H, L, D].
+"""Attention operators (layout [B, H, L, D]); they know nothing of tasks.
 
-Cross-window fusion operators for FaViT live in :mod:`favit_probsparse.attention.fusion`; ΔV attention in
-:mod:`favit_probsparse.attention.delta_v`.
+* :mod:`.probsparse`: ProbSparse attention (exact official path and fast path) and full attention.
+* :mod:`.fusion`: FaViT cross-window fusion operators (``official``, ``max``, ``mean``, ``conv1x1``, ``linear``,
+  ``probsparse``, ``hierarchical``).
+* :mod:`.delta_v`: ΔV (tangential-space) attention.
 """
 
+from .delta_v import DeltaVAttention, delta_v_attention
+from .fusion import FUSIONS, CrossWindowFusion, build_fusion
 from .probsparse import (
     ATTENTIONS,
     FullAttention,
@@ -18,9 +22,14 @@ from .probsparse import (
 
 __all__ = [
     "ATTENTIONS",
+    "FUSIONS",
+    "CrossWindowFusion",
+    "DeltaVAttention",
     "FullAttention",
     "ProbSparseAttention",
     "build_attention",
+    "build_fusion",
+    "delta_v_attention",
     "full_attention",
     "probsparse_attention",
     "probsparse_counts",
