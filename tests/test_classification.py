@@ -329,3 +329,48 @@ def test_lr_scaling_with_global_batch(toy, tmp_path):
     trainer.fit(model, datamodule=_data(toy, batch_size=16))
     opt = trainer.optimizers[0]
     assert opt.param_groups[0]["initial_lr"] == pytest.approx(1e-3 * 16 / 512)
+
+
+# ------------------------------------------------------------------------------------------ shipped configs
+REPO = Path(__file__).resolve().parents[1]
+VISION_CONFIGS = sorted((REPO / "configs" / "vision").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", VISION_CONFIGS, ids=lambda p: p.stem)
+def test_shipped_vision_configs_parse_and_build(path, capsys):
+    """Every configs/vision/*.yaml passes Lightning's CLI validation and builds a model that takes its images."""
+    from favit_probsparse.cli import run_lightning
+
+    with pytest.raises(SystemExit) as e:
+        run_lightning(["fit", "--config", str(path), "--print_config"])
+    assert e.value.code in (0, None)
+    capsys.readouterr()
+    cfg = yaml.safe_load(path.read_text())
+    data = dict(cfg["data"]["init_args"], download=False)
+    if data["dataset"] == "imagefolder":
+        from favit_probsparse.paths import resolve_data_path
+
+        if not resolve_data_path(data["data_dir"], data["data_dir"]).is_dir():
+            pytest.skip(f"dataset folder {data['data_dir']} not available here")
+    dm = ImageClassificationDataModule(**data)
+    model = ImageClassifier(**cfg["model"]["init_args"], num_classes=dm.num_classes)
+    model._check_input_size(dm.img_size)
+
+
+def test_shipped_vision_grids_resolve():
+    """The vision ablation grids load and every row's overrides apply to their base config."""
+    from favit_probsparse.experiments.ablate import apply_overrides, load_grid
+
+    grids = [
+        p for p in sorted((REPO / "configs" / "ablations").glob("*.yaml")) if not p.name.startswith("ett")
+    ]
+    assert grids
+    for g in grids:
+        grid = load_grid(g)
+        base = yaml.safe_load(grid.base_config.read_text())
+        if not str(base.get("model", {}).get("class_path", "")).endswith("ImageClassifier"):
+            continue
+        for row in grid.rows:
+            cfg = apply_overrides(base, {**grid.base_overrides, **row.overrides})
+            kwargs = cfg["model"]["init_args"]["model_kwargs"]
+            assert "fusion" in kwargs, (g.name, row.name)
