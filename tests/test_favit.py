@@ -237,3 +237,19 @@ def test_errors():
     assert timm.create_model("favit_b0_cifar", fusion="linear", img_size=64)(
         torch.randn(1, 3, 64, 64)
     ).shape == (1, 100)
+
+
+def test_sdpa_head_dim_padding_same_output():
+    """The CUDA path zero-pads head dims to a multiple of 8 for the fused SDPA kernels: same outputs."""
+    from favit_probsparse.models.favit import FaSA
+
+    m = timm.create_model("favit_b0_cifar", num_classes=5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = m(x)
+        try:
+            FaSA.sdpa_pad = True
+            out = m(x)
+        finally:
+            FaSA.sdpa_pad = "auto"
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)

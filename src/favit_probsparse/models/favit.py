@@ -268,8 +268,19 @@ class FaSA(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    #: pad head dims to a multiple of 8 before SDPA: "auto" on CUDA only (the fused flash / memory-efficient
+    #: kernels need aligned head dims; FaViT's are 4, 14, 28, ...; otherwise SDPA falls back to the math path,
+    #: which materialises the attention matrix), True / False to force. Zero-padding q/k/v leaves q·k and the
+    #: kept output columns unchanged.
+    sdpa_pad: bool | str = "auto"
+
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         p = self.attn_drop if self.training else 0.0
+        c = q.shape[-1]
+        pad = (-c) % 8
+        if pad and (self.sdpa_pad is True or (self.sdpa_pad == "auto" and q.is_cuda)):
+            q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=scale)[..., :c]
         return F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=scale)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
