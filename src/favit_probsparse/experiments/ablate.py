@@ -71,8 +71,10 @@ import os
 import platform
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -405,6 +407,22 @@ def _error_line(log_tail: str) -> str:
     return (log_tail.splitlines() or ["(no output)"])[-1][:300]
 
 
+def _stop(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """Terminate a run (SIGTERM, then SIGKILL after ``grace_s``)."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _raise_interrupt(signum, frame):  # SIGTERM -> KeyboardInterrupt, so the current run is stopped too
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _run_one(
     grid: Grid,
     row: Row,
@@ -463,12 +481,15 @@ def _run_one(
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
     with open(run_dir / "log.txt", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            rc = subprocess.run(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout_s
-            ).returncode
+            rc = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
+            _stop(proc)
             rc = None
+        except BaseException:  # Ctrl-C / SIGTERM of the runner: never leave the run behind
+            _stop(proc)
+            raise
     wall = time.time() - t0
     if rc == 0 and done.is_file():
         res = json.loads(done.read_text())
@@ -807,6 +828,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout-s", type=float, default=None, help="per-run wall limit (default: the grid's)")
     p.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
     a = p.parse_args(argv)
+    if threading.current_thread() is not threading.main_thread():
+        return _main(a, argv)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return _main(a, argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(a: argparse.Namespace, argv: list[str]) -> int:
     grid = load_grid(a.grid)
     seeds = a.seeds if a.seeds is not None else grid.seeds
     extra = _parse_set(a.set)
