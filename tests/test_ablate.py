@@ -192,3 +192,27 @@ def test_two_config_grid_end_to_end(tmp_path, monkeypatch, capsys):
     md = (out / "tiny-grid.md").read_text()
     assert "FAILED (seed 0)" in md and "nope" in md
     assert (runs / "tiny-grid" / "broken" / "seed0" / "failed.json").is_file()
+
+
+def test_stats_only_builds_every_row_without_training(tmp_path, capsys):
+    data = write_toy_image_folder(tmp_path / "toy", num_classes=3, train_per_class=2, test_per_class=1)
+    base = _base_config(tmp_path / "base.yaml", data)
+    rows = [
+        {"name": "max", "overrides": {"model.init_args.model_kwargs.fusion": "max"}},
+        {"name": "conv1x1", "overrides": {"model.init_args.model_kwargs.fusion": "conv1x1"}},
+        {"name": "bad", "overrides": {"model.init_args.model_kwargs.fusion": "nope"}},
+    ]
+    grid = _grid(tmp_path / "grid.yaml", base, rows)
+    assert (
+        main([str(grid), "--stats-only", "--out", str(tmp_path / "res"), "--runs-dir", str(tmp_path / "r")])
+        == 1
+    )
+    md = (tmp_path / "res" / "tiny-grid-model-stats.md").read_text()
+    lines = {
+        ln.split("|")[1].strip(): ln for ln in md.splitlines() if ln.startswith("| ") and "Row" not in ln
+    }
+    p_max = float(lines["max"].split("|")[2])
+    p_conv = float(lines["conv1x1"].split("|")[2])
+    assert p_conv > p_max > 0  # the pointwise-conv fusion has parameters, max pooling none
+    assert "ERROR" in lines["bad"] and "nope" in lines["bad"]
+    assert not (tmp_path / "r").exists()  # nothing ran

@@ -53,7 +53,9 @@ Model statistics: if the LightningModule has a ``model_stats()`` method returnin
 (``params_m``, ``gmacs``, ...), these are recorded and shown; otherwise the parameter count is.
 
 Command line: ``favit-ps ablate GRID.yaml [--seeds 0 1] [--out results] [--runs-dir runs] [--rows a b]
-[--set key=value ...] [--force] [--report-only] [--dry-run] [--budget-min M] [--timeout-s S]``.
+[--set key=value ...] [--force] [--report-only] [--dry-run] [--budget-min M] [--timeout-s S] [--stats-only]``.
+``--stats-only`` trains nothing: it builds each row's model and writes ``<out>/<name>-model-stats.md``
+(parameters, GMACs) in seconds.
 ``--set`` adds base overrides (e.g. ``--set trainer.max_epochs=1`` for a smoke run); ``--budget-min`` stops
 launching new runs once that much wall time has passed (unstarted runs are listed as not run). Runs go in
 seed-major order (every row for the first seed, then the next seed) so a budget cut keeps whole seeds.
@@ -738,6 +740,102 @@ def write_report(
     return md_path, table
 
 
+def model_stats_table(grid: Grid, extra_overrides: dict | None = None) -> list[dict[str, Any]]:
+    """Build each row's LightningModule (no data, no training) and collect its ``model_stats()``.
+
+    For ``--stats-only``: parameters and GMACs of every row in seconds, e.g. to set beside a paper's #Param/FLOPs
+    columns. The image size is taken from the config's ``data.init_args.img_size`` when the module's
+    ``model_stats`` accepts one.
+    """
+    import importlib
+    import inspect
+
+    base = yaml.safe_load(grid.base_config.read_text()) or {}
+    out = []
+    for row in grid.rows:
+        cfg = apply_overrides(base, {**grid.base_overrides, **(extra_overrides or {}), **row.overrides})
+        spec = cfg.get("model") or {}
+        mod_name, _, cls_name = str(spec.get("class_path", "")).rpartition(".")
+        entry: dict[str, Any] = {"row": row.name, "label": row.label, "reference": row.reference}
+        try:
+            cls = getattr(importlib.import_module(mod_name), cls_name)
+            init = dict(spec.get("init_args") or {})
+            data_init = (cfg.get("data") or {}).get("init_args") or {}
+            if "num_classes" in inspect.signature(cls).parameters and init.get("num_classes") is None:
+                init["num_classes"] = _num_classes_of(cfg.get("data") or {})
+            lm = cls(**init)
+            fn = getattr(lm, "model_stats", None)
+            if callable(fn):
+                kw = (
+                    {"img_size": data_init["img_size"]}
+                    if "img_size" in inspect.signature(fn).parameters and ("img_size" in data_init)
+                    else {}
+                )
+                entry.update(fn(**kw))
+            else:
+                entry["params_m"] = sum(p.numel() for p in lm.parameters()) / 1e6
+        except Exception as e:
+            entry["error"] = f"{type(e).__name__}: {e}"
+        out.append(entry)
+    return out
+
+
+def _num_classes_of(data_spec: dict) -> int | None:
+    """The class count a data config provides (its datamodule's ``num_classes``), without loading any data."""
+    import importlib
+
+    mod_name, _, cls_name = str(data_spec.get("class_path", "")).rpartition(".")
+    init = dict(data_spec.get("init_args") or {})
+    try:
+        dm = getattr(importlib.import_module(mod_name), cls_name)(**init)
+        return int(dm.num_classes)
+    except Exception:
+        from favit_probsparse.data.vision import DATASET_STATS
+
+        return (DATASET_STATS.get(str(init.get("dataset", ""))) or (None,) * 4)[3]
+
+
+def write_stats_report(grid: Grid, stats: list[dict], out_dir: Path, command: str) -> tuple[Path, str]:
+    """Write ``<out>/<name>-model-stats.md`` (params, GMACs per row, beside the reference)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    has_ref = any(e["reference"] is not None for e in stats)
+    header = ["Row", "Params (M)", "GMACs", "img size"] + ([grid.reference_label] if has_ref else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for e in stats:
+        if "error" in e:
+            cells = [e["label"], f"ERROR: `{e['error'][:200]}`", "–", "–"]
+        else:
+            cells = [
+                e["label"],
+                _stat_cell(e.get("params_m"), 3),
+                _stat_cell(e.get("gmacs"), 3),
+                str(e.get("img_size", "–")),
+            ]
+        if has_ref:
+            cells.append("–" if e["reference"] is None else str(e["reference"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    md = [
+        f"# Model size and cost: {grid.title or grid.name}",
+        "",
+        table,
+        "",
+        "Parameters of the network (EMA copies excluded); GMACs (multiply-accumulates, what vision papers call "
+        "FLOPs) of one forward pass of one image, counted by torch's FLOP counter (matmuls, convolutions, "
+        "attention). Nothing is trained for this table.",
+        "",
+        *([grid.reference_note.strip(), ""] if grid.reference_note else []),
+        f"- Command: `{command}`",
+        f"- Grid: `{grid.path}`; base config: `{grid.base_config}`",
+        f"- Hardware: {hardware_summary()}",
+        f"- Written: {now}",
+    ]
+    path = out_dir / f"{grid.name}-model-stats.md"
+    path.write_text("\n".join(md) + "\n")
+    return path, table
+
+
 def _chart(grid: Grid, summary: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -827,6 +925,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--timeout-s", type=float, default=None, help="per-run wall limit (default: the grid's)")
     p.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
+    p.add_argument(
+        "--stats-only",
+        action="store_true",
+        help="train nothing: build each row's model and write <out>/<name>-model-stats.md (params, GMACs)",
+    )
     a = p.parse_args(argv)
     if threading.current_thread() is not threading.main_thread():
         return _main(a, argv)
@@ -841,6 +944,11 @@ def _main(a: argparse.Namespace, argv: list[str]) -> int:
     grid = load_grid(a.grid)
     seeds = a.seeds if a.seeds is not None else grid.seeds
     extra = _parse_set(a.set)
+    if a.stats_only:
+        command = "favit-ps ablate " + " ".join(shlex.quote(x) for x in argv)
+        path, table = write_stats_report(grid, model_stats_table(grid, extra), Path(a.out), command)
+        print(f"\n{table}\n\nwritten: {path}")
+        return 1 if "ERROR:" in table else 0
     results = run_grid(
         grid,
         seeds,
