@@ -374,3 +374,20 @@ def test_shipped_vision_grids_resolve():
             cfg = apply_overrides(base, {**grid.base_overrides, **row.overrides})
             kwargs = cfg["model"]["init_args"]["model_kwargs"]
             assert "fusion" in kwargs, (g.name, row.name)
+
+
+def test_bf16_mixed_precision_on_cpu(toy, tmp_path):
+    seed_everything(0)
+    model = _model(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1)
+    trainer = _trainer(
+        tmp_path,
+        max_epochs=1,
+        precision="bf16-mixed",
+        limit_train_batches=2,
+        limit_val_batches=1,
+        enable_checkpointing=False,
+        gradient_clip_val=1.0,
+    )
+    trainer.fit(model, datamodule=_data(toy))
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert 0.0 <= float(trainer.callback_metrics["val/acc1"]) <= 1.0
