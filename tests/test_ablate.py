@@ -148,6 +148,7 @@ def test_report_marks_best_failed_and_missing(tmp_path):
     assert "FAILED (seed 1)" in table and "ValueError: boom" in md
     assert "seed 0: skipped (budget)" in table
     assert "| 50.0 |" in table  # reference column
+    assert "Seed-to-seed spread (median std over rows): 7.07; best minus second: 15.00" in md
     assert (tmp_path / "res" / "tiny-grid.png").stat().st_size > 1000
     raw = json.loads((tmp_path / "res" / "tiny-grid.json").read_text())
     assert raw["summary"][0]["metrics"]["test/acc1"]["n"] == 2

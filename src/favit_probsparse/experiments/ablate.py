@@ -619,6 +619,31 @@ def summarize(grid: Grid, results: list[RunResult]) -> list[dict[str, Any]]:
     return out
 
 
+def _spread_sentence(summary: list[dict], m: Metric) -> str | None:
+    """Compare the lead of the best row with the seed-to-seed spread (so a table of noise is not read as a ranking)."""
+    ranked = sorted(
+        (e["metrics"][m.name] for e in summary if m.name in e["metrics"]),
+        key=lambda x: x["mean"],
+        reverse=m.mode == "max",
+    )
+    stds = sorted(x["std"] for x in ranked if x["n"] > 1 and not math.isnan(x["std"]))
+    if len(ranked) < 2 or not stds:
+        return None
+    med = stds[len(stds) // 2]
+    lead = abs(ranked[0]["mean"] - ranked[1]["mean"])
+    span = abs(ranked[0]["mean"] - ranked[-1]["mean"])
+    d = m.digits
+    verdict = (
+        "so the ranking is within seed noise"
+        if span <= 2 * med
+        else ("so the top rows are not separated" if lead <= med else "")
+    )
+    return (
+        f"Seed-to-seed spread (median std over rows): {med:.{d}f}; best minus second: {lead:.{d}f}; "
+        f"best minus worst: {span:.{d}f}" + (f", {verdict}." if verdict else ".")
+    )
+
+
 def _stat_cell(v: Any, digits: int) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
@@ -693,6 +718,9 @@ def write_report(
             f"Bold: best mean {m.title} ({'higher' if m.mode == 'max' else 'lower'} is better). "
             f"± is the sample standard deviation over seeds."
         )
+        spread = _spread_sentence(summary, m)
+        if spread:
+            md += ["", spread]
     if footnotes:
         md += ["", "Failed runs:", *footnotes]
     if grid.reference_note:
