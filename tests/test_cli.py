@@ -53,3 +53,10 @@ def test_data_root_fallbacks(monkeypatch, tmp_path):
     (tmp_path / "shared" / "data").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "work")
     assert paths.data_root() == (tmp_path / "shared" / "data").resolve()
+
+
+def test_fit_with_itr_dispatches_to_the_multi_seed_runner(monkeypatch):
+    seen = {}
+    monkeypatch.setattr("favit_probsparse.training.forecast.main", lambda argv: seen.setdefault("argv", argv) and 0)
+    assert cli.main(["fit", "--config", "c.yaml", "--itr", "3"]) == 0
+    assert seen["argv"] == ["--config", "c.yaml", "--itr", "3"]

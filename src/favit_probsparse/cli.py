@@ -4,6 +4,8 @@
   LightningModule (``model.class_path``) and a LightningDataModule (``data.class_path``) from this package.
   ``--ckpt PATH`` is accepted as a short form of ``--ckpt_path PATH`` (``favit-ps test --ckpt ...``, and
   ``favit-ps fit --ckpt last.ckpt`` resumes a run).
+* ``favit-ps fit --config cfg.yaml --itr N [--seeds ...]`` runs N seeded fit+test repeats of a forecasting config
+  and prints mean ± std (the official Informer ``--itr``).
 * ``favit-ps ablate GRID.yaml --seeds 0 1`` runs a grid of configs and writes ``results/<name>.md`` and a chart.
 * ``favit-ps analyze cross-terms --ckpt ...`` decomposes attention logits of a trained model.
 * ``favit-ps reproduce quick`` is the README's main job.
@@ -28,6 +30,7 @@ EXTRA_SUBCOMMANDS = {
 USAGE = """usage: favit-ps {fit,validate,test,predict,ablate,analyze,reproduce} ...
 
   fit/validate/test/predict   Lightning CLI over a YAML config (see `favit-ps fit --help`)
+  fit --config X --itr N      N seeded repeats (forecasting), mean ± std
 """ + "".join(f"  {name:<27} {text}\n" for name, (_, text) in EXTRA_SUBCOMMANDS.items())
 
 
@@ -65,6 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
+    if cmd == "fit" and any(a == "--itr" or a.startswith("--itr=") for a in rest):
+        # the official Informer `--itr N`: N seeded fit+test runs, reported as mean ± std
+        from favit_probsparse.training.forecast import main as itr_main
+
+        return int(itr_main(rest) or 0)
     if cmd in LIGHTNING_SUBCOMMANDS:
         run_lightning([cmd, *rest])
         return 0
