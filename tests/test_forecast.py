@@ -124,6 +124,26 @@ def test_model_data_mismatch_is_a_clear_error(tmp_path):
         _trainer(tmp_path).fit(_module(freq="t"), datamodule=_dm())
 
 
+@needs_etth1
+def test_type1_lrs_seen_by_the_training_steps(tmp_path):
+    from lightning.pytorch import Callback
+
+    seen: list[float] = []
+
+    class Record(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = _trainer(
+        tmp_path, max_epochs=4, limit_train_batches=1, limit_val_batches=1, callbacks=[Record()]
+    )
+    trainer.fit(_module(), datamodule=_dm())
+    assert seen == pytest.approx([1e-4, 1e-4, 5e-5, 2.5e-5])
+    assert trainer.callback_metrics["lr"] == pytest.approx(
+        2.5e-5
+    )  # logged: the lr the last epoch trained with
+
+
 RESUME_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys, torch

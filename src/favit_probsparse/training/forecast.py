@@ -266,6 +266,9 @@ class InformerForecaster(LightningModule):
     def on_train_epoch_start(self) -> None:
         torch.manual_seed((self.seed * 1_000_003 + 7919 * (self.current_epoch + 1)) % 2**63)
         self._train_loss_sum = torch.zeros(2, dtype=torch.float64, device=self.device)
+        # the lr this epoch trains with (Lightning steps epoch schedulers after the last batch, before the
+        # on_train_epoch_end hook, so reading it there would give the next epoch's lr)
+        self._epoch_lr = self.optimizers().param_groups[0]["lr"] if self._trainer is not None else None
 
     def training_step(self, batch, batch_idx):
         pred, true = self._step(batch)
@@ -280,7 +283,8 @@ class InformerForecaster(LightningModule):
         if self._train_loss_sum is not None:
             s = self._train_loss_sum
             self.log("train_loss", (s[0] / s[1].clamp_min(1)).float(), prog_bar=True)
-            self.log("lr", self.optimizers().param_groups[0]["lr"] if self._trainer else 0.0)
+            if getattr(self, "_epoch_lr", None) is not None:
+                self.log("lr", self._epoch_lr)
 
     # ------------------------------------------------------------------------------------------------ eval
     def _eval_start(self, name: str) -> None:
