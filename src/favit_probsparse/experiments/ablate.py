@@ -388,6 +388,7 @@ class RunResult:
     wall_s: float | None = None
     error: str | None = None
     reused: bool = False
+    finished: str | None = None
 
 
 def _tail(path: Path, n: int = 15) -> str:
@@ -453,6 +454,7 @@ def _run_one(
                 prev.get("stats", {}),
                 prev.get("wall_s") or prev.get("fit_s"),
                 reused=True,
+                finished=prev.get("finished"),
             )
         if not quiet:
             print(f"[ablate] {row.name}/seed{seed}: config changed since the finished run; running again")
@@ -501,7 +503,9 @@ def _run_one(
             m = res["metrics"].get(grid.metric.name)
             shown = "n/a" if m is None else f"{m * grid.metric.scale:.{grid.metric.digits}f}"
             print(f"[ablate]   done in {wall:.0f}s: {grid.metric.name} = {shown}", flush=True)
-        return RunResult(row.name, seed, "done", res["metrics"], res.get("stats", {}), wall)
+        return RunResult(
+            row.name, seed, "done", res["metrics"], res.get("stats", {}), wall, finished=res.get("finished")
+        )
     tail = _tail(run_dir / "log.txt")
     err = (
         f"timed out after {timeout_s:.0f}s"
@@ -656,6 +660,7 @@ def write_report(
     seeds: list[int],
     hardware: str | None = None,
     chart: bool = True,
+    command_note: str | None = None,
 ) -> tuple[Path, str]:
     """Write ``<out>/<name>.md`` (+ ``.json``, ``.png``); returns the markdown path and the table text."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -709,6 +714,7 @@ def write_report(
     n_failed = sum(r.status == "failed" for r in results)
     total_wall = sum(r.wall_s or 0 for r in results if r.status in ("done", "failed"))
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    fin = sorted(r.finished for r in results if r.finished)
     md = [f"# {grid.title or grid.name}", ""]
     if grid.description:
         md += [grid.description.strip(), ""]
@@ -729,13 +735,14 @@ def write_report(
         "",
         "## How these numbers were made",
         "",
-        f"- Command: `{command}`",
+        f"- Command: `{command}`" + (f" ({command_note})" if command_note else ""),
         f"- Grid: `{grid.path}`; base config: `{grid.base_config}`; metric: `{m.name}` "
         f"({'test set' if grid.test else 'last logged'}, {grid.test_ckpt} weights when tested)",
         f"- Seeds: {', '.join(map(str, seeds))}; runs finished: {n_done}, failed: {n_failed}, "
         f"of {len(results)}",
         f"- Hardware: {hardware}",
-        f"- Wall time of the runs: {total_wall / 60:.1f} min in total",
+        f"- Wall time of the runs: {total_wall / 60:.1f} min in total"
+        + (f"; runs finished between {min(fin)} and {max(fin)}" if fin else ""),
         f"- Written: {now}",
         f"- Per-run configs, logs and metrics: `runs/{grid.name}/<row>/seed<k>/` (not committed)",
     ]
@@ -877,19 +884,30 @@ def _chart(grid: Grid, summary: list[dict], path: Path) -> None:
     stds = [0.0 if (s is None or math.isnan(s)) else s for s in stds]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(labels) + 2), 4.2))
     xs = list(range(len(labels)))
-    colors = ["tab:red" if e["failed"] and not e["metrics"] else "tab:blue" for e in summary]
-    ax.bar(
-        xs,
-        [0 if math.isnan(v) else v for v in means],
-        yerr=stds,
-        capsize=4,
-        color=colors,
-        alpha=0.85,
-        label="ours (mean ± std over seeds)",
-    )
+    # points with error bars, not bars: the y axis is zoomed to the data, and bars would exaggerate gaps
+    ok = [(x, mu, sd) for x, mu, sd in zip(xs, means, stds) if not math.isnan(mu)]
+    if ok:
+        ax.errorbar(
+            [o[0] for o in ok],
+            [o[1] for o in ok],
+            yerr=[o[2] for o in ok],
+            fmt="o",
+            ms=7,
+            capsize=5,
+            color="tab:blue",
+            label="ours: mean ± std over seeds",
+        )
     for e, x in zip(summary, xs):
-        for v in e["metrics"].get(m.name, {}).get("values", []):
-            ax.plot(x, v, "k.", ms=4)
+        vals = e["metrics"].get(m.name, {}).get("values", [])
+        for v in vals:
+            ax.plot(
+                x + 0.15,
+                v,
+                ".",
+                color="0.35",
+                ms=5,
+                label="ours: one seed" if x == xs[0] and v == vals[0] else None,
+            )
         if e["failed"] and not e["metrics"]:
             ax.text(x, 0, "FAILED", ha="center", va="bottom", color="tab:red", rotation=90)
     refs = [(x, e["reference"]) for e, x in zip(summary, xs) if isinstance(e["reference"], int | float)]
@@ -995,8 +1013,12 @@ def _main(a: argparse.Namespace, argv: list[str]) -> int:
         return 0
     if a.rows is not None:  # keep the other rows' finished runs in the report
         results = run_grid(grid, seeds, Path(a.runs_dir), extra_overrides=extra, report_only=True, quiet=True)
-    command = "favit-ps ablate " + " ".join(shlex.quote(x) for x in argv)
-    md_path, table = write_report(grid, results, Path(a.out), command, seeds, chart=not a.no_chart)
+    shown = [x for x in argv if x != "--report-only"]
+    command = "favit-ps ablate " + " ".join(shlex.quote(x) for x in shown)
+    note = "this report re-rendered from the finished runs with `--report-only`" if a.report_only else None
+    md_path, table = write_report(
+        grid, results, Path(a.out), command, seeds, chart=not a.no_chart, command_note=note
+    )
     print(f"\n{grid.title or grid.name}\n\n{table}\n\nwritten: {md_path} (+ .json, .png)")
     failed = [r for r in results if r.status == "failed"]
     if failed:
