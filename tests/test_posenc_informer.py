@@ -204,3 +204,20 @@ def test_analyze_cli_cross_terms_and_pos_decay(tmp_path):
     assert main(["pos-decay", "--out", str(pd_out), "--max-len", "40", "--d-model", "64", "--trials", "100"]) == 0
     for f in ("pos_decay_seed_estimator.png", "pos_decay_gram.png", "pos_decay_cosine.png", "pos_decay_summary.csv"):
         assert (pd_out / f).exists()
+
+
+def test_posenc_report_tables(tmp_path):
+    import json
+
+    from favit_probsparse.analysis.posenc_report import tables
+
+    def row(name, ref, vals):
+        m = {"values": vals, "mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)), "n": len(vals)}
+        return {"row": name, "label": name, "reference": ref, "metrics": {"test_mse": m, "test_mae": m}}
+
+    summary = [row("vanilla", "0.5 / 0.5", [0.7, 0.8]), row("nope", "0.9 / 0.7", [0.9, 1.0])]
+    (tmp_path / "posenc-ablation-etth1.json").write_text(json.dumps({"summary": summary}))
+    text = tables(tmp_path)
+    assert "Table 6" in text and "| nope | 0.950 ± 0.071 (0.900, 1.000)" in text
+    assert "+0.200 | +0.400 |" in text  # ours and the seed's change against vanilla
+    assert "Table 3" not in text  # no ETTm1 file

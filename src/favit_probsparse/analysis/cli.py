@@ -26,8 +26,7 @@ def load_forecaster(ckpt_path: str | Path):
     from .posenc_forecaster import PosencInformerForecaster
 
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    hp = dict(ckpt.get("hyper_parameters", {}))
-    hp.pop("_instantiator", None)
+    hp = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}  # _class_path, ...
     module = PosencInformerForecaster(**hp)
     module.load_state_dict(ckpt["state_dict"], strict=True)
     module.eval()
@@ -123,7 +122,7 @@ def write_cross_term_report(results, out: Path, title: str, n_windows: int, mode
                     ax.set_title(lab, fontsize=7)
                 if j == 0:
                     ax.set_ylabel(f"head {h}", fontsize=7)
-        fig.suptitle(f"{r.name} ({r.mode}); row-centred, mean over {n_windows} windows; one scale per head", fontsize=8)
+        fig.suptitle(f"{r.name} [{r.mode}]; row-centred, mean over {n_windows} windows; one scale per head", fontsize=8)
         fig.tight_layout()
         fig.savefig(out / f"cross_terms_{r.name.replace('.', '_')}.png", dpi=dpi)
         plt.close(fig)
@@ -159,7 +158,8 @@ def write_cross_term_report(results, out: Path, title: str, n_windows: int, mode
                    "metrics": {t: {k: v.tolist() for k, v in m.items()} for t, m in r.metrics.items()}, **r.extra})
     lines += ["", "| layer | max \\|Σ terms − logits\\| | p2p Toeplitz R² (mean over heads) |", "|---|---|---|"]
     for r in results:
-        lines.append(f"| {r.name} | {r.max_abs_sum_error:.2e} | {r.p2p_toeplitz_r2.mean():.3f} |")
+        r2 = r.p2p_toeplitz_r2.mean()
+        lines.append(f"| {r.name} | {r.max_abs_sum_error:.2e} | {'–' if torch.isnan(r2) else f'{r2:.3f}'} |")
     (out / "cross_terms.md").write_text("\n".join(lines) + "\n")
     (out / "cross_terms.json").write_text(json.dumps({"title": title, "model": model_desc, "n_windows": n_windows,
                                                       "layers": js}, indent=1))
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     ct.add_argument("--data-path", default=None, help="explicit CSV path for --data (default: the data root)")
     ct.add_argument("--batches", type=int, default=2, help="test batches to average over")
     ct.add_argument("--batch-size", type=int, default=32)
-    ct.add_argument("--dpi", type=int, default=60)
+    ct.add_argument("--dpi", type=int, default=55)
     ct.add_argument("--out", required=True)
     pdc = sub.add_parser("pos-decay", help="E_W[p_iᵀ W p_j] and row-cosine plots, sinusoidal vs Legendre")
     pdc.add_argument("--out", required=True)

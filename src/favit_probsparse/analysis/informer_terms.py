@@ -125,6 +125,8 @@ def informer_cross_terms(model: Informer, x_enc: Tensor, x_mark_enc: Tensor | No
         err = (sum(terms[t] for t in (*TERMS, "bias")) - terms["logits"]).abs().max().item()
         maps = {t: _row_centre(terms[t], mask).mean(0) for t in (*TERMS, "bias", "logits")}
         _, r2 = toeplitz_fit(terms["p2p"].mean(0))
+        if "p2p" not in active:
+            r2 = torch.full_like(r2, float("nan"))  # no pos-pos term in this layer
         results.append(LayerTerms(name, mode, tuple(active), maps, metrics, r2, err,
                                   {"input_reconstruction_error": recon, "length": length}))
     return results
