@@ -6,7 +6,7 @@
 * :mod:`.delta_v`: ΔV (tangential-space) attention.
 """
 
-from .delta_v import DeltaVAttention, delta_v_attention
+from .delta_v import DeltaVAttention, delta_v_attention, ema_kernel, momentum_ema, temporal_difference
 from .fusion import FUSIONS, CrossWindowFusion, build_fusion
 from .probsparse import (
     ATTENTIONS,
@@ -30,9 +30,12 @@ __all__ = [
     "build_attention",
     "build_fusion",
     "delta_v_attention",
+    "ema_kernel",
     "full_attention",
+    "momentum_ema",
     "probsparse_attention",
     "probsparse_counts",
     "sample_key_index",
     "sparsity_measure",
+    "temporal_difference",
 ]
