@@ -31,6 +31,7 @@ Grid file (YAML)::
     timeout_s: 3600                     # optional per-run wall limit
     reference_label: seed Table 1       # optional: name of the reference column
     reference_note: ...                 # optional: how the reference relates to our numbers
+    env: {OMP_NUM_THREADS: "1"}         # optional environment defaults for the runs (the caller's env wins)
     rows:
       - name: max                       # folder-safe id (runs/<grid>/<row>/seed<k>/)
         label: Max pooling              # optional display name
@@ -142,6 +143,7 @@ class Grid:
     timeout_s: float | None = None
     reference_label: str = "reference"
     reference_note: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
 
 GRID_KEYS = {
@@ -158,6 +160,7 @@ GRID_KEYS = {
     "timeout_s",
     "reference_label",
     "reference_note",
+    "env",
     "rows",
 }
 
@@ -230,6 +233,7 @@ def load_grid(path: str | os.PathLike) -> Grid:
         timeout_s=raw.get("timeout_s"),
         reference_label=str(raw.get("reference_label", "reference")),
         reference_note=raw.get("reference_note"),
+        env={str(k): str(v) for k, v in (raw.get("env") or {}).items()},
     )
 
 
@@ -484,6 +488,8 @@ def _run_one(
         print(f"[ablate] {grid.name}: {row.name} seed {seed} ...", flush=True)
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    for k, v in grid.env.items():  # the grid's defaults; the caller's environment wins
+        env.setdefault(k, v)
     with open(run_dir / "log.txt", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
