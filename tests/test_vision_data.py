@@ -115,6 +115,9 @@ def test_transforms_native_and_upsampled():
     # eval at 224 from 32: resize 256, center-crop 224
     t_eval = build_transform(False, 224, mean, std, native_size=32)
     assert "256" in repr(t_eval) and t_eval(img).shape == (3, 224, 224)
+    # upsampled but trained with pad-crop (full images): evaluation does not crop either
+    assert "size=36" not in repr(build_transform(False, 32, mean, std, native_size=28, train_crop="pad_crop"))
+    assert "size=36" in repr(build_transform(False, 32, mean, std, native_size=28, train_crop="rrc"))
     # native resolution: no crop loss, CIFAR-style pad-crop for training
     assert build_transform(False, 32, mean, std, native_size=32)(img).shape == (3, 32, 32)
     t_pc = build_transform(True, 32, mean, std, native_size=32, train_crop="pad_crop", auto_augment=None)

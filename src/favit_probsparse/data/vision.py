@@ -121,7 +121,7 @@ def build_transform(
     """Build a timm train/eval transform (PIL image -> normalized tensor).
 
     ``eval_crop_pct`` defaults to 0.875 (resize 256, center-crop 224) when ``img_size`` is larger than the native
-    size, and to 1.0 (plain resize) otherwise.
+    size and training uses RandomResizedCrop, and to 1.0 (plain resize) otherwise.
     """
     from timm.data import create_transform
     from torchvision import transforms as T
@@ -130,7 +130,9 @@ def build_transform(
         raise ValueError(f"train_crop must be 'rrc' or 'pad_crop', got {train_crop!r}")
     if not is_train:
         if eval_crop_pct is None:
-            eval_crop_pct = 0.875 if native_size is not None and img_size > native_size else 1.0
+            # resize 256 / crop 224 style only where training crops too (RandomResizedCrop of an upsampled image)
+            upsampled = native_size is not None and img_size > native_size
+            eval_crop_pct = 0.875 if upsampled and train_crop == "rrc" else 1.0
         return create_transform(
             img_size,
             is_training=False,
@@ -322,7 +324,7 @@ class ImageClassificationDataModule(LightningDataModule):
         color_jitter: timm color jitter (only used when ``auto_augment`` is off, as in timm).
         train_crop: ``rrc`` (RandomResizedCrop, ImageNet/DeiT recipe) or ``pad_crop`` (CIFAR-style).
         scale: RandomResizedCrop scale range (timm default (0.08, 1.0)).
-        eval_crop_pct: eval center-crop fraction (default 0.875 when upsampling, else 1.0).
+        eval_crop_pct: eval center-crop fraction (default 0.875 when upsampling with ``rrc``, else 1.0).
         mean / std: normalization; default per dataset (``normalization`` names a preset instead).
         normalization: preset name from :data:`DATASET_STATS` (e.g. ``cifar10`` for ``cifar10-subset``).
         download: allow torchvision downloads (CIFAR, Fashion-MNIST).
