@@ -27,6 +27,9 @@ def test_ckpt_alias_is_rewritten():
     assert cli._rewrite_ckpt(["test", "--ckpt", "a.ckpt", "--config", "c.yaml"]) == [
         "test", "--ckpt_path", "a.ckpt", "--config", "c.yaml"]
     assert cli._rewrite_ckpt(["fit", "--ckpt=last.ckpt"]) == ["fit", "--ckpt_path=last.ckpt"]
+    assert cli._rewrite_ckpt(["fit", "--resume", "last"]) == ["fit", "--ckpt_path", "last"]
+    assert cli._rewrite_ckpt(["fit", "--resume=x.ckpt", "--ckpt_pathological=1"]) == [
+        "fit", "--ckpt_path=x.ckpt", "--ckpt_pathological=1"]
 
 
 def test_console_script_runs():

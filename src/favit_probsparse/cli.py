@@ -2,8 +2,8 @@
 
 * ``favit-ps fit|validate|test|predict --config cfg.yaml [--overrides]`` is Lightning's CLI: the config names a
   LightningModule (``model.class_path``) and a LightningDataModule (``data.class_path``) from this package.
-  ``--ckpt PATH`` is accepted as a short form of ``--ckpt_path PATH`` (``favit-ps test --ckpt ...``, and
-  ``favit-ps fit --ckpt last.ckpt`` resumes a run).
+  ``--ckpt PATH`` and ``--resume PATH`` are short forms of ``--ckpt_path PATH`` (``favit-ps test --ckpt ...``;
+  ``favit-ps fit --config C --resume last`` resumes a run from its last checkpoint).
 * ``favit-ps fit --config cfg.yaml --itr N [--seeds ...]`` runs N seeded fit+test repeats of a forecasting config
   and prints mean ± std (the official Informer ``--itr``).
 * ``favit-ps ablate GRID.yaml --seeds 0 1`` runs a grid of configs and writes ``results/<name>.md`` and a chart.
@@ -34,15 +34,14 @@ USAGE = """usage: favit-ps {fit,validate,test,predict,ablate,analyze,reproduce} 
 """ + "".join(f"  {name:<27} {text}\n" for name, (_, text) in EXTRA_SUBCOMMANDS.items())
 
 
+_CKPT_ALIASES = ("--ckpt", "--resume")  # short forms of Lightning's --ckpt_path (a path, "last" or "best")
+
+
 def _rewrite_ckpt(argv: list[str]) -> list[str]:
     out = []
     for a in argv:
-        if a == "--ckpt":
-            out.append("--ckpt_path")
-        elif a.startswith("--ckpt="):
-            out.append("--ckpt_path=" + a.split("=", 1)[1])
-        else:
-            out.append(a)
+        name, eq, value = a.partition("=")
+        out.append(("--ckpt_path" + eq + value) if name in _CKPT_ALIASES else a)
     return out
 
 
