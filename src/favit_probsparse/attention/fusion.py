@@ -238,6 +238,7 @@ class _SampledFusion(CrossWindowFusion):
             self._generators[key] = gen
         return gen
 
+    @torch.compiler.disable  # opaque to torch.compile: no guards on the seed, no recompiles per module
     def _randperm(self, n: int, device: torch.device) -> torch.Tensor:
         return torch.randperm(n, generator=self._generator(device), device=device)
 
