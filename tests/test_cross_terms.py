@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
@@ -23,12 +22,6 @@ from favit_probsparse.posenc import alibi_bias, build_pos_encoding
 B, T, D, H = 3, 10, 16, 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _proj(dtype=torch.float64, seed=0):

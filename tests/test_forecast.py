@@ -25,13 +25,6 @@ TINY = dict(d_model=16, n_heads=4, d_ff=32, e_layers=2, d_layers=1)
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Training loops on a shared, oversubscribed CPU are ~10x faster single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_type1_schedule_matches_official():

@@ -21,12 +21,6 @@ D, H, T = 16, 4, 10
 SMALL = dict(seq_len=16, label_len=8, pred_len=8, d_model=16, n_heads=4, d_ff=32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class Recorder(torch.nn.Module):
