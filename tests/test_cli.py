@@ -63,3 +63,16 @@ def test_fit_with_itr_dispatches_to_the_multi_seed_runner(monkeypatch):
     monkeypatch.setattr("favit_probsparse.training.forecast.main", lambda argv: seen.setdefault("argv", argv) and 0)
     assert cli.main(["fit", "--config", "c.yaml", "--itr", "3"]) == 0
     assert seen["argv"] == ["--config", "c.yaml", "--itr", "3"]
+
+
+def test_reproduce_runs_the_named_grid_with_a_relative_path(monkeypatch):
+    from favit_probsparse.experiments import ablate, reproduce
+
+    repo = Path(reproduce.__file__).resolve().parents[3]
+    monkeypatch.chdir(repo)
+    seen = {}
+    monkeypatch.setattr(ablate, "main", lambda argv: seen.setdefault("argv", argv) and 0)
+    assert reproduce.main(["quick", "--seeds", "3"]) == 0
+    assert seen["argv"] == ["configs/ablations/quick.yaml", "--seeds", "3"]
+    with pytest.raises(SystemExit, match="no grid"):
+        reproduce.main(["no-such-grid"])

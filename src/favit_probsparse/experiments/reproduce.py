@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 TARGETS = ("quick", "attention")
@@ -40,6 +41,8 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"favit-ps reproduce: no grid {grid} (targets: {', '.join(TARGETS)} or a grid name)")
     from favit_probsparse.experiments.ablate import main as ablate_main
 
+    with contextlib.suppress(ValueError):  # record a repo-relative command in the report when run from the repo
+        grid = grid.resolve().relative_to(Path.cwd().resolve())
     args = [str(grid)]
     if a.seeds:
         args += ["--seeds", *map(str, a.seeds)]
