@@ -141,9 +141,13 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
-    p.add_argument("--clock", choices=["wall", "cpu"], default=None,
-                   help="CPU timing: wall clock, or this thread's CPU time (default, forces 1 thread; robust to a "
-                        "loaded machine)")
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default=None,
+        help="CPU timing: wall clock, or this thread's CPU time (default, forces 1 thread; robust to a "
+        "loaded machine)",
+    )
     p.add_argument("--markdown", default=None, help="also write the table to this file")
     p.add_argument("--_one", default=None, help=argparse.SUPPRESS)  # internal: run one case, print JSON
     a = p.parse_args(argv)
@@ -157,7 +161,11 @@ def main(argv=None):
     dtype = getattr(torch, a.dtype)
     if a._one:
         method, l = a._one.split(":")
-        print(json.dumps(run_case(method, batch, a.heads, int(l), a.dim, a.device, dtype, a.repeats, a.warmup, a.clock)))
+        print(
+            json.dumps(
+                run_case(method, batch, a.heads, int(l), a.dim, a.device, dtype, a.repeats, a.warmup, a.clock)
+            )
+        )
         return 0
 
     rows = {}
@@ -170,9 +178,28 @@ def main(argv=None):
                     r = {"method": m, "L": l, "ms": float("nan"), "peak_bytes": -1}
                 torch.cuda.empty_cache()
             else:  # fresh process per case so that ru_maxrss measures this case alone
-                cmd = [sys.executable, __file__, "--_one", f"{m}:{l}", "--device", "cpu", "--batch", str(batch),
-                       "--heads", str(a.heads), "--dim", str(a.dim), "--repeats", str(a.repeats),
-                       "--warmup", str(a.warmup), "--dtype", a.dtype, "--clock", a.clock]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--_one",
+                    f"{m}:{l}",
+                    "--device",
+                    "cpu",
+                    "--batch",
+                    str(batch),
+                    "--heads",
+                    str(a.heads),
+                    "--dim",
+                    str(a.dim),
+                    "--repeats",
+                    str(a.repeats),
+                    "--warmup",
+                    str(a.warmup),
+                    "--dtype",
+                    a.dtype,
+                    "--clock",
+                    a.clock,
+                ]
                 if a.threads:
                     cmd += ["--threads", str(a.threads)]
                 out = subprocess.run(cmd, capture_output=True, text=True)
@@ -184,7 +211,11 @@ def main(argv=None):
             rows[(m, l)] = r
             print(f"  {m:>8} L={l:<5} {r['ms']:9.2f} ms  {fmt_bytes(r['peak_bytes']):>10}", file=sys.stderr)
 
-    hw = torch.cuda.get_device_name() if a.device == "cuda" else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    hw = (
+        torch.cuda.get_device_name()
+        if a.device == "cuda"
+        else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    )
     lines = [
         f"Device: {a.device} ({hw}); torch {torch.__version__}; dtype {a.dtype}; B={batch}, H={a.heads}, D={a.dim}; "
         f"forward+backward, median of {a.repeats} after {a.warmup} warm-up"
@@ -192,7 +223,10 @@ def main(argv=None):
         "; peak memory above the inputs "
         f"({'CUDA max_memory_allocated' if a.device == 'cuda' else 'growth of peak RSS in a fresh process'}).",
         "",
-        "| L | " + " | ".join(f"{m} ms" for m in a.methods) + " | " + " | ".join(f"{m} peak" for m in a.methods)
+        "| L | "
+        + " | ".join(f"{m} ms" for m in a.methods)
+        + " | "
+        + " | ".join(f"{m} peak" for m in a.methods)
         + " | fast vs official | fast peak / sdpa peak |",
         "|---" * (2 * len(a.methods) + 3) + "|",
     ]
@@ -204,7 +238,13 @@ def main(argv=None):
             speed = f"{rows[('official', l)]['ms'] / rows[('fast', l)]['ms']:.2f}x"
         if "fast" in a.methods and "sdpa" in a.methods and rows[("sdpa", l)]["peak_bytes"] > 0:
             ratio = f"{rows[('fast', l)]['peak_bytes'] / rows[('sdpa', l)]['peak_bytes']:.2f}"
-        lines.append(f"| {l} | " + " | ".join(f"{x:.2f}" for x in ms) + " | " + " | ".join(pk) + f" | {speed} | {ratio} |")
+        lines.append(
+            f"| {l} | "
+            + " | ".join(f"{x:.2f}" for x in ms)
+            + " | "
+            + " | ".join(pk)
+            + f" | {speed} | {ratio} |"
+        )
     table = "\n".join(lines)
     print(table)
     if a.markdown:

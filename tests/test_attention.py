@@ -136,7 +136,10 @@ def test_full_attention_matches_naive_and_cross_lengths():
     torch.testing.assert_close(full_attention(q, k, v), naive_softmax_attention(q, k, v), atol=1e-10, rtol=0)
     q, k, v = rand_qkv(l_q=13, l_k=13)
     torch.testing.assert_close(
-        full_attention(q, k, v, causal=True), naive_softmax_attention(q, k, v, causal=True), atol=1e-10, rtol=0
+        full_attention(q, k, v, causal=True),
+        naive_softmax_attention(q, k, v, causal=True),
+        atol=1e-10,
+        rtol=0,
     )
 
 
@@ -144,7 +147,12 @@ def test_full_attention_matches_naive_and_cross_lengths():
 @pytest.mark.parametrize("impl", ["fast", "exact"])
 @pytest.mark.parametrize(
     ("causal", "measure", "masked_lazy"),
-    [(False, "official", "cumsum"), (False, "mean", "cumsum"), (True, "official", "cumsum"), (True, "mean", "cummean")],
+    [
+        (False, "official", "cumsum"),
+        (False, "mean", "cumsum"),
+        (True, "official", "cumsum"),
+        (True, "mean", "cummean"),
+    ],
 )
 def test_probsparse_equals_naive_official(impl, causal, measure, masked_lazy):
     l = 30
@@ -170,7 +178,9 @@ def test_cross_attention_lengths():
 
 def test_fast_equals_exact_outputs_and_gradients():
     q, k, v = rand_qkv(b=2, h=2, l_q=33, l_k=33, d=8, dtype=torch.float32)
-    idx = sample_key_index(33, 33, probsparse_counts(33, 33, 3)[0], generator=torch.Generator().manual_seed(0))
+    idx = sample_key_index(
+        33, 33, probsparse_counts(33, 33, 3)[0], generator=torch.Generator().manual_seed(0)
+    )
     grads = []
     for impl in ("exact", "fast"):
         qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
@@ -202,7 +212,9 @@ def test_user_mask_on_active_queries():
     keep[8:] = False
     for impl in ("fast", "exact"):
         out = probsparse_attention(q, k, v, factor=1000, attn_mask=keep.view(1, 1, 1, 12), impl=impl)
-        torch.testing.assert_close(out, naive_softmax_attention(q, k[:, :, :8], v[:, :, :8]), atol=1e-10, rtol=0)
+        torch.testing.assert_close(
+            out, naive_softmax_attention(q, k[:, :, :8], v[:, :, :8]), atol=1e-10, rtol=0
+        )
     out = full_attention(q, k, v, attn_mask=keep.view(1, 1, 1, 12))
     torch.testing.assert_close(out, naive_softmax_attention(q, k[:, :, :8], v[:, :, :8]), atol=1e-10, rtol=0)
 
@@ -241,7 +253,9 @@ def test_build_attention_and_dropout_only_in_training():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_dtypes_finite_and_close_to_float64(dtype):
     q, k, v = rand_qkv(l_q=50, l_k=50, dtype=F64)
-    idx = sample_key_index(50, 50, probsparse_counts(50, 50, 5)[0], generator=torch.Generator().manual_seed(0))
+    idx = sample_key_index(
+        50, 50, probsparse_counts(50, 50, 5)[0], generator=torch.Generator().manual_seed(0)
+    )
     ref = probsparse_attention(q, k, v, factor=1000)  # all active: no selection ties to worry about
     out = probsparse_attention(q.to(dtype), k.to(dtype), v.to(dtype), factor=1000, index=idx)
     assert out.dtype == dtype and bool(torch.isfinite(out).all())
@@ -281,8 +295,9 @@ def test_property_causal_output_rows_are_convex_or_prefix_sums(l, factor, seed):
     # with v = 1 both give known values: 1 (active) or i + 1 (lazy cumsum).
     q, k, _ = rand_qkv(b=1, h=1, l_q=l, l_k=l, d=3, seed=seed)
     v = torch.ones(1, 1, l, 1, dtype=F64)
-    out = probsparse_attention(q, k, v, factor=factor, causal=True,
-                               generator=torch.Generator().manual_seed(seed))[0, 0, :, 0]
+    out = probsparse_attention(
+        q, k, v, factor=factor, causal=True, generator=torch.Generator().manual_seed(seed)
+    )[0, 0, :, 0]
     pos = torch.arange(1, l + 1, dtype=F64)
     ok = torch.isclose(out, torch.ones_like(out)) | torch.isclose(out, pos)
     assert bool(ok.all())
@@ -297,9 +312,15 @@ def test_property_causal_output_rows_are_convex_or_prefix_sums(l, factor, seed):
         (lambda: (torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)), "head dims"),
         (lambda: (torch.randn(2, 3, 5, 8), torch.randn(1, 3, 5, 8), torch.randn(1, 3, 5, 8)), "batch sizes"),
         (lambda: (torch.randn(2, 3, 5, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)), "head counts"),
-        (lambda: (torch.randn(2, 3, 0, 8), torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)), "empty sequence"),
+        (
+            lambda: (torch.randn(2, 3, 0, 8), torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)),
+            "empty sequence",
+        ),
         (lambda: (torch.randn(2, 5, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 8)), r"shape \[B, H, L, D\]"),
-        (lambda: (torch.randn(2, 3, 5, 8), torch.randn(2, 3, 6, 8), torch.randn(2, 3, 5, 8)), "lengths differ"),
+        (
+            lambda: (torch.randn(2, 3, 5, 8), torch.randn(2, 3, 6, 8), torch.randn(2, 3, 5, 8)),
+            "lengths differ",
+        ),
     ],
 )
 @pytest.mark.parametrize("fn", [probsparse_attention, full_attention])

@@ -27,8 +27,6 @@ TINY = dict(
 )
 
 
-
-
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> Path:
     return write_toy_image_folder(

@@ -25,11 +25,19 @@ def test_unknown_command_is_a_clear_error(capsys):
 
 def test_ckpt_alias_is_rewritten():
     assert cli._rewrite_ckpt(["test", "--ckpt", "a.ckpt", "--config", "c.yaml"]) == [
-        "test", "--ckpt_path", "a.ckpt", "--config", "c.yaml"]
+        "test",
+        "--ckpt_path",
+        "a.ckpt",
+        "--config",
+        "c.yaml",
+    ]
     assert cli._rewrite_ckpt(["fit", "--ckpt=last.ckpt"]) == ["fit", "--ckpt_path=last.ckpt"]
     assert cli._rewrite_ckpt(["fit", "--resume", "last"]) == ["fit", "--ckpt_path", "last"]
     assert cli._rewrite_ckpt(["fit", "--resume=x.ckpt", "--ckpt_pathological=1"]) == [
-        "fit", "--ckpt_path=x.ckpt", "--ckpt_pathological=1"]
+        "fit",
+        "--ckpt_path=x.ckpt",
+        "--ckpt_pathological=1",
+    ]
 
 
 def test_console_script_runs():
@@ -60,7 +68,9 @@ def test_data_root_fallbacks(monkeypatch, tmp_path):
 
 def test_fit_with_itr_dispatches_to_the_multi_seed_runner(monkeypatch):
     seen = {}
-    monkeypatch.setattr("favit_probsparse.training.forecast.main", lambda argv: seen.setdefault("argv", argv) and 0)
+    monkeypatch.setattr(
+        "favit_probsparse.training.forecast.main", lambda argv: seen.setdefault("argv", argv) and 0
+    )
     assert cli.main(["fit", "--config", "c.yaml", "--itr", "3"]) == 0
     assert seen["argv"] == ["--config", "c.yaml", "--itr", "3"]
 

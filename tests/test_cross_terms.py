@@ -22,8 +22,6 @@ from favit_probsparse.posenc import alibi_bias, build_pos_encoding
 B, T, D, H = 3, 10, 16, 4
 
 
-
-
 def _proj(dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
     return nn.Linear(D, D).to(dtype), nn.Linear(D, D).to(dtype), nn.Linear(D, D).to(dtype)
@@ -77,7 +75,9 @@ def test_terms_sum_with_layernorm_split():
 
 def test_terms_sum_with_mean_decomposition_deep_layer():
     lq, lk, _ = _proj()
-    h = torch.randn(8, T, D, dtype=torch.float64) + torch.randn(1, T, D, dtype=torch.float64)  # windows share a pos effect
+    h = torch.randn(8, T, D, dtype=torch.float64) + torch.randn(
+        1, T, D, dtype=torch.float64
+    )  # windows share a pos effect
     md = mean_decomposition(h)
     # T2.4 identities
     assert md["pos"].sum(1).abs().max() < 1e-12 and md["ctx"].sum(0).abs().max() < 1e-12
@@ -96,7 +96,9 @@ def test_all_terms_equal_plain_attention_and_zero_position():
     ours = torch.softmax(_sum(t), -1) @ v
     plain = nn.functional.scaled_dot_product_attention(_heads(lq(x + p)), _heads(lk(x + p)), v)
     assert (ours - plain).abs().max() < 1e-10
-    t0 = cross_terms(x, torch.zeros(T, D, dtype=torch.float64), lq.weight, lk.weight, lq.bias, lk.bias, n_heads=H)
+    t0 = cross_terms(
+        x, torch.zeros(T, D, dtype=torch.float64), lq.weight, lk.weight, lq.bias, lk.bias, n_heads=H
+    )
     for n in ("c2p", "p2c", "p2p"):
         assert torch.count_nonzero(t0[n]) == 0
 
@@ -143,7 +145,9 @@ def test_row_invariance_and_metrics():
 def test_toeplitz_fit():
     diag, r2 = toeplitz_fit(alibi_bias(12, 12, 4, dtype=torch.float64))
     assert torch.allclose(r2, torch.ones(4, dtype=torch.float64))
-    assert torch.allclose(diag[0, 11 + 3], torch.tensor(-3 * 0.25**1, dtype=torch.float64) * 1)  # δ = +3, m_1 = 1/4
+    assert torch.allclose(
+        diag[0, 11 + 3], torch.tensor(-3 * 0.25**1, dtype=torch.float64) * 1
+    )  # δ = +3, m_1 = 1/4
     _, r2_rand = toeplitz_fit(torch.randn(2, 30, 30, dtype=torch.float64))
     assert (r2_rand < 0.2).all()
 

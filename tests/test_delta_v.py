@@ -17,8 +17,6 @@ from favit_probsparse.attention.probsparse import FullAttention, ProbSparseAtten
 B, T, D, H = 2, 12, 16, 4
 
 
-
-
 class SelfAttn(nn.Module):
     """A multi-head self-attention layer around an attention operator (no position encoding)."""
 
@@ -61,8 +59,11 @@ def test_plain_attention_is_permutation_equivariant():
 
 def test_delta_v_is_order_sensitive():
     x = _x()
-    for op in (DeltaVAttention(), DeltaVAttention(momentum=True, beta=0.5),
-               DeltaVAttention(gate=0.0, tangent_logits=1.0)):
+    for op in (
+        DeltaVAttention(),
+        DeltaVAttention(momentum=True, beta=0.5),
+        DeltaVAttention(gate=0.0, tangent_logits=1.0),
+    ):
         f = _layer(op)
         ref = f(x).abs().max()
         for p in (_perm(), torch.arange(T - 1, -1, -1)):
@@ -112,7 +113,9 @@ def test_difference_commutes_with_linear_maps_and_boundaries():
     x = _x()
     w = torch.randn(D, 5, dtype=torch.float64)
     for bd in ("replicate", "zero", "circular"):
-        assert torch.allclose(temporal_difference(x @ w, bd, dim=1), temporal_difference(x, bd, dim=1) @ w, atol=1e-12)
+        assert torch.allclose(
+            temporal_difference(x @ w, bd, dim=1), temporal_difference(x, bd, dim=1) @ w, atol=1e-12
+        )
     assert torch.equal(temporal_difference(x, "replicate", 1)[:, 0], torch.zeros(B, D, dtype=torch.float64))
     assert torch.equal(temporal_difference(x, "zero", 1)[:, 0], x[:, 0])
     assert torch.allclose(temporal_difference(x, "circular", 1)[:, 0], x[:, 0] - x[:, -1])

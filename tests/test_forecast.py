@@ -25,8 +25,6 @@ TINY = dict(d_model=16, n_heads=4, d_ff=32, e_layers=2, d_layers=1)
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-
-
 def test_type1_schedule_matches_official():
     f = lr_lambda("type1")
     # official: epochs 1-2 at lr0, epoch 3 at lr0/2, epoch 4 at lr0/4, ...

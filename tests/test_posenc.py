@@ -92,7 +92,9 @@ def test_layout_a_midpoint_orthogonality_and_paper_value():
     assert np.abs(np.diagonal(c, 1)).max() < 1e-12  # adjacent rows: opposite parity on a symmetric grid
     assert mx < 0.10  # measured 0.090 at d=512, N=128
     mx_paper, _ = _max_offdiag_cos(legendre_table_a(128, d, "paper", "orthonormal", 1))
-    assert mx_paper == pytest.approx(0.34, abs=0.01)  # documented paper-grid value: catches a silent grid switch
+    assert mx_paper == pytest.approx(
+        0.34, abs=0.01
+    )  # documented paper-grid value: catches a silent grid switch
 
 
 def test_layout_a_orthonormal_scale_row_norm():
@@ -172,9 +174,17 @@ def test_sinusoidal_matches_informer_formula():
 
 
 def test_registry_kinds_and_interface():
-    kinds = {"sinusoidal": "absolute", "learned": "absolute", "legendre": "absolute", "pope": "absolute",
-             "legendre_orth": "absolute", "legendre_gauss": "absolute", "rope": "rotary", "alibi": "bias",
-             "none": "none"}
+    kinds = {
+        "sinusoidal": "absolute",
+        "learned": "absolute",
+        "legendre": "absolute",
+        "pope": "absolute",
+        "legendre_orth": "absolute",
+        "legendre_gauss": "absolute",
+        "rope": "rotary",
+        "alibi": "bias",
+        "none": "none",
+    }
     assert set(kinds) == set(POS_ENCODINGS)
     x = torch.randn(2, 20, 32)
     for name, kind in kinds.items():

@@ -21,8 +21,6 @@ D, H, T = 16, 4, 10
 SMALL = dict(seq_len=16, label_len=8, pred_len=8, d_model=16, n_heads=4, d_ff=32)
 
 
-
-
 class Recorder(torch.nn.Module):
     """Inner attention that records q, k and runs full attention."""
 
@@ -55,10 +53,22 @@ def test_injected_logits_are_the_selected_terms(terms):
     layer(x, x, x)
     rec = layer.inner_attention
     logits = rec.q @ rec.k.mT / math.sqrt(rec.q.shape[-1])
-    t = cross_terms(x, pe.table(T), layer.query_projection.weight, layer.key_projection.weight,
-                    layer.query_projection.bias, layer.key_projection.bias, n_heads=H)
-    want = {"all": t["logits"], "cross": t["c2p"] + t["p2c"], "pospos": t["p2p"],
-            "no_cross": t["c2c"] + t["p2p"], "c2p+p2p": t["c2p"] + t["p2p"]}[terms]
+    t = cross_terms(
+        x,
+        pe.table(T),
+        layer.query_projection.weight,
+        layer.key_projection.weight,
+        layer.query_projection.bias,
+        layer.key_projection.bias,
+        n_heads=H,
+    )
+    want = {
+        "all": t["logits"],
+        "cross": t["c2p"] + t["p2c"],
+        "pospos": t["p2p"],
+        "no_cross": t["c2c"] + t["p2p"],
+        "c2p+p2p": t["c2p"] + t["p2p"],
+    }[terms]
     assert (logits - want.expand_as(logits)).abs().max() < 1e-10
 
 
@@ -80,12 +90,16 @@ def test_rope_and_alibi_inside_attention():
     al = AttentionLayer(Recorder(), D, H, pos_encoding=build_pos_encoding("alibi", D)).double()
     al(x, x, x)
     assert al.inner_attention.mask.shape == (1, H, T, T)
-    assert torch.allclose(al.inner_attention.mask[0, 1, 2, 5], torch.tensor(-3 * 2.0**-4, dtype=torch.float64))
+    assert torch.allclose(
+        al.inner_attention.mask[0, 1, 2, 5], torch.tensor(-3 * 2.0**-4, dtype=torch.float64)
+    )
     ro = AttentionLayer(Recorder(), D, H, pos_encoding=build_pos_encoding("rope", D)).double()
     plain = AttentionLayer(Recorder(), D, H).double()
     plain.load_state_dict(ro.state_dict())
     ro(x, x, x), plain(x, x, x)
-    assert torch.allclose(ro.inner_attention.q[:, :, 0], plain.inner_attention.q[:, :, 0])  # position 0: identity
+    assert torch.allclose(
+        ro.inner_attention.q[:, :, 0], plain.inner_attention.q[:, :, 0]
+    )  # position 0: identity
     assert not torch.allclose(ro.inner_attention.q, plain.inner_attention.q)
     assert torch.allclose(ro.inner_attention.q.norm(dim=-1), plain.inner_attention.q.norm(dim=-1))
 
@@ -133,14 +147,19 @@ def test_embedding_parts_and_injection_wiring():
     assert leg.enc_embedding.position_embedding.grid == "midpoint"
     with pytest.raises(ValueError, match="pos_inject"):
         Informer(**SMALL, pos_inject="nowhere")
-    for kw in ({"pos_encoding": "alibi"}, {"pos_encoding": "legendre_orth"}, {"pos_inject": "both", "pos_terms": "pospos"}):
+    for kw in (
+        {"pos_encoding": "alibi"},
+        {"pos_encoding": "legendre_orth"},
+        {"pos_inject": "both", "pos_terms": "pospos"},
+    ):
         out = Informer(**SMALL, **kw)(*_batch())
         assert out.shape == (2, 8, 7) and torch.isfinite(out).all()
 
 
 # ---------------------------------------------------------------- whole-model cross-term analysis
-@pytest.mark.parametrize("kw", [{}, {"attention": "full", "pos_inject": "layers", "pos_terms": "cross"},
-                                {"pos_encoding": "none"}])
+@pytest.mark.parametrize(
+    "kw", [{}, {"attention": "full", "pos_inject": "layers", "pos_terms": "cross"}, {"pos_encoding": "none"}]
+)
 def test_informer_cross_terms_sum_exactly_to_the_layer_logits(kw):
     torch.manual_seed(0)
     m = Informer(**SMALL, **kw).double()
@@ -189,14 +208,38 @@ def test_analyze_cli_cross_terms_and_pos_decay(tmp_path):
     csv = tmp_path / "ETTh1.csv"
     _fake_etth1(csv)
     out = tmp_path / "ct"
-    assert main(["cross-terms", "--ckpt", str(ckpt), "--data-path", str(csv), "--batches", "1", "--batch-size", "4",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "cross-terms",
+                "--ckpt",
+                str(ckpt),
+                "--data-path",
+                str(csv),
+                "--batches",
+                "1",
+                "--batch-size",
+                "4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = (out / "cross_terms.md").read_text()
     assert "pos-pos" in text and (out / "cross_terms_encoder_0.png").stat().st_size < 300_000
     assert (out / "cross_terms_shares.png").exists() and (out / "cross_terms.json").exists()
     pd_out = tmp_path / "pd"
-    assert main(["pos-decay", "--out", str(pd_out), "--max-len", "40", "--d-model", "64", "--trials", "100"]) == 0
-    for f in ("pos_decay_seed_estimator.png", "pos_decay_gram.png", "pos_decay_cosine.png", "pos_decay_summary.csv"):
+    assert (
+        main(["pos-decay", "--out", str(pd_out), "--max-len", "40", "--d-model", "64", "--trials", "100"])
+        == 0
+    )
+    for f in (
+        "pos_decay_seed_estimator.png",
+        "pos_decay_gram.png",
+        "pos_decay_cosine.png",
+        "pos_decay_summary.csv",
+    ):
         assert (pd_out / f).exists()
 
 

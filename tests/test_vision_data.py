@@ -22,8 +22,15 @@ from favit_probsparse.data.vision import (
 
 
 def _dm(root, **kw):
-    args = dict(dataset="imagefolder", data_dir=str(root), img_size=16, batch_size=8, num_workers=0,
-                auto_augment=None, re_prob=0.0)
+    args = dict(
+        dataset="imagefolder",
+        data_dir=str(root),
+        img_size=16,
+        batch_size=8,
+        num_workers=0,
+        auto_augment=None,
+        re_prob=0.0,
+    )
     args.update(kw)
     return ImageClassificationDataModule(**args)
 
@@ -96,8 +103,9 @@ def test_unknown_dataset_and_bad_options(tmp_path):
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
 def test_cifar_without_download_gives_clear_error(tmp_path, dataset):
-    dm = ImageClassificationDataModule(dataset=dataset, data_dir=str(tmp_path / "empty"), img_size=32,
-                                       download=False, num_workers=0)
+    dm = ImageClassificationDataModule(
+        dataset=dataset, data_dir=str(tmp_path / "empty"), img_size=32, download=False, num_workers=0
+    )
     assert dm.num_classes == (10 if dataset == "cifar10" else 100)
     with pytest.raises(DatasetError, match="not found"):
         dm.setup("fit")
@@ -107,8 +115,9 @@ def test_transforms_native_and_upsampled():
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     # seed recipe: RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, bicubic, upsampled to 224
-    t_train = build_transform(True, 224, mean, std, native_size=32, auto_augment="rand-m9-mstd0.5-inc1",
-                              re_prob=0.25)
+    t_train = build_transform(
+        True, 224, mean, std, native_size=32, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25
+    )
     assert t_train(img).shape == (3, 224, 224)
     text = repr(t_train)
     assert "RandAugment" in text and "RandomErasing" in text and "bicubic" in text.lower()
@@ -138,8 +147,16 @@ def test_fashion_mnist_idx_reader(tmp_path):
     ds = FashionMNISTIDX(tmp_path, train=True)
     img, y = ds[3]
     assert len(ds) == 12 and img.size == (28, 28) and img.mode == "RGB" and y == 3
-    dm = ImageClassificationDataModule(dataset="fashion_mnist", data_dir=str(tmp_path), img_size=28, batch_size=4,
-                                       num_workers=0, auto_augment=None, re_prob=0.0, download=False)
+    dm = ImageClassificationDataModule(
+        dataset="fashion_mnist",
+        data_dir=str(tmp_path),
+        img_size=28,
+        batch_size=4,
+        num_workers=0,
+        auto_augment=None,
+        re_prob=0.0,
+        download=False,
+    )
     if Path(FASHION_MNIST_SYSTEM_DIR).is_dir():
         # data_dir has the files: it wins over the system copy
         assert dm._fashion_dir() == tmp_path
@@ -149,18 +166,30 @@ def test_fashion_mnist_idx_reader(tmp_path):
 
 
 def test_fashion_mnist_truncated_file(tmp_path):
-    (tmp_path / "train-images-idx3-ubyte").write_bytes(struct.pack(">HBB", 0, 8, 3) + struct.pack(">III", 5, 28, 28))
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(
+        struct.pack(">HBB", 0, 8, 3) + struct.pack(">III", 5, 28, 28)
+    )
     _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(5))
     with pytest.raises(DatasetError, match="truncated"):
         FashionMNISTIDX(tmp_path, train=True)
 
 
-@pytest.mark.skipif(not (FASHION_MNIST_SYSTEM_DIR / "train-images-idx3-ubyte.gz").is_file(),
-                    reason="Debian package dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not (FASHION_MNIST_SYSTEM_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Debian package dataset-fashion-mnist not installed",
+)
 def test_fashion_mnist_debian_copy(tmp_path):
-    dm = ImageClassificationDataModule(dataset="fashion_mnist", data_dir=str(tmp_path / "none"), img_size=28,
-                                       batch_size=16, num_workers=0, auto_augment=None, re_prob=0.0,
-                                       download=False, limit_val_per_class=2)
+    dm = ImageClassificationDataModule(
+        dataset="fashion_mnist",
+        data_dir=str(tmp_path / "none"),
+        img_size=28,
+        batch_size=16,
+        num_workers=0,
+        auto_augment=None,
+        re_prob=0.0,
+        download=False,
+        limit_val_per_class=2,
+    )
     dm.setup("fit")
     assert len(dm.train_set) == 60000 and len(dm.val_set) == 20
     x, y = next(iter(dm.val_dataloader()))

@@ -22,9 +22,18 @@ from collections.abc import Sequence
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # name -> "module:function"; each function takes argv (list[str]) and returns an exit code or None.
 EXTRA_SUBCOMMANDS = {
-    "ablate": ("favit_probsparse.experiments.ablate:main", "run a grid of configs over seeds, write a result table"),
-    "analyze": ("favit_probsparse.analysis.cli:main", "analyses of trained models (cross-terms, pos-embedding decay)"),
-    "reproduce": ("favit_probsparse.experiments.reproduce:main", "one-command reproductions (`quick` = README main job)"),
+    "ablate": (
+        "favit_probsparse.experiments.ablate:main",
+        "run a grid of configs over seeds, write a result table",
+    ),
+    "analyze": (
+        "favit_probsparse.analysis.cli:main",
+        "analyses of trained models (cross-terms, pos-embedding decay)",
+    ),
+    "reproduce": (
+        "favit_probsparse.experiments.reproduce:main",
+        "one-command reproductions (`quick` = README main job)",
+    ),
 }
 
 USAGE = """usage: favit-ps {fit,validate,test,predict,ablate,analyze,reproduce} ...

@@ -26,7 +26,9 @@ def load_forecaster(ckpt_path: str | Path):
     from .posenc_forecaster import PosencInformerForecaster
 
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    hp = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}  # _class_path, ...
+    hp = {
+        k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")
+    }  # _class_path, ...
     module = PosencInformerForecaster(**hp)
     module.load_state_dict(ckpt["state_dict"], strict=True)
     module.eval()
@@ -42,9 +44,17 @@ def _datamodule(args, hp):
         cfg = yaml.safe_load(Path(args.config).read_text())
         init = dict(cfg.get("data", {}).get("init_args", {}))
         return ETTDataModule(**init)
-    return ETTDataModule(name=args.data, seq_len=hp["seq_len"], label_len=hp["label_len"], pred_len=hp["pred_len"],
-                         features=hp["features"], embed=hp["embed"], freq=hp["freq"], batch_size=args.batch_size,
-                         path=args.data_path)
+    return ETTDataModule(
+        name=args.data,
+        seq_len=hp["seq_len"],
+        label_len=hp["label_len"],
+        pred_len=hp["pred_len"],
+        features=hp["features"],
+        embed=hp["embed"],
+        freq=hp["freq"],
+        batch_size=args.batch_size,
+        path=args.data_path,
+    )
 
 
 def run_cross_terms(args) -> int:
@@ -75,7 +85,9 @@ def run_cross_terms(args) -> int:
         else:
             for r, r2 in zip(results, res):
                 r.maps = {k: r.maps[k] + r2.maps[k] * w for k in r.maps}
-                r.metrics = {t: {m: r.metrics[t][m] + r2.metrics[t][m] * w for m in r.metrics[t]} for t in r.metrics}
+                r.metrics = {
+                    t: {m: r.metrics[t][m] + r2.metrics[t][m] * w for m in r.metrics[t]} for t in r.metrics
+                }
                 r.p2p_toeplitz_r2 = r.p2p_toeplitz_r2 + r2.p2p_toeplitz_r2 * w
                 r.max_abs_sum_error = max(r.max_abs_sum_error, r2.max_abs_sum_error)
         n += w
@@ -86,19 +98,38 @@ def run_cross_terms(args) -> int:
         r.maps = {k: v / n for k, v in r.maps.items()}
         r.metrics = {t: {m: v / n for m, v in d.items()} for t, d in r.metrics.items()}
         r.p2p_toeplitz_r2 = r.p2p_toeplitz_r2 / n
-    write_cross_term_report(results, Path(args.out), title=f"Cross terms of {args.ckpt}", n_windows=n,
-                            model_desc=_describe(hp), dpi=args.dpi)
+    write_cross_term_report(
+        results,
+        Path(args.out),
+        title=f"Cross terms of {args.ckpt}",
+        n_windows=n,
+        model_desc=_describe(hp),
+        dpi=args.dpi,
+    )
     print(f"wrote {args.out}/cross_terms.md ({n} test windows)")
     return 0
 
 
 def _describe(hp: dict) -> str:
-    keys = ("attention", "pos_encoding", "pos_inject", "pos_terms", "embed_parts", "delta_v", "d_model", "n_heads",
-            "seq_len", "label_len", "pred_len")
+    keys = (
+        "attention",
+        "pos_encoding",
+        "pos_inject",
+        "pos_terms",
+        "embed_parts",
+        "delta_v",
+        "d_model",
+        "n_heads",
+        "seq_len",
+        "label_len",
+        "pred_len",
+    )
     return ", ".join(f"{k}={hp[k]}" for k in keys if k in hp)
 
 
-def write_cross_term_report(results, out: Path, title: str, n_windows: int, model_desc: str = "", dpi: int = 60) -> None:
+def write_cross_term_report(
+    results, out: Path, title: str, n_windows: int, model_desc: str = "", dpi: int = 60
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,14 +146,22 @@ def write_cross_term_report(results, out: Path, title: str, n_windows: int, mode
             vmax = max(float(r.maps[c][h].abs().max()) for c in cols) or 1.0
             for j, c in enumerate(cols):
                 ax = axes[h, j]
-                ax.imshow(r.maps[c][h].float().numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+                ax.imshow(
+                    r.maps[c][h].float().numpy(),
+                    cmap="RdBu_r",
+                    vmin=-vmax,
+                    vmax=vmax,
+                    interpolation="nearest",
+                )
                 ax.set_xticks([]), ax.set_yticks([])
                 if h == 0:
                     lab = TERM_LABELS.get(c, c) + ("" if c in (*r.active, "bias", "logits") else " (off)")
                     ax.set_title(lab, fontsize=7)
                 if j == 0:
                     ax.set_ylabel(f"head {h}", fontsize=7)
-        fig.suptitle(f"{r.name} [{r.mode}]; row-centred, mean over {n_windows} windows; one scale per head", fontsize=8)
+        fig.suptitle(
+            f"{r.name} [{r.mode}]; row-centred, mean over {n_windows} windows; one scale per head", fontsize=8
+        )
         fig.tight_layout()
         fig.savefig(out / f"cross_terms_{r.name.replace('.', '_')}.png", dpi=dpi)
         plt.close(fig)
@@ -143,26 +182,49 @@ def write_cross_term_report(results, out: Path, title: str, n_windows: int, mode
     fig.savefig(out / "cross_terms_shares.png", dpi=dpi + 20)
     plt.close(fig)
 
-    lines = [f"# {title}", "", f"Model: {model_desc}", "", f"Test windows: {n_windows}. Per layer, mean over heads "
-             "(per-head values in cross_terms.json). share = row-centred RMS of the term / Σ over the layer's active "
-             "terms and the bias remainder; KL = mean over rows of KL(softmax(S) ‖ softmax(S − T)) when the term is "
-             "removed; corr = Pearson correlation of the row-centred term with the row-centred logits.", "",
-             "| layer | split | term | share | KL if removed | corr | raw RMS |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {title}",
+        "",
+        f"Model: {model_desc}",
+        "",
+        f"Test windows: {n_windows}. Per layer, mean over heads "
+        "(per-head values in cross_terms.json). share = row-centred RMS of the term / Σ over the layer's active "
+        "terms and the bias remainder; KL = mean over rows of KL(softmax(S) ‖ softmax(S − T)) when the term is "
+        "removed; corr = Pearson correlation of the row-centred term with the row-centred logits.",
+        "",
+        "| layer | split | term | share | KL if removed | corr | raw RMS |",
+        "|---|---|---|---|---|---|---|",
+    ]
     js = []
     for r in results:
         for t, m in r.metrics.items():
-            lines.append(f"| {r.name} | {r.mode} | {TERM_LABELS[t]} | {m['share'].mean():.3f} | "
-                         f"{m['kl_removed'].mean():.4f} | {m['corr'].mean():.3f} | {m['rms'].mean():.3f} |")
-        js.append({"layer": r.name, "mode": r.mode, "active": list(r.active),
-                   "max_abs_sum_error": r.max_abs_sum_error, "p2p_toeplitz_r2": r.p2p_toeplitz_r2.tolist(),
-                   "metrics": {t: {k: v.tolist() for k, v in m.items()} for t, m in r.metrics.items()}, **r.extra})
-    lines += ["", "| layer | max \\|Σ terms − logits\\| | p2p Toeplitz R² (mean over heads) |", "|---|---|---|"]
+            lines.append(
+                f"| {r.name} | {r.mode} | {TERM_LABELS[t]} | {m['share'].mean():.3f} | "
+                f"{m['kl_removed'].mean():.4f} | {m['corr'].mean():.3f} | {m['rms'].mean():.3f} |"
+            )
+        js.append(
+            {
+                "layer": r.name,
+                "mode": r.mode,
+                "active": list(r.active),
+                "max_abs_sum_error": r.max_abs_sum_error,
+                "p2p_toeplitz_r2": r.p2p_toeplitz_r2.tolist(),
+                "metrics": {t: {k: v.tolist() for k, v in m.items()} for t, m in r.metrics.items()},
+                **r.extra,
+            }
+        )
+    lines += [
+        "",
+        "| layer | max \\|Σ terms − logits\\| | p2p Toeplitz R² (mean over heads) |",
+        "|---|---|---|",
+    ]
     for r in results:
         r2 = r.p2p_toeplitz_r2.mean()
         lines.append(f"| {r.name} | {r.max_abs_sum_error:.2e} | {'–' if torch.isnan(r2) else f'{r2:.3f}'} |")
     (out / "cross_terms.md").write_text("\n".join(lines) + "\n")
-    (out / "cross_terms.json").write_text(json.dumps({"title": title, "model": model_desc, "n_windows": n_windows,
-                                                      "layers": js}, indent=1))
+    (out / "cross_terms.json").write_text(
+        json.dumps({"title": title, "model": model_desc, "n_windows": n_windows, "layers": js}, indent=1)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

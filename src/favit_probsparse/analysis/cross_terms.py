@@ -26,8 +26,16 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["TERMS", "TERM_LABELS", "cross_terms", "layernorm_split", "mean_decomposition", "split_heads",
-           "term_metrics", "toeplitz_fit"]
+__all__ = [
+    "TERMS",
+    "TERM_LABELS",
+    "cross_terms",
+    "layernorm_split",
+    "mean_decomposition",
+    "split_heads",
+    "term_metrics",
+    "toeplitz_fit",
+]
 
 TERMS = ("c2c", "c2p", "p2c", "p2p")
 TERM_LABELS = {"c2c": "token-token", "c2p": "token-pos", "p2c": "pos-token", "p2p": "pos-pos", "bias": "bias"}
@@ -48,9 +56,18 @@ def split_heads(weight: Tensor, bias: Tensor | None, n_heads: int) -> tuple[Tens
     return w, b
 
 
-def cross_terms(x: Tensor, p: Tensor, wq: Tensor, wk: Tensor, bq: Tensor | None = None, bk: Tensor | None = None,
-                n_heads: int | None = None, scale: float | None = None, x_k: Tensor | None = None,
-                p_k: Tensor | None = None) -> dict[str, Tensor]:
+def cross_terms(
+    x: Tensor,
+    p: Tensor,
+    wq: Tensor,
+    wk: Tensor,
+    bq: Tensor | None = None,
+    bk: Tensor | None = None,
+    n_heads: int | None = None,
+    scale: float | None = None,
+    x_k: Tensor | None = None,
+    p_k: Tensor | None = None,
+) -> dict[str, Tensor]:
     """The four maps + bias remainder, and the logits they sum to.
 
     Args:
@@ -111,7 +128,9 @@ def _kl_rows(s: Tensor, s2: Tensor, mask: Tensor | None) -> Tensor:
     return kl  # [B, H, T_q]
 
 
-def term_metrics(terms: dict[str, Tensor], mask: Tensor | None = None, names=(*TERMS, "bias")) -> dict[str, dict[str, Tensor]]:
+def term_metrics(
+    terms: dict[str, Tensor], mask: Tensor | None = None, names=(*TERMS, "bias")
+) -> dict[str, dict[str, Tensor]]:
     """Per-head metrics of each term (averaged over batch and rows), each a tensor [H].
 
     ``rms``: raw RMS; ``centred_rms``: RMS after row-centring; ``share``: centred_rms / Σ centred_rms over ``names``;
@@ -132,7 +151,9 @@ def term_metrics(terms: dict[str, Tensor], mask: Tensor | None = None, names=(*T
         crms = (tc.pow(2).sum(dim=(0, 2, 3)) / n_el).sqrt()
         kl = _kl_rows(s, s - t, mask).mean(dim=(0, 2))
         cov = (tc * sc).sum(dim=(0, 2, 3))
-        corr = cov / (tc.pow(2).sum(dim=(0, 2, 3)).sqrt() * sc.pow(2).sum(dim=(0, 2, 3)).sqrt()).clamp_min(1e-30)
+        corr = cov / (tc.pow(2).sum(dim=(0, 2, 3)).sqrt() * sc.pow(2).sum(dim=(0, 2, 3)).sqrt()).clamp_min(
+            1e-30
+        )
         out[n] = {"rms": rms, "centred_rms": crms, "kl_removed": kl, "corr": corr}
     total = sum(out[n]["centred_rms"] for n in names)
     for n in names:

@@ -46,8 +46,14 @@ class LayerTerms:
 
 def self_attention_layers(model: Informer) -> list[tuple[str, AttentionLayer, DataEmbedding, bool]]:
     """(name, layer, embedding, causal) for every self-attention layer, in forward order."""
-    out = [(f"encoder.{i}", el.attention, model.enc_embedding, False) for i, el in enumerate(model.encoder.attn_layers)]
-    out += [(f"decoder.{i}.self", dl.self_attention, model.dec_embedding, True) for i, dl in enumerate(model.decoder.layers)]
+    out = [
+        (f"encoder.{i}", el.attention, model.enc_embedding, False)
+        for i, el in enumerate(model.encoder.attn_layers)
+    ]
+    out += [
+        (f"decoder.{i}.self", dl.self_attention, model.dec_embedding, True)
+        for i, dl in enumerate(model.decoder.layers)
+    ]
     return out
 
 
@@ -60,15 +66,18 @@ def _row_centre(t: Tensor, mask: Tensor | None) -> Tensor:
 
 
 @torch.no_grad()
-def informer_cross_terms(model: Informer, x_enc: Tensor, x_mark_enc: Tensor | None, x_dec: Tensor,
-                         x_mark_dec: Tensor | None) -> list[LayerTerms]:
+def informer_cross_terms(
+    model: Informer, x_enc: Tensor, x_mark_enc: Tensor | None, x_dec: Tensor, x_mark_dec: Tensor | None
+) -> list[LayerTerms]:
     """Run one batch through ``model`` (eval mode) and decompose every self-attention layer's logits."""
     was_training = model.training
     model.eval()
     layers = self_attention_layers(model)
     inputs: dict[str, Tensor] = {}
-    hooks = [layer.register_forward_pre_hook(lambda m, args, n=name: inputs.__setitem__(n, args[0].detach()))
-             for name, layer, _, _ in layers]
+    hooks = [
+        layer.register_forward_pre_hook(lambda m, args, n=name: inputs.__setitem__(n, args[0].detach()))
+        for name, layer, _, _ in layers
+    ]
     try:
         model(x_enc, x_mark_enc, x_dec, x_mark_dec)
     finally:
@@ -127,6 +136,16 @@ def informer_cross_terms(model: Informer, x_enc: Tensor, x_mark_enc: Tensor | No
         _, r2 = toeplitz_fit(terms["p2p"].mean(0))
         if "p2p" not in active:
             r2 = torch.full_like(r2, float("nan"))  # no pos-pos term in this layer
-        results.append(LayerTerms(name, mode, tuple(active), maps, metrics, r2, err,
-                                  {"input_reconstruction_error": recon, "length": length}))
+        results.append(
+            LayerTerms(
+                name,
+                mode,
+                tuple(active),
+                maps,
+                metrics,
+                r2,
+                err,
+                {"input_reconstruction_error": recon, "length": length},
+            )
+        )
     return results

@@ -36,7 +36,9 @@ def decay_tables(max_len: int = 100, d_model: int = 512) -> dict[str, np.ndarray
     }
 
 
-def seed_estimator(pe: np.ndarray, i: int, n_trials: int = 25000, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
+def seed_estimator(
+    pe: np.ndarray, i: int, n_trials: int = 25000, seed: int = 42
+) -> tuple[np.ndarray, np.ndarray]:
     """The seed's Monte-Carlo mean of ``p_iᵀ W p_j`` over n_trials W ~ N(0, 1/d), for j > i, drawn exactly in
     distribution with one mean matrix; returns (estimate, analytic standard deviation)."""
     d = pe.shape[1]
@@ -53,7 +55,9 @@ def gram_row(pe: np.ndarray, i: int) -> np.ndarray:
     return pe @ pe[i] / float(pe[i] @ pe[i])
 
 
-def cosine_vs_distance(pe: np.ndarray, features: slice | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cosine_vs_distance(
+    pe: np.ndarray, features: slice | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean, min and max over i of cos(p_i, p_{i+δ}) for δ = 0..N−1 (optionally on a slice of the features)."""
     t = pe if features is None else pe[:, features]
     n = t / np.linalg.norm(t, axis=1, keepdims=True).clip(1e-300)
@@ -65,8 +69,14 @@ def cosine_vs_distance(pe: np.ndarray, features: slice | None = None) -> tuple[n
     return np.array(mean), np.array(lo), np.array(hi)
 
 
-def make_pos_decay_plots(out_dir: str | Path, max_len: int = 100, d_model: int = 512, i: int = 10,
-                         n_trials: int = 25000, dpi: int = 90) -> dict[str, Path]:
+def make_pos_decay_plots(
+    out_dir: str | Path,
+    max_len: int = 100,
+    d_model: int = 512,
+    i: int = 10,
+    n_trials: int = 25000,
+    dpi: int = 90,
+) -> dict[str, Path]:
     """Write the three PNGs and a small CSV summary; returns their paths."""
     import matplotlib
 
@@ -89,7 +99,10 @@ def make_pos_decay_plots(out_dir: str | Path, max_len: int = 100, d_model: int =
         ax.set_xlabel("position j")
     axes[0].set_ylabel(r"mean over W of $p_i^T W p_j$")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"Seed's E_W[p_iᵀ W p_j] (i={i}, d={d_model}, {n_trials} W ~ N(0,1/d)): zero in expectation", fontsize=10)
+    fig.suptitle(
+        f"Seed's E_W[p_iᵀ W p_j] (i={i}, d={d_model}, {n_trials} W ~ N(0,1/d)): zero in expectation",
+        fontsize=10,
+    )
     fig.tight_layout()
     paths["seed_estimator"] = out / "pos_decay_seed_estimator.png"
     fig.savefig(paths["seed_estimator"], dpi=dpi)
@@ -112,15 +125,24 @@ def make_pos_decay_plots(out_dir: str | Path, max_len: int = 100, d_model: int =
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     rows = []
     for name, pe in tables.items():
-        for ax, (label, feats) in zip(axes, (("all features", None), ("upper half of features", slice(d_model // 2, None)))):
+        for ax, (label, feats) in zip(
+            axes, (("all features", None), ("upper half of features", slice(d_model // 2, None)))
+        ):
             mean, lo, hi = cosine_vs_distance(pe, feats)
             dd = np.arange(len(mean))
             (line,) = ax.plot(dd, mean, lw=1, label=name)
             ax.fill_between(dd, lo, hi, color=line.get_color(), alpha=0.12)
             ax.set_title(f"cos(p_i, p_i+δ), {label}", fontsize=10)
             ax.set_xlabel("distance δ")
-            rows.append((name, label, float(np.abs(mean[1:]).max()), float(mean[1:].min()),
-                         float(mean[min(50, len(mean) - 1)])))
+            rows.append(
+                (
+                    name,
+                    label,
+                    float(np.abs(mean[1:]).max()),
+                    float(mean[1:].min()),
+                    float(mean[min(50, len(mean) - 1)]),
+                )
+            )
     axes[0].set_ylabel("cos (mean; band: min..max)")
     axes[0].legend(fontsize=7)
     fig.tight_layout()

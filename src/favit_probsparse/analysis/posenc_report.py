@@ -13,12 +13,31 @@ import sys
 from pathlib import Path
 
 TABLES = [
-    ("Table 2 — ΔV attention, ETTh1", "etth1", "vanilla", ["vanilla", "dv_value", "dv_value_temporal", "dv_all", "dv_all_deep"]),
-    ("Table 3 — ΔV attention, ETTm1", "ettm1", "vanilla", ["vanilla", "dv_value", "dv_value_temporal", "dv_all"]),
+    (
+        "Table 2 — ΔV attention, ETTh1",
+        "etth1",
+        "vanilla",
+        ["vanilla", "dv_value", "dv_value_temporal", "dv_all", "dv_all_deep"],
+    ),
+    (
+        "Table 3 — ΔV attention, ETTm1",
+        "ettm1",
+        "vanilla",
+        ["vanilla", "dv_value", "dv_value_temporal", "dv_all"],
+    ),
     ("Table 4 — Legendre (PoPE), ETTh1", "etth1", "vanilla", ["vanilla", "pope", "pope_dv"]),
-    ("Table 5 — cross terms, ETTh1", "etth1", "vanilla", ["vanilla", "vanilla_full", "cross_full", "all_full"]),
-    ("Table 6 — pos-pos term / no position embedding, ETTh1", "etth1", "vanilla",
-     ["vanilla", "nope", "vanilla_full", "pospos_full", "all_full"]),
+    (
+        "Table 5 — cross terms, ETTh1",
+        "etth1",
+        "vanilla",
+        ["vanilla", "vanilla_full", "cross_full", "all_full"],
+    ),
+    (
+        "Table 6 — pos-pos term / no position embedding, ETTh1",
+        "etth1",
+        "vanilla",
+        ["vanilla", "nope", "vanilla_full", "pospos_full", "all_full"],
+    ),
 ]
 
 
@@ -50,8 +69,13 @@ def tables(folder: str | Path) -> str:
         if key not in data:
             continue
         d = data[key]
-        out += [f"### {title}", "", "| row | ours MSE (mean ± std; per seed) | ours MAE | seed MSE / MAE | "
-                "ours ΔMSE vs vanilla | seed ΔMSE vs vanilla |", "|---|---|---|---|---|---|"]
+        out += [
+            f"### {title}",
+            "",
+            "| row | ours MSE (mean ± std; per seed) | ours MAE | seed MSE / MAE | "
+            "ours ΔMSE vs vanilla | seed ΔMSE vs vanilla |",
+            "|---|---|---|---|---|---|",
+        ]
         _, base_ours = _fmt(d[base], "test_mse") if base in d else ("–", None)
         base_seed = _ref(d[base]["reference"])[0] if base in d else None
         for r in rows:
@@ -62,7 +86,11 @@ def tables(folder: str | Path) -> str:
             mae, _ = _fmt(m, "test_mae")
             rs, ra = _ref(m["reference"])
             seed = f"{rs} / {ra}" if rs is not None else "– (our control)"
-            dours = f"{mse_mean - base_ours:+.3f}" if mse_mean is not None and base_ours is not None and r != base else ""
+            dours = (
+                f"{mse_mean - base_ours:+.3f}"
+                if mse_mean is not None and base_ours is not None and r != base
+                else ""
+            )
             dseed = f"{rs - base_seed:+.3f}" if rs is not None and base_seed is not None and r != base else ""
             out.append(f"| {m['label']} | {mse} | {mae.split(' (')[0]} | {seed} | {dours} | {dseed} |")
         out.append("")

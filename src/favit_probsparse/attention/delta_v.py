@@ -80,10 +80,19 @@ def momentum_ema(u: Tensor, beta: Tensor | float) -> Tensor:
     return torch.einsum("hts,bhsd->bhtd", kernel, u)
 
 
-def delta_v_attention(q: Tensor, k: Tensor, v: Tensor, *, attention: nn.Module | None = None,
-                      gate: Tensor | float = 1.0, boundary: str = "replicate", beta: Tensor | float | None = None,
-                      tangent_logits: Tensor | float = 0.0, scale: float | None = None,
-                      attn_mask: Tensor | None = None) -> Tensor:
+def delta_v_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    attention: nn.Module | None = None,
+    gate: Tensor | float = 1.0,
+    boundary: str = "replicate",
+    beta: Tensor | float | None = None,
+    tangent_logits: Tensor | float = 0.0,
+    scale: float | None = None,
+    attn_mask: Tensor | None = None,
+) -> Tensor:
     """Functional ΔV attention; ``attention`` is the inner operator (default: full, non-causal).
 
     ``gate`` and ``tangent_logits`` may be floats or tensors broadcastable to [B, H, 1, 1]; ``beta=None`` means
@@ -130,10 +139,21 @@ class DeltaVAttention(nn.Module):
         n_heads: needed for learned per-head gate/β.
     """
 
-    def __init__(self, attention: nn.Module | None = None, causal: bool = False, scale: float | None = None,
-                 dropout: float = 0.0, gate: float = 1.0, learn_gate: bool = False, momentum: bool = False,
-                 beta: float = 0.5, learn_beta: bool = False, boundary: str = "replicate",
-                 tangent_logits: float = 0.0, n_heads: int | None = None):
+    def __init__(
+        self,
+        attention: nn.Module | None = None,
+        causal: bool = False,
+        scale: float | None = None,
+        dropout: float = 0.0,
+        gate: float = 1.0,
+        learn_gate: bool = False,
+        momentum: bool = False,
+        beta: float = 0.5,
+        learn_beta: bool = False,
+        boundary: str = "replicate",
+        tangent_logits: float = 0.0,
+        n_heads: int | None = None,
+    ):
         super().__init__()
         if boundary not in _BOUNDARIES:
             raise ValueError(f"unknown boundary {boundary!r}; choose one of {list(_BOUNDARIES)}")
@@ -141,7 +161,9 @@ class DeltaVAttention(nn.Module):
             raise ValueError(f"beta must be in [0, 1), got {beta}")
         if (learn_gate or (momentum and learn_beta)) and not n_heads:
             raise ValueError("learn_gate / learn_beta need n_heads")
-        self.inner = attention if attention is not None else FullAttention(causal=causal, scale=scale, dropout=dropout)
+        self.inner = (
+            attention if attention is not None else FullAttention(causal=causal, scale=scale, dropout=dropout)
+        )
         self.scale, self.boundary, self.momentum = scale, boundary, momentum
         self.tangent_logits = tangent_logits
         if learn_gate:
@@ -156,8 +178,10 @@ class DeltaVAttention(nn.Module):
             self.beta_value = beta
 
     def extra_repr(self) -> str:
-        return (f"boundary={self.boundary!r}, momentum={self.momentum}, tangent_logits={self.tangent_logits}, "
-                f"learned_gate={isinstance(self.gate, nn.Parameter)}")
+        return (
+            f"boundary={self.boundary!r}, momentum={self.momentum}, tangent_logits={self.tangent_logits}, "
+            f"learned_gate={isinstance(self.gate, nn.Parameter)}"
+        )
 
     @property
     def causal(self) -> bool:
@@ -169,5 +193,15 @@ class DeltaVAttention(nn.Module):
         return torch.sigmoid(self.beta_logit) if self.beta_logit is not None else self.beta_value
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        return delta_v_attention(q, k, v, attention=self.inner, gate=self.gate, boundary=self.boundary, beta=self.beta(),
-                                 tangent_logits=self.tangent_logits, scale=self.scale, attn_mask=attn_mask)
+        return delta_v_attention(
+            q,
+            k,
+            v,
+            attention=self.inner,
+            gate=self.gate,
+            boundary=self.boundary,
+            beta=self.beta(),
+            tangent_logits=self.tangent_logits,
+            scale=self.scale,
+            attn_mask=attn_mask,
+        )

@@ -181,8 +181,12 @@ def sparsity_measure(q: Tensor, k: Tensor, index: Tensor, measure: Measure = "of
                 scores = q[:, :, start:stop] @ k_t  # [B, H, chunk, L_K]
                 s = torch.gather(scores, 3, index[start:stop].expand(b, h, -1, -1))  # [B, H, chunk, U]
             else:
-                k_sample = k_rows.index_select(1, index[start:stop].reshape(-1)).view(b, h, stop - start, n_samples, d)
-                s = (q[:, :, start:stop].unsqueeze(-2) @ k_sample.transpose(-2, -1)).squeeze(-2)  # [B, H, chunk, U]
+                k_sample = k_rows.index_select(1, index[start:stop].reshape(-1)).view(
+                    b, h, stop - start, n_samples, d
+                )
+                s = (q[:, :, start:stop].unsqueeze(-2) @ k_sample.transpose(-2, -1)).squeeze(
+                    -2
+                )  # [B, H, chunk, U]
             out[:, :, start:stop] = s.amax(-1) - s.sum(-1) / divisor
     return out
 
@@ -192,7 +196,9 @@ def _lazy_context(v: Tensor, l_q: int, causal: bool, masked_lazy: MaskedLazy) ->
     if not causal:
         return v.mean(dim=-2, keepdim=True).expand(*v.shape[:2], l_q, v.shape[-1])
     if l_q != v.shape[2]:
-        raise ValueError(f"causal ProbSparse attention needs L_Q == L_K (self-attention), got {l_q} vs {v.shape[2]}")
+        raise ValueError(
+            f"causal ProbSparse attention needs L_Q == L_K (self-attention), got {l_q} vs {v.shape[2]}"
+        )
     ctx = v.cumsum(dim=-2)
     if masked_lazy == "cummean":
         ctx = ctx / torch.arange(1, l_q + 1, device=v.device, dtype=v.dtype).unsqueeze(-1)
@@ -205,7 +211,9 @@ def _as_additive(attn_mask: Tensor, dtype: torch.dtype) -> Tensor:
     return attn_mask.to(dtype)
 
 
-def _rows_mask(attn_mask: Tensor | None, top: Tensor, l_k: int, causal: bool, dtype: torch.dtype) -> Tensor | None:
+def _rows_mask(
+    attn_mask: Tensor | None, top: Tensor, l_k: int, causal: bool, dtype: torch.dtype
+) -> Tensor | None:
     """Additive mask [B, H, u, L_K] for the active query rows ``top`` [B, H, u] (causal and/or user mask)."""
     mask = None
     if causal:
@@ -342,7 +350,9 @@ def full_attention(
         causal_mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
         attn_mask = _as_additive(causal_mask, q.dtype) + _as_additive(attn_mask, q.dtype)
         causal = False
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=causal, scale=scale)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=causal, scale=scale
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -420,7 +430,12 @@ class ProbSparseAttention(nn.Module):
     def _index(self, l_q: int, l_k: int, device: torch.device) -> Tensor:
         n_samples, _ = probsparse_counts(l_q, l_k, self.factor)
         sample = lambda: sample_key_index(
-            l_q, l_k, n_samples, causal=self.causal_sampling, generator=self._get_generator(device), device=device
+            l_q,
+            l_k,
+            n_samples,
+            causal=self.causal_sampling,
+            generator=self._get_generator(device),
+            device=device,
         )
         if self.training or not self.fixed_eval_sample:
             return sample()
@@ -432,7 +447,9 @@ class ProbSparseAttention(nn.Module):
     def forward(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         _validate_qkv(q, k, v, False)  # shape errors before we index with these shapes
         return probsparse_attention(
-            q, k, v,
+            q,
+            k,
+            v,
             factor=self.factor,
             causal=self.causal,
             scale=self.scale,
@@ -456,7 +473,13 @@ class FullAttention(nn.Module):
         check_finite: raise on NaN/inf inputs.
     """
 
-    def __init__(self, causal: bool = False, scale: float | None = None, dropout: float = 0.0, check_finite: bool = False):
+    def __init__(
+        self,
+        causal: bool = False,
+        scale: float | None = None,
+        dropout: float = 0.0,
+        check_finite: bool = False,
+    ):
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
@@ -470,7 +493,9 @@ class FullAttention(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         return full_attention(
-            q, k, v,
+            q,
+            k,
+            v,
             causal=self.causal,
             scale=self.scale,
             attn_mask=attn_mask,
@@ -486,8 +511,18 @@ def build_attention(kind: str, **kwargs) -> nn.Module:
     """``build_attention("prob" | "full", **kwargs)``; kwargs the chosen module does not take are an error."""
     _check_choice("attention", kind, tuple(ATTENTIONS))
     if kind == "full":
-        for key in ("factor", "measure", "masked_lazy", "causal_sampling", "impl", "fixed_eval_sample", "seed"):
-            kwargs.pop(key, None)  # ProbSparse-only options are harmless for full attention (Informer --attn full)
+        for key in (
+            "factor",
+            "measure",
+            "masked_lazy",
+            "causal_sampling",
+            "impl",
+            "fixed_eval_sample",
+            "seed",
+        ):
+            kwargs.pop(
+                key, None
+            )  # ProbSparse-only options are harmless for full attention (Informer --attn full)
     elif "dropout" in kwargs:
         kwargs.pop("dropout")  # the official ProbAttention builds a dropout it never uses
     return ATTENTIONS[kind](**kwargs)

@@ -21,8 +21,9 @@ def _repo_root() -> Path:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="favit-ps reproduce", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="favit-ps reproduce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("target", help="quick | attention | <grid name under configs/ablations/>")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the grid's seeds")
     a = p.parse_args(argv)
@@ -41,7 +42,9 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"favit-ps reproduce: no grid {grid} (targets: {', '.join(TARGETS)} or a grid name)")
     from favit_probsparse.experiments.ablate import main as ablate_main
 
-    with contextlib.suppress(ValueError):  # record a repo-relative command in the report when run from the repo
+    with contextlib.suppress(
+        ValueError
+    ):  # record a repo-relative command in the report when run from the repo
         grid = grid.resolve().relative_to(Path.cwd().resolve())
     args = [str(grid)]
     if a.seeds:

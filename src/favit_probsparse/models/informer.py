@@ -198,7 +198,9 @@ _EMBEDDING_PARTS = ("value", "position", "temporal")
 def _embedding_parts(parts: str) -> frozenset[str]:
     names = frozenset(_EMBEDDING_PARTS) if parts == "all" else frozenset(p.strip() for p in parts.split("+"))
     if not names <= set(_EMBEDDING_PARTS) or "value" not in names:
-        raise ValueError(f"embedding parts {parts!r}: use 'all' or '+'-joined {list(_EMBEDDING_PARTS)} with 'value'")
+        raise ValueError(
+            f"embedding parts {parts!r}: use 'all' or '+'-joined {list(_EMBEDDING_PARTS)} with 'value'"
+        )
     return names
 
 
@@ -242,7 +244,9 @@ class AttentionLayer(nn.Module):
         d_keys = d_keys or d_model // n_heads
         d_values = d_values or d_model // n_heads
         if delta_v:
-            attention = DeltaVAttention(attention, n_heads=n_heads, **(delta_v if isinstance(delta_v, dict) else {}))
+            attention = DeltaVAttention(
+                attention, n_heads=n_heads, **(delta_v if isinstance(delta_v, dict) else {})
+            )
         self.inner_attention = attention
         self.query_projection = nn.Linear(d_model, d_keys * n_heads)
         self.key_projection = nn.Linear(d_model, d_keys * n_heads)
@@ -625,14 +629,23 @@ class Informer(nn.Module):
             return {}
 
         def extra(role: str) -> dict:
-            dv = delta_v and (delta_v_layers == "all" or role == "encoder" or (delta_v_layers == "self" and role == "decoder_self"))
+            dv = delta_v and (
+                delta_v_layers == "all"
+                or role == "encoder"
+                or (delta_v_layers == "self" and role == "decoder_self")
+            )
             return {"delta_v": delta_v if dv else None, "deep_mlp": deep_mlp}
+
         self.encoder = Encoder(
             [
                 EncoderLayer(
                     AttentionLayer(
-                        attn(attention, False), d_model, n_heads, mix=mixed(attention, "encoder"),
-                        **in_layer(self.enc_embedding), **extra("encoder"),
+                        attn(attention, False),
+                        d_model,
+                        n_heads,
+                        mix=mixed(attention, "encoder"),
+                        **in_layer(self.enc_embedding),
+                        **extra("encoder"),
                     ),
                     d_model,
                     d_ff,
@@ -648,8 +661,12 @@ class Informer(nn.Module):
             [
                 DecoderLayer(
                     AttentionLayer(
-                        attn(attention, True), d_model, n_heads, mix=mixed(attention, "decoder_self"),
-                        **in_layer(self.dec_embedding), **extra("decoder_self"),
+                        attn(attention, True),
+                        d_model,
+                        n_heads,
+                        mix=mixed(attention, "decoder_self"),
+                        **in_layer(self.dec_embedding),
+                        **extra("decoder_self"),
                     ),
                     AttentionLayer(
                         attn(p.cross_attention, False),

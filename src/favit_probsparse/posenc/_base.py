@@ -7,8 +7,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LearnedPositionEncoding", "NoPositionEncoding", "PositionEncoding", "SinusoidalPositionEncoding",
-           "sinusoidal_table"]
+__all__ = [
+    "LearnedPositionEncoding",
+    "NoPositionEncoding",
+    "PositionEncoding",
+    "SinusoidalPositionEncoding",
+    "sinusoidal_table",
+]
 
 
 class PositionEncoding(nn.Module):

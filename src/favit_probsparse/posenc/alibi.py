@@ -36,8 +36,15 @@ def alibi_slopes(n_heads: int) -> Tensor:
     return torch.tensor(s, dtype=torch.float64)
 
 
-def alibi_bias(l_q: int, l_k: int, n_heads: int, symmetric: bool = True, q_offset: int = 0,
-               dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+def alibi_bias(
+    l_q: int,
+    l_k: int,
+    n_heads: int,
+    symmetric: bool = True,
+    q_offset: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device=None,
+) -> Tensor:
     """Additive logit bias [H, l_q, l_k]."""
     i = torch.arange(q_offset, q_offset + l_q, dtype=torch.float64, device=device)[:, None]
     j = torch.arange(l_k, dtype=torch.float64, device=device)[None, :]

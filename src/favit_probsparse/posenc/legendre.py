@@ -66,8 +66,9 @@ def _grid_a(d_model: int, grid: str) -> np.ndarray:
     raise ValueError(f"unknown grid {grid!r}; choose one of {list(_GRIDS_A)}")
 
 
-def legendre_table_a(n_positions: int, d_model: int, grid: str = "paper", scale: str = "none",
-                     pos_offset: int = 1) -> np.ndarray:
+def legendre_table_a(
+    n_positions: int, d_model: int, grid: str = "paper", scale: str = "none", pos_offset: int = 1
+) -> np.ndarray:
     """Layout A table [n_positions, d_model] in float64: row ``pos`` is ``s_n P_n(x)``, ``n = pos + pos_offset``."""
     if scale not in _SCALES_A:
         raise ValueError(f"unknown scale {scale!r}; choose one of {list(_SCALES_A)}")
@@ -137,9 +138,19 @@ class LegendrePositionEncoding(PositionEncoding):
 
     kind = "absolute"
 
-    def __init__(self, d_model: int, max_len: int = 5000, layout: str = "A", grid: str = "paper",
-                 scale: str = "none", pos_offset: int = 1, n_basis: int | None = None, conditioning: str = "qr",
-                 proj: str = "linear", learnable: bool = False):
+    def __init__(
+        self,
+        d_model: int,
+        max_len: int = 5000,
+        layout: str = "A",
+        grid: str = "paper",
+        scale: str = "none",
+        pos_offset: int = 1,
+        n_basis: int | None = None,
+        conditioning: str = "qr",
+        proj: str = "linear",
+        learnable: bool = False,
+    ):
         super().__init__()
         layout = layout.upper()
         if layout not in ("A", "B"):
@@ -148,7 +159,11 @@ class LegendrePositionEncoding(PositionEncoding):
         self.grid, self.scale, self.pos_offset = grid, scale, pos_offset
         self.n_basis, self.conditioning, self.proj_kind = n_basis, conditioning, proj
         if layout == "A":
-            table = torch.from_numpy(legendre_table_a(max_len, d_model, grid, scale, pos_offset)).float().unsqueeze(0)
+            table = (
+                torch.from_numpy(legendre_table_a(max_len, d_model, grid, scale, pos_offset))
+                .float()
+                .unsqueeze(0)
+            )
             if learnable:
                 self.pe = nn.Parameter(table)
             else:
@@ -156,7 +171,9 @@ class LegendrePositionEncoding(PositionEncoding):
             self.proj = None
         else:
             if conditioning not in _CONDITIONING_B:
-                raise ValueError(f"unknown conditioning {conditioning!r}; choose one of {list(_CONDITIONING_B)}")
+                raise ValueError(
+                    f"unknown conditioning {conditioning!r}; choose one of {list(_CONDITIONING_B)}"
+                )
             if proj not in _PROJ_B:
                 raise ValueError(f"unknown proj {proj!r}; choose one of {list(_PROJ_B)}")
             k_max = n_basis if n_basis is not None else 32

@@ -48,7 +48,9 @@ class RotaryPositionEncoding(PositionEncoding):
 
     kind = "rotary"
 
-    def __init__(self, d_model: int = 0, max_len: int = 5000, base: float = 10000.0, interleaved: bool = True):
+    def __init__(
+        self, d_model: int = 0, max_len: int = 5000, base: float = 10000.0, interleaved: bool = True
+    ):
         super().__init__()
         self.base, self.interleaved, self.max_len = base, interleaved, max_len
 
@@ -62,4 +64,7 @@ class RotaryPositionEncoding(PositionEncoding):
         lq, lk = q.shape[-2], k.shape[-2]
         pq = torch.arange(q_offset, q_offset + lq, device=q.device)
         pk = torch.arange(k_offset, k_offset + lk, device=k.device)
-        return (rope_rotate(q, pq, self.base, self.interleaved), rope_rotate(k, pk, self.base, self.interleaved))
+        return (
+            rope_rotate(q, pq, self.base, self.interleaved),
+            rope_rotate(k, pk, self.base, self.interleaved),
+        )

@@ -40,11 +40,15 @@ def parse_terms(spec: str) -> tuple[str, ...]:
     names = [s.strip() for s in spec.split("+") if s.strip()]
     bad = [n for n in names if n not in _ALL]
     if not names or bad:
-        raise ValueError(f"unknown pos_terms {spec!r}; use one of {sorted(TERM_SETS)} or '+'-joined {list(_ALL)}")
+        raise ValueError(
+            f"unknown pos_terms {spec!r}; use one of {sorted(TERM_SETS)} or '+'-joined {list(_ALL)}"
+        )
     return tuple(t for t in _ALL if t in names)
 
 
-def select_term_qk(qx: Tensor, kx: Tensor, qp: Tensor, kp: Tensor, terms: tuple[str, ...]) -> tuple[Tensor, Tensor]:
+def select_term_qk(
+    qx: Tensor, kx: Tensor, qp: Tensor, kp: Tensor, terms: tuple[str, ...]
+) -> tuple[Tensor, Tensor]:
     """(q', k') whose scaled dot product (scale 1/sqrt(q'.shape[-1])) is scale_dh · Σ_τ q_a·k_b.
 
     ``qx, kx``: [B, H, L, d_h] content projections (with biases); ``qp, kp``: position projections, broadcastable
