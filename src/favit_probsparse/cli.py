@@ -56,18 +56,9 @@ def _rewrite_ckpt(argv: list[str]) -> list[str]:
 
 def run_lightning(argv: Sequence[str]):
     """Run Lightning's CLI on ``argv`` (a subcommand first) and return the LightningCLI object."""
-    from lightning.pytorch import LightningDataModule, LightningModule
-    from lightning.pytorch.cli import LightningCLI
+    from favit_probsparse.training import lightning_cli
 
-    return LightningCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=_rewrite_ckpt(list(argv)),
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-    )
+    return lightning_cli(_rewrite_ckpt(list(argv)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -391,8 +391,7 @@ def run_seeds(
     config: str, seeds: Sequence[int], overrides: Sequence[str] = (), out: str | None = None
 ) -> dict:
     """``fit`` then ``test`` (best checkpoint) once per seed via LightningCLI; returns per-seed and mean ± std."""
-    from lightning.pytorch import LightningDataModule
-    from lightning.pytorch.cli import LightningCLI
+    from favit_probsparse.training import lightning_cli
 
     runs = []
     for seed in seeds:
@@ -408,16 +407,7 @@ def run_seeds(
             *overrides,
         ]
         t0 = time.time()
-        cli = LightningCLI(
-            LightningModule,
-            LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            args=args,
-            run=False,
-            save_config_kwargs={"overwrite": True},
-            auto_configure_optimizers=False,
-        )
+        cli = lightning_cli(args, run=False)
         trainer, model = cli.trainer, cli.model
         fit_t0 = time.time()
         trainer.fit(model, datamodule=cli.datamodule)
