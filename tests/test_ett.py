@@ -252,3 +252,47 @@ def test_unknown_frequency(freq):
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ETTDataset(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------- download (offline)
+# The real download needs the network; these tests exercise the same code path against a file:// mirror laid out
+# like the upstream repository, so the fetch, checksum and atomic-rename logic are checked without it.
+def _mirror(tmp_path: Path, name: str, payload: bytes) -> str:
+    from favit_probsparse.data import ett as ett_mod
+
+    commit_dir = tmp_path / "mirror" / ett_mod.UPSTREAM_COMMIT / "ETT-small"
+    commit_dir.mkdir(parents=True)
+    (commit_dir / f"{name}.csv").write_bytes(payload)
+    return (tmp_path / "mirror").as_uri() + "/{commit}/ETT-small/{name}.csv"
+
+
+@needs_etth1
+def test_download_from_mirror_verifies_checksum(tmp_path, monkeypatch):
+    from favit_probsparse.data import ett as ett_mod
+
+    url = _mirror(tmp_path, "ETTh1", ETTH1.read_bytes())
+    monkeypatch.setattr(ett_mod, "UPSTREAM_URL", url)
+    root = tmp_path / "data"
+    ds = ETTDataset("ETTh1", root=root, download=True, seq_len=96, label_len=48, pred_len=24)
+    got = ett_path("ETTh1", root)
+    assert got.read_bytes() == ETTH1.read_bytes()
+    assert not got.with_suffix(".csv.part").exists()
+    assert len(ds) == 8640 - 96 - 24 + 1  # the downloaded file feeds the normal protocol
+
+
+def test_download_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch):
+    from favit_probsparse.data import ett as ett_mod
+
+    monkeypatch.setattr(ett_mod, "UPSTREAM_URL", _mirror(tmp_path, "ETTh2", b"date,OT\n2016-07-01 00:00:00,1.0\n"))
+    root = tmp_path / "data"
+    with pytest.raises(RuntimeError, match=r"checksum mismatch .*ETTh2\.csv"):
+        ett_mod.download_ett("ETTh2", root)
+    assert not any(root.rglob("*.csv*")), "a corrupt download must not be left behind"
+
+
+def test_download_unreachable_names_url(tmp_path, monkeypatch):
+    from favit_probsparse.data import ett as ett_mod
+
+    monkeypatch.setattr(ett_mod, "UPSTREAM_URL", (tmp_path / "nowhere").as_uri() + "/{commit}/{name}.csv")
+    with pytest.raises(RuntimeError, match=r"could not download .*nowhere.*ETTm2\.csv"):
+        ett_mod.download_ett("ETTm2", tmp_path / "data")
