@@ -283,7 +283,9 @@ def test_download_from_mirror_verifies_checksum(tmp_path, monkeypatch):
 def test_download_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch):
     from favit_probsparse.data import ett as ett_mod
 
-    monkeypatch.setattr(ett_mod, "UPSTREAM_URL", _mirror(tmp_path, "ETTh2", b"date,OT\n2016-07-01 00:00:00,1.0\n"))
+    monkeypatch.setattr(
+        ett_mod, "UPSTREAM_URL", _mirror(tmp_path, "ETTh2", b"date,OT\n2016-07-01 00:00:00,1.0\n")
+    )
     root = tmp_path / "data"
     with pytest.raises(RuntimeError, match=r"checksum mismatch .*ETTh2\.csv"):
         ett_mod.download_ett("ETTh2", root)
