@@ -346,6 +346,15 @@ def distilled_length(length: int, padding: int = 1) -> int:
     return (conv + 2 - 3) // 2 + 1
 
 
+def _pointwise(conv: nn.Conv1d, x: Tensor) -> Tensor:
+    """A kernel-1 ``Conv1d`` applied to ``[B, L, C]`` as a linear map over C.
+
+    Same math and parameters as the official ``conv(x.transpose(-1, 1)).transpose(-1, 1)``, without the two
+    transposes and the convolution kernel: on CPU under bf16 autocast the GEMM is ~20 % faster than oneDNN's conv.
+    """
+    return F.linear(x, conv.weight.squeeze(-1), conv.bias)
+
+
 class EncoderLayer(nn.Module):
     """Post-LN: ``x = LN1(x + Drop(Attn(x)))``; ``LN2(x + Drop(Conv_k1(Drop(act(Conv_k1(x))))))``."""
 
@@ -369,8 +378,8 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         x = self.norm1(x + self.dropout(self.attention(x, x, x, attn_mask)))
-        y = self.dropout(self.activation(self.conv1(x.transpose(-1, 1))))
-        y = self.dropout(self.conv2(y).transpose(-1, 1))
+        y = self.dropout(self.activation(_pointwise(self.conv1, x)))
+        y = self.dropout(_pointwise(self.conv2, y))
         return self.norm2(x + y)
 
 
@@ -428,8 +437,8 @@ class DecoderLayer(nn.Module):
     ) -> Tensor:
         x = self.norm1(x + self.dropout(self.self_attention(x, x, x, x_mask)))
         x = self.norm2(x + self.dropout(self.cross_attention(x, cross, cross, cross_mask)))
-        y = self.dropout(self.activation(self.conv1(x.transpose(-1, 1))))
-        y = self.dropout(self.conv2(y).transpose(-1, 1))
+        y = self.dropout(self.activation(_pointwise(self.conv1, x)))
+        y = self.dropout(_pointwise(self.conv2, y))
         return self.norm3(x + y)
 
 

@@ -246,7 +246,7 @@ class InformerForecaster(LightningModule):
     def _step(self, batch):
         batch_x, batch_y, batch_x_mark, batch_y_mark = batch
         out = self(batch_x.float(), batch_y.float(), batch_x_mark.float(), batch_y_mark.float())
-        pred = out[..., self.f_dim :]
+        pred = out[..., self.f_dim :].float()  # bf16-mixed: metrics and loss in float32
         true = batch_y[:, -self.hparams.pred_len :, self.f_dim :].float()
         return pred, true
 
