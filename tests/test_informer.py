@@ -209,6 +209,45 @@ def test_exact_and_fast_paths_agree():
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "trims"),
+    [
+        (dict(preset="official-head"), True),
+        (dict(preset="paper-2021-03", d_layers=2), True),
+        (dict(preset="official-head", attention="full", mix="none"), True),
+        (
+            dict(preset="tsl"),
+            False,
+        ),  # ProbSparse cross-attention picks its active queries among all positions
+        (dict(preset="official-head", mix="prob_layers", cross_attention="prob"), False),
+        (dict(preset="official-head", delta_v=True, delta_v_layers="all"), False),
+    ],
+)
+def test_trimmed_decoder_equals_the_untrimmed_one(kwargs, trims):
+    """Dropping the label_len rows after the last decoder self-attention changes neither outputs nor gradients.
+
+    Reference: the same weights with trimming switched off, in float64 (eval mode: no dropout; seeded sampling).
+    """
+    torch.manual_seed(0)
+    model = Informer(**{**TINY, **kwargs}).double().eval()
+    assert model.trim_decoder is trims
+    inputs = [t.double() for t in _inputs(b=2)]
+    outs, grads = [], []
+    for trim in (trims, False):
+        model.trim_decoder = trim
+        model.zero_grad()
+        torch.manual_seed(7)
+        out = model(*inputs)
+        out.pow(2).sum().backward()
+        outs.append(out)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert outs[0].shape == (2, 24, 7)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-10, atol=1e-12)
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[1]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-9, atol=1e-11, msg=n)
+
+
 @pytest.mark.parametrize("embed", ["fixed", "learned"])
 @pytest.mark.parametrize("freq", ["h", "t"])
 def test_calendar_embeddings(embed, freq):

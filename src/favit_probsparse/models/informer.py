@@ -433,9 +433,21 @@ class DecoderLayer(nn.Module):
         self.activation = _activation(activation)
 
     def forward(
-        self, x: Tensor, cross: Tensor, x_mask: Tensor | None = None, cross_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        cross: Tensor,
+        x_mask: Tensor | None = None,
+        cross_mask: Tensor | None = None,
+        keep_last: int | None = None,
     ) -> Tensor:
+        """``keep_last``: return only the last ``keep_last`` positions, dropped right after self-attention.
+
+        Exact when everything after self-attention is per position (full, unmixed cross-attention without a
+        cross mask); :class:`Informer` decides that.
+        """
         x = self.norm1(x + self.dropout(self.self_attention(x, x, x, x_mask)))
+        if keep_last is not None:
+            x = x[:, -keep_last:]
         x = self.norm2(x + self.dropout(self.cross_attention(x, cross, cross, cross_mask)))
         y = self.dropout(self.activation(_pointwise(self.conv1, x)))
         y = self.dropout(_pointwise(self.conv2, y))
@@ -449,10 +461,17 @@ class Decoder(nn.Module):
         self.norm = norm_layer
 
     def forward(
-        self, x: Tensor, cross: Tensor, x_mask: Tensor | None = None, cross_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        cross: Tensor,
+        x_mask: Tensor | None = None,
+        cross_mask: Tensor | None = None,
+        keep_last: int | None = None,
     ) -> Tensor:
-        for layer in self.layers:
-            x = layer(x, cross, x_mask, cross_mask)
+        """``keep_last`` is passed to the last layer only (earlier layers' outputs are all keys of the next)."""
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cross, x_mask, cross_mask, keep_last if i == last else None)
         return self.norm(x) if self.norm is not None else x
 
 
@@ -694,6 +713,12 @@ class Informer(nn.Module):
             norm_layer=nn.LayerNorm(d_model),
         )
         self.projection = nn.Linear(d_model, c_out, bias=True)
+        # The forecast is the last pred_len rows. After the last decoder layer's self-attention every operation
+        # is per position when cross-attention is full and unmixed, so the label_len rows can be dropped there:
+        # same output, about 15 % fewer training FLOPs at the official settings.
+        self.trim_decoder = (
+            p.cross_attention == "full" and not mixed("full", "cross") and not extra("cross")["delta_v"]
+        )
 
     def encoder_length(self, seq_len: int | None = None) -> int:
         """Length of the encoder output for an input of ``seq_len`` steps."""
@@ -709,5 +734,6 @@ class Informer(nn.Module):
         if x_dec.shape[1] < self.pred_len:
             raise ValueError(f"decoder input has {x_dec.shape[1]} steps, fewer than pred_len={self.pred_len}")
         enc_out = self.encoder(self.enc_embedding(x_enc, x_mark_enc))
-        dec_out = self.decoder(self.dec_embedding(x_dec, x_mark_dec), enc_out)
+        keep = self.pred_len if self.trim_decoder else None
+        dec_out = self.decoder(self.dec_embedding(x_dec, x_mark_dec), enc_out, keep_last=keep)
         return self.projection(dec_out)[:, -self.pred_len :, :]
