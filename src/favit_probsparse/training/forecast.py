@@ -149,6 +149,7 @@ class InformerForecaster(LightningModule):
         masked_lazy: str = "cumsum",
         causal_sampling: bool = False,
         fixed_eval_sample: bool = False,
+        dropout_impl: str = "torch",
         features: str = "M",
         learning_rate: float = 1e-4,
         lradj: str = "type1",
@@ -195,6 +196,7 @@ class InformerForecaster(LightningModule):
             masked_lazy=masked_lazy,
             causal_sampling=causal_sampling,
             fixed_eval_sample=fixed_eval_sample,
+            dropout_impl=dropout_impl,
         )
         # None: follow the global seed (``seed_everything`` / LightningCLI's ``seed_everything`` runs before this)
         self.seed = int(seed) if seed is not None else torch.initial_seed() % 2**31
