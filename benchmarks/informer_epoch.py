@@ -10,6 +10,7 @@ Variants (same model, same real ETTh1 batches, batch 32, Adam, MSE):
 * ``full``: full attention (Informer†) in our loop, for reference.
 * ``fast-bf16``: the fast path under bf16 autocast (``trainer.precision: bf16-mixed``); on CPUs with AVX512-BF16
   or AMX (and on GPUs) the GEMMs run in bf16.
+* ``fast-bits`` / ``fast-bf16-bits``: the same with ``dropout_impl="bits"`` (:class:`BitsDropout`).
 * ``official``: the official Informer2020 code itself (``Exp_Informer``'s data, model, loss and optimizer, the
   body of its training loop with ``loss.item()`` each step), from a checkout given with ``--official-repo``;
   this repository does not vendor it.
@@ -45,7 +46,11 @@ VARIANTS = {
     "exact": dict(attention="prob", prob_impl="exact", official_loop=False),
     "fast": dict(attention="prob", prob_impl="fast", official_loop=False),
     "full": dict(attention="full", prob_impl="fast", official_loop=False),
+    "fast-bits": dict(attention="prob", prob_impl="fast", official_loop=False, dropout_impl="bits"),
     "fast-bf16": dict(attention="prob", prob_impl="fast", official_loop=False, bf16=True),
+    "fast-bf16-bits": dict(
+        attention="prob", prob_impl="fast", official_loop=False, bf16=True, dropout_impl="bits"
+    ),
 }
 
 
@@ -124,6 +129,7 @@ def time_variant(name: str, args, dm: ETTDataModule, device: torch.device) -> di
     model = Informer(
         7, 7, 7, args.seq_len, args.label_len, args.pred_len, attention=v["attention"], prob_impl=v["prob_impl"],
         d_model=args.d_model, n_heads=args.n_heads, d_ff=args.d_ff or 4 * args.d_model, factor=args.factor,
+        dropout_impl=v.get("dropout_impl", "torch"),
     ).to(device)  # fmt: skip
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)

@@ -283,3 +283,5 @@ def test_multi_seed_runner(tmp_path):
     assert report["mean_std"]["mse"]["mean"] == pytest.approx(sum(mses) / 2)
     assert mses[0] != mses[1]  # different seeds, different runs
     assert "test mse:" in proc.stdout
+    for r in report["runs"]:  # one training-epoch time per epoch, validation excluded, so below the fit time
+        assert len(r["train_epoch_s"]) == 1 and 0 < r["train_epoch_s"][0] <= r["fit_s"]

@@ -207,6 +207,8 @@ class InformerForecaster(LightningModule):
         self._preds: list[torch.Tensor] = []
         self._trues: list[torch.Tensor] = []
         self.test_results: dict[str, float] = {}
+        self.train_epoch_seconds: list[float] = []  # wall time of each training epoch, validation excluded
+        self._epoch_t0: float | None = None
         self.register_buffer("_mean", torch.zeros(c_out), persistent=False)
         self.register_buffer("_std", torch.ones(c_out), persistent=False)
 
@@ -271,6 +273,15 @@ class InformerForecaster(LightningModule):
         # the lr this epoch trains with (Lightning steps epoch schedulers after the last batch, before the
         # on_train_epoch_end hook, so reading it there would give the next epoch's lr)
         self._epoch_lr = self.optimizers().param_groups[0]["lr"] if self._trainer is not None else None
+        self._epoch_t0 = time.perf_counter()
+
+    def _stop_epoch_timer(self) -> None:
+        # once per epoch (never per step): the only host sync the timing adds
+        if self._epoch_t0 is not None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.train_epoch_seconds.append(time.perf_counter() - self._epoch_t0)
+            self._epoch_t0 = None
 
     def training_step(self, batch, batch_idx):
         pred, true = self._step(batch)
@@ -282,6 +293,9 @@ class InformerForecaster(LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
+        self._stop_epoch_timer()  # no-op when validation already stopped it
+        if self.train_epoch_seconds:
+            self.log("train_epoch_s", self.train_epoch_seconds[-1])
         if self._train_loss_sum is not None:
             s = self._train_loss_sum
             self.log("train_loss", (s[0] / s[1].clamp_min(1)).float(), prog_bar=True)
@@ -314,6 +328,8 @@ class InformerForecaster(LightningModule):
         return res
 
     def on_validation_epoch_start(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._stop_epoch_timer()  # Lightning validates inside the epoch, before on_train_epoch_end
         self._eval_start("val")
 
     def validation_step(self, batch, batch_idx):
@@ -424,6 +440,7 @@ def run_seeds(
             "seed": seed,
             "epochs": trainer.current_epoch,
             "fit_s": round(fit_s, 1),
+            "train_epoch_s": [round(t, 3) for t in model.train_epoch_seconds],
             "total_s": round(time.time() - t0, 1),
             "best_ckpt": trainer.checkpoint_callback.best_model_path if has_best else None,
             "best_val_loss": float(trainer.checkpoint_callback.best_model_score)
@@ -433,7 +450,7 @@ def run_seeds(
         }
         runs.append(run)
         print(json.dumps(run), flush=True)
-    keys = [k for k in runs[0] if k not in ("seed", "best_ckpt")] if runs else []
+    keys = [k for k in runs[0] if k not in ("seed", "best_ckpt", "train_epoch_s")] if runs else []
     summary = {k: _mean_std([r[k] for r in runs if isinstance(r.get(k), int | float)]) for k in keys}
     report = {
         "config": config,
