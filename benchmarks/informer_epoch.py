@@ -70,7 +70,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _official_batches(args, device: torch.device):
+def _official_step(args, device: torch.device):
     """(step function, loader) built by the official ``Exp_Informer`` from ``--official-repo``."""
     repo = os.path.abspath(args.official_repo)
     if not os.path.isfile(os.path.join(repo, "main_informer.py")):
@@ -109,22 +109,9 @@ def _official_batches(args, device: torch.device):
     return step, loader
 
 
-def time_variant(name: str, args, dm: ETTDataModule, device: torch.device) -> dict:
+def _our_step(name: str, args, dm: ETTDataModule, device: torch.device):
+    """(step function, loader) for one of our variants."""
     v = VARIANTS[name]
-    if name == "official":
-        step, loader = _official_batches(args, device)
-        it = iter(loader)
-        for i in range(args.warmup + args.steps):
-            if i == args.warmup:
-                _sync(device)
-                t0 = time.perf_counter()
-            step(next(it))
-        _sync(device)
-        per_step = (time.perf_counter() - t0) / args.steps
-        return {
-            "variant": name, "s_per_step": per_step, "steps_per_epoch": len(loader),
-            "epoch_s": per_step * len(loader), "timed_steps": args.steps,
-        }  # fmt: skip
     torch.manual_seed(0)
     model = Informer(
         7, 7, 7, args.seq_len, args.label_len, args.pred_len, attention=v["attention"], prob_impl=v["prob_impl"],
@@ -139,28 +126,34 @@ def time_variant(name: str, args, dm: ETTDataModule, device: torch.device) -> di
         pin_memory=(device.type == "cuda" and not v["official_loop"]),
     )  # fmt: skip
     non_blocking = device.type == "cuda" and not v["official_loop"]
-    it = iter(loader)
-    losses = []
-    for step in range(args.warmup + args.steps):
-        if step == args.warmup:
-            _sync(device)
-            t0 = time.perf_counter()
-        bx, by, bxm, bym = (t.to(device, non_blocking=non_blocking).float() for t in next(it))
+
+    def step(batch):
+        bx, by, bxm, bym = (t.to(device, non_blocking=non_blocking).float() for t in batch)
         opt.zero_grad(set_to_none=not v["official_loop"])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=v.get("bf16", False)):
             out = model(bx, bxm, decoder_input(by, args.label_len, args.pred_len), bym)
         loss = crit(out.float(), by[:, -args.pred_len :])
         if v["official_loop"]:
-            losses.append(loss.item())  # official: train_loss.append(loss.item()) every step
+            loss.item()  # official: train_loss.append(loss.item()) every step
         loss.backward()
         opt.step()
+
+    return step, loader
+
+
+def time_variant(name: str, args, dm: ETTDataModule, device: torch.device) -> dict:
+    step, loader = _official_step(args, device) if name == "official" else _our_step(name, args, dm, device)
+    it = iter(loader)
+    for i in range(args.warmup + args.steps):
+        if i == args.warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        step(next(it))
     _sync(device)
-    total = time.perf_counter() - t0
-    per_step = total / args.steps
-    steps_per_epoch = len(loader)
+    per_step = (time.perf_counter() - t0) / args.steps
     return {
-        "variant": name, "s_per_step": per_step, "steps_per_epoch": steps_per_epoch,
-        "epoch_s": per_step * steps_per_epoch, "timed_steps": args.steps,
+        "variant": name, "s_per_step": per_step, "steps_per_epoch": len(loader),
+        "epoch_s": per_step * len(loader), "timed_steps": args.steps,
     }  # fmt: skip
 
 

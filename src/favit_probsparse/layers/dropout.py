@@ -20,6 +20,11 @@ _BITS = 15
 _ONE = 1 << _BITS
 
 
+def _check_p(p: float) -> None:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1], got {p!r}")
+
+
 def effective_p(p: float) -> float:
     """The drop probability :func:`bits_dropout` actually applies for a requested ``p``."""
     return round(p * _ONE) / _ONE
@@ -28,8 +33,7 @@ def effective_p(p: float) -> float:
 def bits_dropout(
     x: Tensor, p: float, training: bool = True, generator: torch.Generator | None = None
 ) -> Tensor:
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1], got {p!r}")
+    _check_p(p)
     if not training or p == 0.0:
         return x
     threshold = round(p * _ONE)
@@ -48,8 +52,7 @@ class BitsDropout(nn.Module):
 
     def __init__(self, p: float = 0.5):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1], got {p!r}")
+        _check_p(p)
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:
