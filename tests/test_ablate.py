@@ -9,13 +9,10 @@ import pytest
 import yaml
 
 from favit_probsparse.data.vision import write_toy_image_folder
-from favit_probsparse.experiments.ablate import (
-    RunResult,
-    apply_overrides,
-    load_grid,
-    main,
-    write_report,
-)
+from favit_probsparse.experiments.ablate import main
+from favit_probsparse.experiments.grid import apply_overrides, load_grid
+from favit_probsparse.experiments.report import write_report
+from favit_probsparse.experiments.runner import RunResult
 
 TINY_KWARGS = dict(
     fusion="max", img_size=16, stem_stride=2, depths=[1, 1, 1, 1], embed_dims=[16, 32, 64, 128]
