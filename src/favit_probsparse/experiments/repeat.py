@@ -84,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = itr_seeds(a.itr, a.seeds)
     if a.out is not None and Path(a.out).suffix == ".json":
         raise ValueError(f"--out is a folder for the report (<name>.md and .json), got the file name {a.out}")
-    grid = itr_grid(a.config, cli_args, metric=a.metric, mode=a.mode, threads=a.threads)
+    extra = ("test_mae",) if a.metric == "test_mse" else ()
+    grid = itr_grid(a.config, cli_args, a.metric, a.mode, extra, threads=a.threads)
     command = "favit-ps fit " + " ".join(shlex.quote(x) for x in argv)
     runs_dir = Path(a.runs_dir)
 

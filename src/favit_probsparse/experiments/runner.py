@@ -12,6 +12,7 @@ built from it merges runs made at different times (``--seeds 1`` after ``--seeds
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -209,6 +210,12 @@ def _run_one(
             rec = read_record(done)
         except CorruptRecordError as e:
             rec, err = None, str(e)
+        value = rec["metrics"].get(grid.metric.name) if rec is not None else None
+        if rec is not None and not (isinstance(value, int | float) and math.isfinite(value)):
+            # never a finished run without its number: NaN is stored as null, a typo'd metric is absent
+            logged = ", ".join(sorted(k for k, v in rec["metrics"].items() if v is not None)[:10])
+            rec, err = None, f"{grid.metric.name} is missing or not finite after the run (logged: {logged})"
+            done.unlink(missing_ok=True)
         if rec is not None:
             rec["wall_s"] = wall
             write_json(done, rec)
