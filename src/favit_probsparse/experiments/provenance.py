@@ -59,7 +59,8 @@ def hardware_summary(hw: dict[str, Any] | None = None) -> str:
     if hw.get("omp_num_threads"):
         parts.append(f"OMP_NUM_THREADS={hw['omp_num_threads']}")
     if hw.get("torch"):
-        parts.append(f"torch {hw['torch']}")
+        threads = f" ({hw['torch_threads']} threads)" if hw.get("torch_threads") else ""
+        parts.append(f"torch {hw['torch']}{threads}")
     if "gpu" in hw:
         parts.append("GPU " + ", ".join(hw["gpu"]) if hw["gpu"] else "no GPU")
     return "; ".join(parts)
