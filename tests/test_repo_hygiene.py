@@ -11,9 +11,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# An absolute path that only exists on some machine: a home folder (/home/<user>/, /Users/<user>/, /root/), a
-# scratch mount (/work/, /scratch/, /mnt/<x>/) or a named entry under /tmp. The look-behind skips URLs
-# (https://host/work/...), relative paths (runs/work/...) and paths inside longer names; system paths a program
+# An absolute path that only exists on some machine: a home folder (home/<user>, Users/<user>, root), a scratch
+# mount (work, scratch, mnt/<x>) or a named entry under tmp, each right after a leading slash. The look-behind skips
+# URLs (https://host/work/...), relative paths (runs/work/...) and paths inside longer names; system paths a program
 # may legitimately name (/dev/null, /proc/cpuinfo, /usr/bin/env) are not in the list.
 MACHINE_PATH = re.compile(
     r"(?<![\w.~:/\\-])/(?:(?:home|Users)/[\w.-]+|root|work|scratch|mnt/[\w.-]+|tmp/[\w.-]+)(?=/|\b)"
