@@ -155,9 +155,9 @@ def _run_one(
         prev = _result_of(done, "done", chash, row.name, seed)
         if prev is not None and prev.status == "done":
             return prev
-        if prev is not None and not quiet:  # corrupt
+        if prev is not None and not (quiet or dry_run):  # corrupt
             print(f"[runner] {row.name}/seed{seed}: {prev.error}; running again", flush=True)
-        elif done.is_file() and not quiet:
+        elif done.is_file() and not (quiet or dry_run):
             print(f"[runner] {row.name}/seed{seed}: config changed since the finished run; running again")
     if dry_run:
         prev = _result_of(run_dir / FAILED, "failed", chash, row.name, seed)
