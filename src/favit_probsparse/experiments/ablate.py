@@ -126,11 +126,17 @@ def finish_grid(
     extra: dict | None = None,
     chart: bool = True,
     command_note: str | None = None,
+    ran: list[RunResult] | None = None,
 ) -> tuple[int, Path, str, list]:
     """Report every record of ``grid`` present (the requested seeds and any earlier ones), print the table.
 
+    ``ran``: this invocation's results, whose reasons for a missing run (``skipped (budget)``) are kept.
     Returns (exit code, markdown path, table, per-row summary); the exit code is 1 when a run failed."""
     results, used_seeds = collect(grid, seeds, runs_dir, extra)
+    why = {(r.row, r.seed): r.status for r in ran or [] if r.status not in ("done", "failed")}
+    for r in results:
+        if r.status == "not run" and (r.row, r.seed) in why:
+            r.status = why[(r.row, r.seed)]
     out_dir = Path(out) if out is not None else Path(runs_dir) / grid.name
     md_path, table = write_report(
         grid,
@@ -187,7 +193,7 @@ def _main(a: argparse.Namespace, argv: list[str]) -> int:
         return 0
     note = "this report re-rendered from the finished runs with `--report-only`" if a.report_only else None
     rc, *_ = finish_grid(
-        grid, seeds, runs_dir, a.out, command, extra, chart=not a.no_chart, command_note=note
+        grid, seeds, runs_dir, a.out, command, extra, chart=not a.no_chart, command_note=note, ran=results
     )
     return rc
 
