@@ -427,3 +427,16 @@ def test_itr_is_a_one_row_grid_through_the_same_runner(tmp_path, monkeypatch, ca
     assert s["std"] == pytest.approx(abs(vals[0] - vals[1]) / 2**0.5)  # sample std of two values
     assert f"test/loss: {s['mean']:.4f} ± {s['std']:.4f} over 2 seed(s)" in capsys.readouterr().out
     assert not Path("results").exists()
+
+
+def test_budget_cut_runs_are_reported_as_skipped(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = tmp_path / "base.yaml"
+    base.write_text("trainer: {}\n")
+    grid = _grid(tmp_path / "g.yaml", base, [{"name": "a"}, {"name": "b"}])
+    _fake_record(grid, Path("runs"), "a", 0, 0.5)
+    # a budget of ~0: the finished run is reused, the other one is not launched
+    assert main([str(grid), "--budget-min", "1e-9", "--no-chart"]) == 0
+    md = Path("runs/tiny-grid/tiny-grid.md").read_text()
+    assert "| a | 50.00 | 1 |" in md and "(seed 0: skipped (budget))" in md
+    assert not Path("runs/tiny-grid/b/seed0/log.txt").exists()
