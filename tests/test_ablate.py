@@ -440,3 +440,32 @@ def test_budget_cut_runs_are_reported_as_skipped(tmp_path, monkeypatch):
     md = Path("runs/tiny-grid/tiny-grid.md").read_text()
     assert "| a | 50.00 | 1 |" in md and "(seed 0: skipped (budget))" in md
     assert not Path("runs/tiny-grid/b/seed0/log.txt").exists()
+
+
+def test_a_run_without_a_finite_metric_is_failed_not_finished(tmp_path, monkeypatch):
+    """Never a finished run with NaN: a worker that exits 0 with a NaN metric is recorded as FAILED."""
+    from favit_probsparse.experiments import runner
+    from favit_probsparse.experiments.records import write_record
+
+    class FakeWorker:  # stands in for the subprocess: writes a record whose metric is NaN, exits 0
+        def __init__(self, cmd, **kw):
+            run_dir = Path(cmd[-1])
+            spec = json.loads((run_dir / "run.json").read_text())
+            metrics = {"test/acc1": float("nan"), "test/loss": 1.0}
+            write_record(run_dir / "metrics.json", status="done", seed=spec["seed"], metrics=metrics,
+                         config_hash=spec["config_hash"])  # fmt: skip
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(runner.subprocess, "Popen", FakeWorker)
+    monkeypatch.chdir(tmp_path)
+    base = tmp_path / "base.yaml"
+    base.write_text("trainer: {}\n")
+    grid = _grid(tmp_path / "g.yaml", base, [{"name": "a"}])
+    assert main([str(grid), "--no-chart"]) == 1
+    run_dir = Path("runs/tiny-grid/a/seed0")
+    assert not (run_dir / "metrics.json").exists()
+    err = json.loads((run_dir / "failed.json").read_text())["error"]
+    assert "test/acc1 is missing or not finite" in err and "test/loss" in err
+    assert "FAILED (seed 0)" in Path("runs/tiny-grid/tiny-grid.md").read_text()
