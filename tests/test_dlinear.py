@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from favit_probsparse.models.dlinear import DLinear, MovingAverage, SeriesDecomposition
+from favit_probsparse.models.informer import Informer
 
 F64 = torch.float64
 
@@ -150,3 +151,16 @@ def test_wrong_input_shape_is_named():
         model(torch.randn(2, 12, 4))
     with pytest.raises(ValueError, match="x_enc"):
         model(torch.randn(2, 10, 3))
+
+
+@pytest.mark.parametrize(("enc_in", "c_out"), [(7, 7), (1, 1), (7, 1)])  # features M, S, MS
+def test_same_shape_arguments_and_call_as_informer(enc_in, c_out):
+    """One forecasting config links the same shape and time-feature names into either network."""
+    shapes = dict(enc_in=enc_in, dec_in=enc_in, c_out=c_out, seq_len=32, label_len=16, pred_len=8)
+    shapes.update(embed="timeF", freq="h")
+    informer = Informer(**shapes, d_model=16, n_heads=2, d_ff=16)
+    dlinear = DLinear(**shapes)
+    x_enc, x_mark_enc = torch.randn(2, 32, enc_in), torch.rand(2, 32, 4) - 0.5
+    x_dec, x_mark_dec = torch.randn(2, 24, enc_in), torch.rand(2, 24, 4) - 0.5
+    inputs = (x_enc, x_mark_enc, x_dec, x_mark_dec)
+    assert dlinear(*inputs).shape == informer(*inputs).shape == (2, 8, c_out)

@@ -21,13 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from favit_probsparse.models._checks import check_int
+
 __all__ = ["DLinear", "MovingAverage", "SeriesDecomposition", "TemporalLinear"]
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 class MovingAverage(nn.Module):
@@ -39,7 +35,7 @@ class MovingAverage(nn.Module):
 
     def __init__(self, kernel_size: int = 25):
         super().__init__()
-        _check_int("kernel_size", kernel_size, 1)
+        check_int("kernel_size", kernel_size, 1)
         if kernel_size % 2 == 0:
             raise ValueError(
                 f"kernel_size must be odd (the output keeps the input length), got {kernel_size}"
@@ -114,7 +110,8 @@ class DLinear(nn.Module):
         pred_len: horizon.
         individual: one pair of linear maps per channel (official ``--individual``) instead of shared ones.
         kernel_size: moving-average kernel of the decomposition (odd; official 25).
-        freq: time-feature frequency of the data; accepted for the common interface, not used.
+        embed / freq: time-feature encoding and frequency of the data (as Informer's); accepted so that one
+            forecasting config can link them into any network, not used (DLinear reads no time features).
     """
 
     def __init__(
@@ -127,18 +124,19 @@ class DLinear(nn.Module):
         pred_len: int = 96,
         individual: bool = False,
         kernel_size: int = 25,
+        embed: str | None = None,
         freq: str | None = None,
     ):
         super().__init__()
-        _check_int("enc_in", enc_in, 1)
-        _check_int("seq_len", seq_len, 1)
-        _check_int("pred_len", pred_len, 1)
-        _check_int("label_len", label_len, 0)
-        if dec_in is not None and _check_int("dec_in", dec_in, 1) != enc_in:
+        check_int("enc_in", enc_in, 1)
+        check_int("seq_len", seq_len, 1)
+        check_int("pred_len", pred_len, 1)
+        check_int("label_len", label_len, 0)
+        if dec_in is not None and check_int("dec_in", dec_in, 1) != enc_in:
             raise ValueError(
                 f"dec_in={dec_in} must equal enc_in={enc_in} (DLinear forecasts from x_enc only)"
             )
-        c_out = enc_in if c_out is None else _check_int("c_out", c_out, 1)
+        c_out = enc_in if c_out is None else check_int("c_out", c_out, 1)
         if c_out > enc_in:
             raise ValueError(f"c_out={c_out} must be <= enc_in={enc_in} (the last c_out input channels)")
         self.enc_in, self.c_out = enc_in, c_out
