@@ -159,7 +159,7 @@ class DataEmbedding(nn.Module):
 
     Position-encoding ablations (additive options, defaults = official):
         parts: which embeddings are summed: ``"all"`` (= ``"value+position+temporal"``) or a ``+``-joined subset
-            that contains ``value`` (seed Tables 2-3: ``"value"``, ``"value+temporal"``).
+            that contains ``value`` (report Tables 2-3: ``"value"``, ``"value+temporal"``).
         pos_kwargs: extra keyword arguments of :func:`build_pos_encoding` (e.g. Legendre ``layout``/``grid``).
     """
 
@@ -713,7 +713,7 @@ class Informer(nn.Module):
         dropout_impl: "torch" (``nn.Dropout``, official) or "bits" (:class:`favit_probsparse.layers.BitsDropout`:
             same distribution up to p rounded to 2**-15, ~2x cheaper masks on CPU) for the model's dropout layers.
 
-    Position-encoding / ΔV ablations (seed Tables 2-6; defaults = the official model):
+    Position-encoding / ΔV ablations (report Tables 2-6; defaults = the official model):
         pos_kwargs: keyword arguments for ``build_pos_encoding`` (e.g. ``{"layout": "B"}`` for Legendre).
         embed_parts: :class:`DataEmbedding` parts, ``"all"`` or e.g. ``"value"``, ``"value+temporal"``.
         pos_inject: where an *absolute* encoding enters: ``"input"`` (official: added to the embedding),
@@ -723,7 +723,7 @@ class Informer(nn.Module):
             :func:`favit_probsparse.posenc.parse_terms`).
         delta_v: ΔV attention (``True`` or a dict of :class:`DeltaVAttention` options, e.g. ``{"momentum": True}``).
         delta_v_layers: which layers get ΔV: ``"self"`` (encoder and decoder self-attention), ``"encoder"``, ``"all"``.
-        deep_mlp: every attention layer's output projection becomes a 2-layer MLP (seed Table 2's "deep MLP").
+        deep_mlp: every attention layer's output projection becomes a 2-layer MLP (report Table 2's "deep MLP").
     """
 
     def __init__(
