@@ -40,6 +40,7 @@ from favit_probsparse.experiments.records import (
     write_record,
     write_text,
 )
+from favit_probsparse.training import load_config
 
 __all__ = ["RunResult", "collect", "raise_interrupt", "run_dir_of", "run_grid", "seeds_on_disk"]
 
@@ -69,6 +70,8 @@ def _base_config(grid: Grid) -> dict:
     cfg = read_yaml(grid.base_config) or {}
     if not isinstance(cfg, dict):
         raise ValueError(f"{grid.base_config}: a config file is a YAML mapping")
+    # merge a `base:` chain here: the run folder's config.yaml must stand alone (relative bases would not resolve)
+    cfg = load_config(grid.base_config)
     cfg.setdefault("trainer", {})
     if isinstance(cfg["trainer"], dict):
         cfg["trainer"].setdefault("enable_progress_bar", False)
