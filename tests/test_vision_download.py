@@ -197,3 +197,25 @@ def test_real_subset_spec_matches_the_documented_rows():
         for split in ("train", "test"):
             got = sorted(int(p.stem) for p in (shared / split).glob("*/*.png"))
             assert got == s.indices(split), f"{shared / split} holds other rows than KNOWN_SUBSETS[{name!r}]"
+
+
+def test_reproduce_quick_prepares_its_subset_before_the_runs(tmp_path, monkeypatch, serve, capsys):
+    """`favit-ps reproduce quick` on a machine without the subset: the data is fetched and built once, in the
+    foreground, before the ablation runner starts its runs."""
+    from favit_probsparse.experiments import ablate, reproduce
+
+    _mirror(tmp_path, monkeypatch, serve)
+    monkeypatch.setenv("FAVIT_DATA", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+    monkeypatch.setattr(
+        ablate,
+        "main",
+        lambda argv: seen.setdefault("built", (tmp_path / "data" / "cifar10-subset").is_dir()) and 0,
+    )
+    assert reproduce.main(["quick"]) == 0
+    assert seen["built"], "the subset must exist before the runs start"
+    assert "building" in capsys.readouterr().out
+    # the mirror going away afterwards does not matter: the built subset is reused, nothing is fetched again
+    monkeypatch.setattr(CIFAR10, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    assert reproduce.prepare_grid_data(reproduce._grid_file("quick")) == 1

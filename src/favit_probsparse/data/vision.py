@@ -605,8 +605,12 @@ class ImageClassificationDataModule(LightningDataModule):
             from torchvision import datasets
 
             cls = datasets.CIFAR10 if self.dataset == "cifar10" else datasets.CIFAR100
-            self._torchvision(cls, train=True, prepare=True)
-            self._torchvision(cls, train=False, prepare=True)
+            if self.hparams.download:  # errors name the URL; a corrupt archive is removed
+                _download_torchvision(cls, self.data_path, train=True)
+                _download_torchvision(cls, self.data_path, train=False)
+            else:
+                self._torchvision(cls, train=True)
+                self._torchvision(cls, train=False)
         elif self.dataset == "fashion_mnist" and self._fashion_dir() is None:
             from torchvision import datasets
 
