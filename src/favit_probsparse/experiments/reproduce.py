@@ -9,8 +9,9 @@
 
 Configs, grids and the benchmark script are read from the installed package (:mod:`favit_probsparse.resources`),
 so this works without the repository checkout. Before the runs start, the data every run of the grid uses is
-prepared once, in the foreground (``prepare_data`` of each distinct datamodule: downloads with a progress bar;
-the CIFAR subsets are built from the full download, see :data:`favit_probsparse.data.vision.KNOWN_SUBSETS`).
+prepared once, in the foreground (``prepare_data`` of each distinct datamodule, with ``download=True`` unless the
+config sets it: downloads with a progress bar; the CIFAR subsets are built from the full download, see
+:data:`favit_probsparse.data.vision.KNOWN_SUBSETS`; ETT comes from its pinned upstream commit).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import inspect
 import json
 from pathlib import Path
 
@@ -53,8 +55,13 @@ def prepare_grid_data(grid_file: Path) -> int:
             continue
         seen.add(key)
         module, _, cls_name = data["class_path"].rpartition(".")
-        datamodule = getattr(importlib.import_module(module), cls_name)(**(data.get("init_args") or {}))
-        datamodule.prepare_data()
+        cls = getattr(importlib.import_module(module), cls_name)
+        init_args = dict(data.get("init_args") or {})
+        if "download" in inspect.signature(cls).parameters:
+            # a reproduction fetches what it needs (ETTDataModule defaults to download=False) unless the config
+            # says otherwise; the runs then find the files where their own loaders look (the data root)
+            init_args.setdefault("download", True)
+        cls(**init_args).prepare_data()
     return len(seen)
 
 
