@@ -151,7 +151,7 @@ def test_datamodule_builds_a_missing_subset_in_prepare_data(tmp_path, monkeypatc
     assert (len(dm.train_set), len(dm.val_set)) == (23, 10)
     assert dm.classes == NAMES
     with pytest.raises(
-        DatasetError, match="does not exist"
+        DatasetError, match="does not exist.*download=true"
     ):  # without download a missing folder stays an error
         ImageClassificationDataModule(dataset="imagefolder", data_dir="cifar100-subset", download=False)
 

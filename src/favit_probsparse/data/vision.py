@@ -546,9 +546,14 @@ class ImageClassificationDataModule(LightningDataModule):
     def _check_imagefolder_root(self) -> None:
         root = self.data_path
         if not root.is_dir():
+            hint = (
+                f"; {root.name} is built from torchvision's download with download=true"
+                if root.name in KNOWN_SUBSETS
+                else ""
+            )
             raise DatasetError(
                 f"dataset folder {root} does not exist (data_dir={self.hparams.data_dir!r}; "
-                "relative paths are looked up under $FAVIT_DATA / ../shared/data)"
+                f"relative paths are looked up under $FAVIT_DATA / ../shared/data{hint})"
             )
         if not (root / self.hparams.train_split).is_dir():
             raise DatasetError(
