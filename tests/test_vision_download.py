@@ -150,9 +150,8 @@ def test_datamodule_builds_a_missing_subset_in_prepare_data(tmp_path, monkeypatc
     assert dm.data_path == tmp_path / "data" / "cifar10-subset"
     assert (len(dm.train_set), len(dm.val_set)) == (23, 10)
     assert dm.classes == NAMES
-    with pytest.raises(
-        DatasetError, match="does not exist.*download=true"
-    ):  # without download a missing folder stays an error
+    # without download a missing subset stays an error, which says how it gets built
+    with pytest.raises(DatasetError, match=r"does not exist.*download=true"):
         ImageClassificationDataModule(dataset="imagefolder", data_dir="cifar100-subset", download=False)
 
 
