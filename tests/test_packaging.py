@@ -23,7 +23,7 @@ def _tree(root: Path) -> set[str]:
 def test_every_grid_reproduce_names_resolves_inside_the_configs(tmp_path, monkeypatch):
     """`favit-ps reproduce NAME` for every shipped grid: the grid and its base config are found in the shipped
     configs tree from a folder that holds nothing (so no lookup relative to the current folder can help)."""
-    from favit_probsparse.experiments.ablate import load_grid
+    from favit_probsparse.experiments.grid import load_grid
     from favit_probsparse.experiments.reproduce import _grid_file
 
     monkeypatch.chdir(tmp_path)
@@ -90,7 +90,7 @@ def test_installed_wheel_works_without_the_checkout(tmp_path):
     assert r.returncode == 0 and "quick" in r.stdout, r.stderr[-3000:]
     probe = (
         "import favit_probsparse, favit_probsparse.resources as r\n"
-        "from favit_probsparse.experiments.ablate import load_grid\n"
+        "from favit_probsparse.experiments.grid import load_grid\n"
         "g = load_grid(r.config_path('configs/ablations/quick.yaml'))\n"
         "print(favit_probsparse.__file__); print(g.path); print(g.base_config)\n"
         "print(r.script_path('attention.py')); print(r.config_dir())\n"

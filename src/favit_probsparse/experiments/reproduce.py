@@ -2,7 +2,8 @@
 
 * ``quick`` (the README's main job, < 10 min on 2 CPU cores): trains and evaluates a small FaViT (CIFAR variant,
   32²) with several cross-window fusions on the real CIFAR-10 subset and prints the result table
-  (``configs/ablations/quick.yaml`` through the ablation runner).
+  (``configs/ablations/quick.yaml`` through the ablation runner); the report goes to the git-ignored
+  ``runs/quick/`` unless ``--out`` names another folder (``--out results`` updates the committed one).
 * ``attention``: the ProbSparse attention benchmark at short lengths (``benchmarks/attention.py`` has the full one).
 * any other name: ``configs/ablations/<name>.yaml`` through the ablation runner (e.g. ``fusion_cifar10_subset``);
   a path to a grid file of your own works too.
@@ -41,7 +42,7 @@ def prepare_grid_data(grid_file: Path) -> int:
     first run's log."""
     import yaml
 
-    from favit_probsparse.experiments.ablate import apply_overrides, load_grid
+    from favit_probsparse.experiments.grid import apply_overrides, load_grid
 
     grid = load_grid(grid_file)
     base = yaml.safe_load(grid.base_config.read_text()) or {}
@@ -71,6 +72,9 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("target", help="quick | attention | <grid name under configs/ablations/> | <grid file>")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the grid's seeds")
+    p.add_argument(
+        "--out", default=None, help="report folder (default: the git-ignored run folder runs/<grid name>)"
+    )
     a = p.parse_args(argv)
     if a.target == "attention":
         import runpy
@@ -101,4 +105,6 @@ def main(argv: list[str]) -> int:
     args = [str(grid)]
     if a.seeds:
         args += ["--seeds", *map(str, a.seeds)]
+    if a.out:  # e.g. `--out results` to update the committed result note on purpose
+        args += ["--out", a.out]
     return int(ablate_main(args) or 0)
