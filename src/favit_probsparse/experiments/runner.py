@@ -28,7 +28,7 @@ from favit_probsparse.experiments.grid import (
     Row,
     apply_overrides,
     config_hash,
-    read_yaml,
+    read_config,
     redirect_outputs,
 )
 from favit_probsparse.experiments.records import (
@@ -66,9 +66,7 @@ def run_dir_of(grid: Grid, row: Row | str, seed: int, runs_dir: Path) -> Path:
 
 
 def _base_config(grid: Grid) -> dict:
-    cfg = read_yaml(grid.base_config) or {}
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{grid.base_config}: a config file is a YAML mapping")
+    cfg = read_config(grid.base_config)
     cfg.setdefault("trainer", {})
     if isinstance(cfg["trainer"], dict):
         cfg["trainer"].setdefault("enable_progress_bar", False)
