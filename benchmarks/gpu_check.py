@@ -1,7 +1,7 @@
 """Everything that needs a GPU, in one command (``make gpu-check``), into one folder.
 
     python benchmarks/gpu_check.py --out results/gpu-check            # on a machine with one CUDA GPU
-    python benchmarks/gpu_check.py --out /tmp/gpu-check --dry-run     # anywhere: parse, plan, write the skeleton
+    python benchmarks/gpu_check.py --out gpu-check-plan --dry-run     # anywhere: parse, plan, write the skeleton
     python benchmarks/gpu_check.py --out DIR --official-file ~/FaViT/classification/favit.py --data ~/data
 
 Steps (each a subprocess with its own time limit; about 8 minutes in all on one GPU):
