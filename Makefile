@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The table is printed and written to runs/quick/ (git-ignored); `favit-ps reproduce quick --out results`
+# updates the committed results/quick.{md,json,png} on purpose.
 run: $(STAMP)
 	$(BIN)/favit-ps reproduce quick
 

@@ -20,7 +20,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from favit_probsparse.attention import probsparse_attention, probsparse_counts
+from favit_probsparse.experiments.provenance import hardware_summary
 
 METHODS = ("official", "exact", "fast", "sdpa")
 DEFAULT_LENGTHS = (96, 336, 720, 1440, 5760)
@@ -175,19 +175,9 @@ def probsparse_work(b, h, l, d, itemsize):
 
 
 def fmt_bytes(n):
-    n = max(n, 0)
+    if n < 0:
+        return "n/a"  # not measured (--no-memory, out of memory, or the case failed)
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
-
-
-def hardware(device):
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"{model} CPU, {torch.get_num_threads()} torch thread(s), {os.cpu_count()} logical CPUs"
 
 
 def main(argv=None):
@@ -282,7 +272,7 @@ def main(argv=None):
     )
     load_after = os.getloadavg()
     lines = [
-        f"Device: {a.device} ({hardware(a.device)}); torch {torch.__version__}; dtype {a.dtype}; "
+        f"Device: {a.device} ({hardware_summary()}); dtype {a.dtype}; "
         f"B={batch}, H={a.heads}, D={a.dim}; forward+backward, median of {a.repeats} interleaved rounds "
         f"after {a.warmup} warm-up ({timing}); peak memory above the inputs "
         f"({'CUDA max_memory_allocated' if a.device == 'cuda' else 'growth of peak RSS in a fresh process'}); "
