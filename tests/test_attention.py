@@ -243,11 +243,20 @@ def test_module_seed_reproducible_and_fixed_eval_sample():
 
 def test_build_attention_and_dropout_only_in_training():
     assert isinstance(build_attention("prob", factor=3), ProbSparseAttention)
-    full = build_attention("full", dropout=0.5, factor=5)
+    full = build_attention("full", dropout=0.5)
     assert isinstance(full, FullAttention)
     q, k, v = rand_qkv(dtype=torch.float32)
     full.eval()
     torch.testing.assert_close(full(q, k, v), full_attention(q, k, v))
+
+
+def test_build_attention_rejects_options_the_module_does_not_take():
+    with pytest.raises(ValueError, match=r"FullAttention \('full'\) does not take \['factor'\]"):
+        build_attention("full", dropout=0.5, factor=5)
+    with pytest.raises(ValueError, match=r"ProbSparseAttention \('prob'\) does not take \['dropout'\]"):
+        build_attention("prob", factor=5, dropout=0.1)  # the official ProbAttention's dropout is never used
+    with pytest.raises(ValueError, match=r"\['facter'\]; its options are \['factor', 'causal'"):
+        build_attention("prob", facter=5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])

@@ -28,6 +28,7 @@ Two implementations with identical results for the same sample:
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -510,19 +511,9 @@ ATTENTIONS: dict[str, type[nn.Module]] = {"prob": ProbSparseAttention, "full": F
 def build_attention(kind: str, **kwargs) -> nn.Module:
     """``build_attention("prob" | "full", **kwargs)``; kwargs the chosen module does not take are an error."""
     _check_choice("attention", kind, tuple(ATTENTIONS))
-    if kind == "full":
-        for key in (
-            "factor",
-            "measure",
-            "masked_lazy",
-            "causal_sampling",
-            "impl",
-            "fixed_eval_sample",
-            "seed",
-        ):
-            kwargs.pop(
-                key, None
-            )  # ProbSparse-only options are harmless for full attention (Informer --attn full)
-    elif "dropout" in kwargs:
-        kwargs.pop("dropout")  # the official ProbAttention builds a dropout it never uses
-    return ATTENTIONS[kind](**kwargs)
+    cls = ATTENTIONS[kind]
+    accepted = [name for name in inspect.signature(cls).parameters if name != "self"]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(f"{cls.__name__} ({kind!r}) does not take {unknown}; its options are {accepted}")
+    return cls(**kwargs)
