@@ -1,6 +1,6 @@
 """Forecasting training/evaluation: a LightningModule for Informer on ETT, and a multi-seed (``--itr``) runner.
 
-Official Informer2020 training protocol (``informer.md`` §1.6): Adam(lr 1e-4, no weight decay, no clipping),
+Official Informer2020 training protocol (``docs/informer.md`` §1.6): Adam(lr 1e-4, no weight decay, no clipping),
 MSE loss on ``batch_y[:, -pred_len:, f_dim:]`` (``f_dim = -1`` for MS), ``lradj type1`` (epochs 1-2 at lr0, then
 halved after every epoch), early stopping on the validation MSE (patience 3), 6 epochs, the best checkpoint is
 reloaded before testing. Metrics: MAE, MSE, RMSE, MAPE, MSPE over all test windows, steps and channels, on the
