@@ -257,7 +257,7 @@ def main(argv=None) -> int:
         print(f"FaViT-{arch.upper()}: {len(models)} models, {rounds} rounds", flush=True)
         res = measure(models, argparse.Namespace(**{**vars(args), "rounds": rounds}))
         raw[arch] = res
-        body += table(arch, res, notes, models) + [""] + targets(arch, res)
+        body += [*table(arch, res, notes, models), "", *targets(arch, res)]
         print("\n".join(body[-30:]), flush=True)
         del models
     meta["load_after"] = os.getloadavg()[0]

@@ -169,7 +169,6 @@ def nchw_view(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
     oneDNN's channels-last path and hands back a channels-last result that :func:`tokens` turns back into tokens
     for free: no ``transpose(1, 2).reshape`` copies between the linear layers and the convolutions.
     """
-    B, _N, C = x.shape
     return x.unflatten(1, (H, W)).permute(0, 3, 1, 2)
 
 
@@ -356,7 +355,6 @@ class FaSA(nn.Module):
         return k, v + lc.unflatten(1, (h, c)).transpose(2, 3)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        B, N, C = x.shape
         h, nb = self.num_heads, len(self.dilations)
         cg = self.single_dim[0]
         q = self.q(x)
