@@ -28,7 +28,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 import favit_probsparse.models  # noqa: F401  (registers favit_*)
+from favit_probsparse.experiments.provenance import hardware_summary, provenance
 from favit_probsparse.models.favit import checkpoint_filter_fn
 from favit_probsparse.testing.favit_official import official_forward, to_official_keys
 
@@ -81,16 +81,6 @@ class OfficialOps(torch.nn.Module):
 
     def forward(self, x):
         return official_forward(to_official_keys(dict(self.model.named_parameters())), x)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_models(arch: str, args, official_mod) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
@@ -249,15 +239,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     official_mod = load_official_module(args.official_file) if args.official_file else None
 
+    prov = provenance("python benchmarks/favit.py " + " ".join(sys.argv[1:] if argv is None else argv))
     meta = dict(
-        command="python benchmarks/favit.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        cpu=torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_model(),
-        cores=os.cpu_count(),
-        threads=torch.get_num_threads(),
-        torch=torch.__version__,
+        command=prov["command"],
+        hardware=hardware_summary(prov["hardware"]),
         timm=timm.__version__,
-        python=platform.python_version(),
-        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        date=prov["date"],
+        git_commit=prov["git_commit"],
         load_before=os.getloadavg()[0],
     )
     body: list[str] = []
@@ -273,9 +261,8 @@ def main(argv=None) -> int:
         del models
     meta["load_after"] = os.getloadavg()[0]
     head = [
-        f"Measured {meta['date']} on {meta['cpu']} ({meta['cores']} cores), {meta['threads']} torch thread(s); "
-        f"torch {meta['torch']}, timm {meta['timm']}, Python {meta['python']}. Load average "
-        f"{meta['load_before']:.1f} before / {meta['load_after']:.1f} after the run.",
+        f"Measured {meta['date']} (git {meta['git_commit']}) on {meta['hardware']}; timm {meta['timm']}. Load "
+        f"average {meta['load_before']:.1f} before / {meta['load_after']:.1f} after the run.",
         f"Command: `{meta['command']}`.",
         f"Batch {args.batch}, {args.size}², fp32; every round times each model in turn (training step, then "
         f"inference); median of the timed rounds after {args.warmup} warm-up round(s).",
