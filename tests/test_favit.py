@@ -216,7 +216,7 @@ def test_torch_compile_inductor_matches_eager():
     torch._dynamo.reset()
     torch.manual_seed(0)
     m = timm.create_model(
-        "favit_b0_cifar", num_classes=10, depths=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128), fusion="max"
+        "favit_b0_cifar", num_classes=10, depths=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128)
     ).eval()
     x = torch.randn(2, 3, 32, 32)
     cm = torch.compile(m, fullgraph=True)
