@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -117,13 +118,16 @@ def lightning_cli(args: Sequence[str], run: bool = True):
                 for source, target in FORECAST_LINKS:
                     parser.link_arguments(source, target, apply_on="instantiate")
 
-    return _CLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=list(args),
-        run=run,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-    )
+    with warnings.catch_warnings():
+        # favit-ps passes its own argv as `args` on purpose (after expanding `base:` and `--ckpt`)
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return _CLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=list(args),
+            run=run,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+        )
