@@ -87,7 +87,7 @@ def naive_probsparse(q, k, v, index, u, causal=False, measure="official", masked
     [(96, 5, 25), (48, 5, 20), (72, 5, 25), (96, 3, 15), (1440, 5, 40), (720, 5, 35), (10, 5, 10)],
 )
 def test_counts_match_official_formula(l, factor, expected):
-    # informer.md §1.1: U_part = c * ceil(ln L), capped at L; e.g. 5*ceil(ln 96) = 25, capped 5*3=15 -> 10 at L=10.
+    # docs/informer.md §1.1: U_part = c * ceil(ln L), capped at L; e.g. 5*ceil(ln 96) = 25, capped 5*3=15 -> 10 at L=10.
     assert probsparse_counts(l, l, factor) == (expected, expected)
 
 
@@ -243,11 +243,20 @@ def test_module_seed_reproducible_and_fixed_eval_sample():
 
 def test_build_attention_and_dropout_only_in_training():
     assert isinstance(build_attention("prob", factor=3), ProbSparseAttention)
-    full = build_attention("full", dropout=0.5, factor=5)
+    full = build_attention("full", dropout=0.5)
     assert isinstance(full, FullAttention)
     q, k, v = rand_qkv(dtype=torch.float32)
     full.eval()
     torch.testing.assert_close(full(q, k, v), full_attention(q, k, v))
+
+
+def test_build_attention_rejects_options_the_module_does_not_take():
+    with pytest.raises(ValueError, match=r"FullAttention \('full'\) does not take \['factor'\]"):
+        build_attention("full", dropout=0.5, factor=5)
+    with pytest.raises(ValueError, match=r"ProbSparseAttention \('prob'\) does not take \['dropout'\]"):
+        build_attention("prob", factor=5, dropout=0.1)  # the official ProbAttention's dropout is never used
+    with pytest.raises(ValueError, match=r"\['facter'\]; its options are \['factor', 'causal'"):
+        build_attention("prob", facter=5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])

@@ -3,7 +3,7 @@
 Layout everywhere: ``q`` [B, H, L_Q, D], ``k`` [B, H, L_K, D], ``v`` [B, H, L_K, D_v]; output [B, H, L_Q, D_v]
 (the layout of :func:`torch.nn.functional.scaled_dot_product_attention`).
 
-Official semantics (Informer2020 ``models/attn.py``, ``ProbAttention``; see ``informer.md`` §1.1):
+Official semantics (Informer2020 ``models/attn.py``, ``ProbAttention``; see ``docs/informer.md`` §1.1):
 
 1. ``U_part = c·ceil(ln L_K)`` keys are sampled per query, with replacement, from one ``[L_Q, U_part]`` index
    matrix shared by the whole batch and all heads; ``u = c·ceil(ln L_Q)`` active queries. Both capped at L.
@@ -28,6 +28,7 @@ Two implementations with identical results for the same sample:
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -510,19 +511,9 @@ ATTENTIONS: dict[str, type[nn.Module]] = {"prob": ProbSparseAttention, "full": F
 def build_attention(kind: str, **kwargs) -> nn.Module:
     """``build_attention("prob" | "full", **kwargs)``; kwargs the chosen module does not take are an error."""
     _check_choice("attention", kind, tuple(ATTENTIONS))
-    if kind == "full":
-        for key in (
-            "factor",
-            "measure",
-            "masked_lazy",
-            "causal_sampling",
-            "impl",
-            "fixed_eval_sample",
-            "seed",
-        ):
-            kwargs.pop(
-                key, None
-            )  # ProbSparse-only options are harmless for full attention (Informer --attn full)
-    elif "dropout" in kwargs:
-        kwargs.pop("dropout")  # the official ProbAttention builds a dropout it never uses
-    return ATTENTIONS[kind](**kwargs)
+    cls = ATTENTIONS[kind]
+    accepted = [name for name in inspect.signature(cls).parameters if name != "self"]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(f"{cls.__name__} ({kind!r}) does not take {unknown}; its options are {accepted}")
+    return cls(**kwargs)

@@ -107,13 +107,15 @@ def lightning_cli(args: Sequence[str], run: bool = True):
     ``run=True``: ``args`` starts with a subcommand (fit/validate/test/predict) and it runs; ``run=False``:
     only parse and instantiate (``cli.trainer``, ``cli.model``, ``cli.datamodule``)."""
     from lightning.pytorch import LightningDataModule, LightningModule
-    from lightning.pytorch.cli import LightningCLI
+
+    from favit_probsparse.training.checkpoints import FreshRunCLI  # refuses a fit over another run's ckpts
 
     args = expand_config_args(args)
     link = _forecasting(args)
 
-    class _CLI(LightningCLI):
+    class _CLI(FreshRunCLI):
         def add_arguments_to_parser(self, parser) -> None:
+            super().add_arguments_to_parser(parser)
             if link:
                 for source, target in FORECAST_LINKS:
                     parser.link_arguments(source, target, apply_on="instantiate")
