@@ -92,8 +92,12 @@ def _test_images(dm_hp: dict, n: int, data_dir: str | None, ckpt: str):
         raise SystemExit(
             f"error: {ckpt} records no datamodule hyper-parameters; cannot tell which images to use"
         )
+    cls_path = dm_hp.get("_class_path", "ImageClassificationDataModule")
+    if not cls_path.endswith("ImageClassificationDataModule"):
+        raise SystemExit(f"error: {ckpt} was trained on {cls_path}, not an ImageClassificationDataModule")
+    dm_hp = {k: v for k, v in dm_hp.items() if not k.startswith("_")}
     if data_dir is not None:
-        dm_hp = {**dm_hp, "data_dir": data_dir}
+        dm_hp["data_dir"] = data_dir
     try:
         dm = ImageClassificationDataModule(**{**dm_hp, "download": False})
         dm.setup("test")

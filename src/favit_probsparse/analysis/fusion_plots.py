@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 __all__ = ["SELECTING", "plot_attention", "plot_compare", "plot_sources", "plot_windows", "save_figure"]
@@ -38,10 +39,19 @@ def save_figure(fig, path: Path, dpi: int) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=dpi)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _layout(fig, title_in: float = 0.75) -> None:
+    # fixed margins: tight_layout would render every panel once more just to measure it
+    h = fig.get_figheight()
+    fig.subplots_adjust(left=0.03, right=0.99, bottom=0.2 / h, top=1 - title_in / h, wspace=0.08, hspace=0.3)
 
 
 def _label(s: dict) -> str:
@@ -59,11 +69,11 @@ def _draw(ax, img: torch.Tensor, heat: torch.Tensor, s: dict, cmap: str = "magma
     ih, iw = img.shape[-2:]
     H, W = r.feat_hw
     ax.imshow(img.mean(0).numpy(), cmap="gray", extent=(0, iw, ih, 0), vmin=0, vmax=1)
-    h = heat.float().numpy()
+    h = np.ma.masked_less_equal(heat.float().numpy(), 0)  # tokens nothing reads stay uncovered
     ax.imshow(
         h,
         cmap=cmap,
-        alpha=0.65,
+        alpha=0.7,
         extent=(0, iw, ih, 0),
         interpolation="nearest",
         vmin=0,
@@ -95,7 +105,7 @@ def plot_sources(summaries: Sequence[dict], images: torch.Tensor, path: Path, ti
     """Rows: images; columns: branches. Heat: keys' read weight per token (mean over heads); dots: kept tokens."""
     plt = _plt()
     n, m = images.shape[0], len(summaries)
-    fig, axes = plt.subplots(n, m, figsize=(1.55 * m, 1.55 * n + 0.7), squeeze=False)
+    fig, axes = plt.subplots(n, m, figsize=(1.55 * m, 1.55 * n + 1.0), squeeze=False)
     for b in range(n):
         for j, s in enumerate(summaries):
             ax = axes[b, j]
@@ -106,7 +116,7 @@ def plot_sources(summaries: Sequence[dict], images: torch.Tensor, path: Path, ti
     fig.suptitle(
         title + "\nheat: how much the branch's keys read each token (mean over heads); dots: kept", fontsize=7
     )
-    fig.tight_layout()
+    _layout(fig)
     save_figure(fig, path, dpi)
     plt.close(fig)
 
@@ -115,7 +125,7 @@ def plot_windows(summaries: Sequence[dict], path: Path, title: str = "", dpi: in
     """Per branch: read weight of in-window position ``p`` (rows) × window ``l`` (columns), mean over images/heads."""
     plt = _plt()
     m = len(summaries)
-    fig, axes = plt.subplots(1, m, figsize=(1.6 * m, 2.6), squeeze=False)
+    fig, axes = plt.subplots(1, m, figsize=(1.6 * m, 3.2), squeeze=False)
     for j, s in enumerate(summaries):
         ax = axes[0, j]
         w = s["weights"].float().mean((0, 1))  # [P, L]
@@ -129,7 +139,7 @@ def plot_windows(summaries: Sequence[dict], path: Path, title: str = "", dpi: in
         title + "\nread weight of candidate (p, l): which windows and positions the keys come from",
         fontsize=7,
     )
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.12, top=0.72, wspace=0.35)
     save_figure(fig, path, dpi)
     plt.close(fig)
 
@@ -141,7 +151,7 @@ def plot_attention(
     plt = _plt()
     n, m = images.shape[0], len(summaries)
     nq = len(summaries[0]["query_tokens"])
-    fig, axes = plt.subplots(n * nq, m, figsize=(1.55 * m, 1.55 * n * nq + 0.7), squeeze=False)
+    fig, axes = plt.subplots(n * nq, m, figsize=(1.55 * m, 1.55 * n * nq + 1.0), squeeze=False)
     ih, iw = images.shape[-2:]
     for b in range(n):
         for qi in range(nq):
@@ -157,7 +167,7 @@ def plot_attention(
         title + "\nattention of the query (+) over the branch's keys, drawn on the tokens they read",
         fontsize=7,
     )
-    fig.tight_layout()
+    _layout(fig)
     save_figure(fig, path, dpi)
     plt.close(fig)
 
@@ -195,6 +205,6 @@ def plot_compare(
         "what each fusion keeps (heat: tokens its keys read, dots: kept tokens) and what one query attends to",
         fontsize=8,
     )
-    fig.tight_layout()
+    _layout(fig)
     save_figure(fig, path, dpi)
     plt.close(fig)
