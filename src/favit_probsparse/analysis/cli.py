@@ -133,7 +133,7 @@ def run_fusion(args) -> int:
         except ValueError as e:
             raise SystemExit(f"error: {ckpt}: {e}") from None
         fusion = getattr(model, "fusion", "?")
-        label = f"{fusion} ({Path(ckpt).stem})" if len(args.ckpt) > 1 else fusion
+        label = f"{k}: {fusion}" if len(args.ckpt) > 1 else fusion
         sub = out / (f"{k}_{fusion}" if len(args.ckpt) > 1 else "")
         title = (
             f"fusion={fusion}, {dm.data_path.name} test images {idx}, {x.shape[-1]}², ckpt {Path(ckpt).name}"
@@ -156,8 +156,11 @@ def run_fusion(args) -> int:
             }
         )
         print(f"wrote {sub}/sources.png, windows.png, attention.png ({fusion}, {len(idx)} images)")
-    if len(rows) > 1:
-        fp.plot_compare(rows, first_images, out / "compare.png", dpi=args.dpi)
+    same = {(c["dataset"], tuple(c["img_size"]), tuple(c["image_indices"])) for c in report["checkpoints"]}
+    if len(rows) > 1 and len(same) > 1:
+        print("note: the checkpoints use different datasets or image sizes; no compare.png")
+    elif len(rows) > 1:
+        fp.plot_compare(rows, first_images, out / "compare.png", args.dpi)
         print(f"wrote {out}/compare.png")
     _write_json(out / "fusion_maps.json", report)
     print(f"wrote {out}/fusion_maps.json")

@@ -172,39 +172,42 @@ def plot_attention(
     plt.close(fig)
 
 
-def plot_compare(
-    rows: Sequence[tuple[str, Sequence[dict]]],
-    images: torch.Tensor,
-    path: Path,
-    image: int = 0,
-    dpi: int = 80,
-):
-    """One row per checkpoint (fusion), two panels per branch: key read weight and the first query's attention."""
+def plot_compare(rows: Sequence[tuple[str, Sequence[dict]]], images: torch.Tensor, path: Path, dpi: int = 80):
+    """One row per (image, checkpoint), two panels per branch that fuses several windows (``L > 1``; with one
+    window every fusion but ``hierarchical`` passes it through): the keys' read weight and the first query's
+    attention."""
     plt = _plt()
-    n, m = len(rows), max(len(s) for _, s in rows)
-    fig, axes = plt.subplots(n, 2 * m, figsize=(1.45 * 2 * m, 1.6 * n + 0.8), squeeze=False)
+    cols = [j for j, s in enumerate(rows[0][1]) if any(r[1][j]["record"].num_windows > 1 for r in rows)]
+    cols = cols or list(range(len(rows[0][1])))
+    n, m = images.shape[0] * len(rows), len(cols)
+    fig, axes = plt.subplots(n, 2 * m, figsize=(1.5 * 2 * m, 1.55 * n + 0.9), squeeze=False)
     ih, iw = images.shape[-2:]
-    for i, (label, summaries) in enumerate(rows):
-        for j in range(2 * m):
-            axes[i, j].axis("off")
-        for j, s in enumerate(summaries):
-            a0, a1 = axes[i, 2 * j], axes[i, 2 * j + 1]
-            a0.axis("on"), a1.axis("on")
-            _draw(a0, images[image], s["weight_map"][image].mean(0), s)
-            _kept_dots(a0, s, image, images.shape[-2:])
-            _draw(a1, images[image], s["attention_map"][image, :, 0].mean(0), s, cmap="inferno")
-            H, W = s["record"].feat_hw
-            t = s["query_tokens"][0]
-            a1.plot((t % W + 0.5) * iw / W, (t // W + 0.5) * ih / H, "c+", ms=7, mew=1.5)
-            r = s["record"]
-            a0.set_title(f"s{r.stage + 1} d={r.dilation} L={r.num_windows}: keys", fontsize=6)
-            a1.set_title(f"K={r.num_keys}: attention of +", fontsize=6)
-            if j == 0:
-                a0.set_ylabel(label, fontsize=7)
+    for b in range(images.shape[0]):
+        for i, (label, summaries) in enumerate(rows):
+            row = b * len(rows) + i
+            for jj, j in enumerate(cols):
+                s = summaries[j]
+                a0, a1 = axes[row, 2 * jj], axes[row, 2 * jj + 1]
+                _draw(a0, images[b], s["weight_map"][b].mean(0), s)
+                _kept_dots(a0, s, b, images.shape[-2:])
+                _draw(a1, images[b], s["attention_map"][b, :, 0].mean(0), s, cmap="inferno")
+                H, W = s["record"].feat_hw
+                t = s["query_tokens"][0]
+                a1.plot((t % W + 0.5) * iw / W, (t // W + 0.5) * ih / H, "c+", ms=7, mew=1.5)
+                if row == 0 or (i == 0 and len(rows) == 1):
+                    r = s["record"]
+                    a0.set_title(
+                        f"stage {r.stage + 1}, d={r.dilation}, L={r.num_windows}\nkeys read", fontsize=6
+                    )
+                    a1.set_title(f"K={r.num_keys} keys\nattention of +", fontsize=6)
+                if jj == 0:
+                    a0.set_ylabel(f"{label}\nimage {b}", fontsize=7)
     fig.suptitle(
-        "what each fusion keeps (heat: tokens its keys read, dots: kept tokens) and what one query attends to",
-        fontsize=8,
+        "what each fusion keeps (heat: tokens its keys read, mean over heads; dots: kept tokens) and what one query "
+        "attends to\n(branches with one window, where the fusions other than hierarchical pass it through, are left "
+        "out)",
+        fontsize=7,
     )
-    _layout(fig)
+    _layout(fig, 0.85)
     save_figure(fig, path, dpi)
     plt.close(fig)
