@@ -249,7 +249,8 @@ def test_analyze_fusion_cli_end_to_end(tmp_path):
     ckpt = tmp_path / "tiny.ckpt"
     trainer.save_checkpoint(ckpt)
     out = tmp_path / "maps"
-    assert main(["fusion", "--ckpt", str(ckpt), "--images", "2", "--out", str(out), "--dpi", "30"]) == 0
+    argv = ["fusion", "--ckpt", str(ckpt), "--images", "2", "--queries", "0.5", "0.5", "--dpi", "30"]
+    assert main([*argv, "--out", str(out)]) == 0
     for f in ("sources.png", "windows.png", "attention.png"):
         assert (out / f).stat().st_size > 1000
     rep = json.loads((out / "fusion_maps.json").read_text())
