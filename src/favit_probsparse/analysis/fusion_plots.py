@@ -132,6 +132,8 @@ def plot_windows(summaries: Sequence[dict], path: Path, title: str = "", dpi: in
         ax.imshow(w.numpy(), aspect="auto", cmap="viridis", interpolation="nearest", vmin=0)
         ax.set_title(_label(s), fontsize=6)
         ax.set_xlabel("window l", fontsize=6)
+        L = w.shape[1]
+        ax.set_xticks(range(0, L, max(1, L // 5)))
         ax.tick_params(labelsize=5)
         if j == 0:
             ax.set_ylabel("position p in the 7×7 window", fontsize=6)
@@ -194,12 +196,13 @@ def plot_compare(rows: Sequence[tuple[str, Sequence[dict]]], images: torch.Tenso
                 H, W = s["record"].feat_hw
                 t = s["query_tokens"][0]
                 a1.plot((t % W + 0.5) * iw / W, (t // W + 0.5) * ih / H, "c+", ms=7, mew=1.5)
-                if row == 0 or (i == 0 and len(rows) == 1):
-                    r = s["record"]
+                r = s["record"]
+                a0.text(1, 1, f"K={r.num_keys}", color="white", fontsize=5, va="top", ha="left")
+                if row == 0:
                     a0.set_title(
                         f"stage {r.stage + 1}, d={r.dilation}, L={r.num_windows}\nkeys read", fontsize=6
                     )
-                    a1.set_title(f"K={r.num_keys} keys\nattention of +", fontsize=6)
+                    a1.set_title("attention of +", fontsize=6)
                 if jj == 0:
                     a0.set_ylabel(f"{label}\nimage {b}", fontsize=7)
     fig.suptitle(
