@@ -28,6 +28,7 @@ from favit_probsparse.analysis.fusion_maps import (
     reset_sampling,
     source_weights,
     to_token_map,
+    token_boxes,
     window_pixel_index,
 )
 from favit_probsparse.attention.fusion import build_fusion
@@ -79,6 +80,10 @@ def test_to_token_map_and_query_tokens_by_hand():
     m = to_token_map(w, pix, (8, 8))
     assert m[7, 7] == 1.0 and m[1, 1] == 2.5 and m.sum() == 3.5
     assert query_tokens((8, 8), [(0.0, 0.0), (0.5, 0.99), (0.3, 0.6)]) == [0, 4 * 8 + 7, 2 * 8 + 4]
+    # an 8×16 map over a 64×64 image: tokens are 8 px tall, 4 px wide; token (2, 3) = flat 35
+    boxes = token_boxes((8, 16), (64, 64))
+    assert boxes.shape == (128, 4) and boxes[35].tolist() == [16.0, 12.0, 24.0, 16.0]
+    assert boxes[-1].tolist() == [56.0, 60.0, 64.0, 64.0]
 
 
 def _standalone(name: str, cand: torch.Tensor, q: torch.Tensor, **kw) -> BranchRecord:

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .fusion_maps import token_boxes
+
 __all__ = ["SELECTING", "plot_attention", "plot_compare", "plot_sources", "plot_windows", "save_figure"]
 
 #: fusion classes whose keys are a subset (or averages of a subset) of the candidates
@@ -46,6 +48,12 @@ def save_figure(fig, path: Path, dpi: int) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _centres(tokens: torch.Tensor, feat_hw, img_hw) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel centres (x, y) of flat token indices on the image (the stride grid of :func:`token_boxes`)."""
+    b = token_boxes(tuple(feat_hw), tuple(img_hw))[tokens]
+    return (b[:, 1] + b[:, 3]) / 2, (b[:, 0] + b[:, 2]) / 2
 
 
 def _layout(fig, title_in: float = 0.75) -> None:
@@ -94,11 +102,14 @@ def _kept_dots(ax, s: dict, b: int, img_hw) -> None:
     r = s["record"]
     if r.fusion not in SELECTING:
         return
-    H, W = r.feat_hw
-    ih, iw = img_hw
-    kept = s["weight_map"][b].gt(0).any(0)  # [H, W], kept by at least one head
-    ys, xs = torch.nonzero(kept, as_tuple=True)
-    ax.scatter((xs + 0.5) * iw / W, (ys + 0.5) * ih / H, s=4, c="cyan", linewidths=0)
+    kept = s["weight_map"][b].gt(0).any(0).flatten()  # kept by at least one head
+    xs, ys = _centres(torch.nonzero(kept).flatten(), r.feat_hw, img_hw)
+    ax.scatter(xs, ys, s=4, c="cyan", linewidths=0)
+
+
+def _mark_query(ax, s: dict, qi: int, img_hw) -> None:
+    x, y = _centres(torch.tensor([s["query_tokens"][qi]]), s["record"].feat_hw, img_hw)
+    ax.plot(x, y, "c+", ms=7, mew=1.5)
 
 
 def plot_sources(summaries: Sequence[dict], images: torch.Tensor, path: Path, title: str = "", dpi: int = 80):
@@ -154,15 +165,12 @@ def plot_attention(
     n, m = images.shape[0], len(summaries)
     nq = len(summaries[0]["query_tokens"])
     fig, axes = plt.subplots(n * nq, m, figsize=(1.55 * m, 1.55 * n * nq + 1.0), squeeze=False)
-    ih, iw = images.shape[-2:]
     for b in range(n):
         for qi in range(nq):
             for j, s in enumerate(summaries):
                 ax = axes[b * nq + qi, j]
                 _draw(ax, images[b], s["attention_map"][b, :, qi].mean(0), s, cmap="inferno")
-                H, W = s["record"].feat_hw
-                t = s["query_tokens"][qi]
-                ax.plot((t % W + 0.5) * iw / W, (t // W + 0.5) * ih / H, "c+", ms=7, mew=1.5)
+                _mark_query(ax, s, qi, images.shape[-2:])
                 if b == 0 and qi == 0:
                     ax.set_title(_label(s), fontsize=6)
     fig.suptitle(
@@ -183,7 +191,6 @@ def plot_compare(rows: Sequence[tuple[str, Sequence[dict]]], images: torch.Tenso
     cols = cols or list(range(len(rows[0][1])))
     n, m = images.shape[0] * len(rows), len(cols)
     fig, axes = plt.subplots(n, 2 * m, figsize=(1.5 * 2 * m, 1.55 * n + 0.9), squeeze=False)
-    ih, iw = images.shape[-2:]
     for b in range(images.shape[0]):
         for i, (label, summaries) in enumerate(rows):
             row = b * len(rows) + i
@@ -193,9 +200,7 @@ def plot_compare(rows: Sequence[tuple[str, Sequence[dict]]], images: torch.Tenso
                 _draw(a0, images[b], s["weight_map"][b].mean(0), s)
                 _kept_dots(a0, s, b, images.shape[-2:])
                 _draw(a1, images[b], s["attention_map"][b, :, 0].mean(0), s, cmap="inferno")
-                H, W = s["record"].feat_hw
-                t = s["query_tokens"][0]
-                a1.plot((t % W + 0.5) * iw / W, (t // W + 0.5) * ih / H, "c+", ms=7, mew=1.5)
+                _mark_query(a1, s, 0, images.shape[-2:])
                 r = s["record"]
                 a0.text(1, 1, f"K={r.num_keys}", color="white", fontsize=5, va="top", ha="left")
                 if row == 0:
