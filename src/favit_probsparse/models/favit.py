@@ -3,7 +3,7 @@
 Paper: H. Qin, D. Zhou, T. Xu, Z. Bian, J. Li, *Factorization Vision Transformer: Modeling Long Range Dependency
 with Local Window Cost*, IEEE TNNLS 2023 (arXiv:2312.08614). This is a clean reimplementation of the released
 code's architecture (github.com/q2479036243/FaViT @ f2c35b5, ``classification/favit.py``), traced in
-``/work/shared/reference/favit.md`` (§2, checklist §8):
+``docs/favit.md`` (§2, checklist §8):
 
 * PVTv2 skeleton: four stages, overlapping patch embeds (7×7/s4/p3, then 3×3/s2/p1; LayerNorm eps 1e-5), pre-norm
   blocks (LayerNorm eps 1e-6, DropPath with a linear rate over all blocks, no LayerScale), the conv MLP
@@ -60,7 +60,15 @@ from torch import nn
 
 from favit_probsparse.attention.fusion import FUSIONS, CrossWindowFusion, build_fusion
 
-__all__ = ["FaSA", "FaViT", "checkpoint_filter_fn", "reflect_index", "window_candidates", "window_span"]
+__all__ = [
+    "FaSA",
+    "FaViT",
+    "checkpoint_filter_fn",
+    "reflect_index",
+    "window_candidates",
+    "window_span",
+    "windows_per_branch",
+]
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
@@ -161,7 +169,6 @@ def nchw_view(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
     oneDNN's channels-last path and hands back a channels-last result that :func:`tokens` turns back into tokens
     for free: no ``transpose(1, 2).reshape`` copies between the linear layers and the convolutions.
     """
-    B, _N, C = x.shape
     return x.unflatten(1, (H, W)).permute(0, 3, 1, 2)
 
 
@@ -348,7 +355,6 @@ class FaSA(nn.Module):
         return k, v + lc.unflatten(1, (h, c)).transpose(2, 3)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        B, N, C = x.shape
         h, nb = self.num_heads, len(self.dilations)
         cg = self.single_dim[0]
         q = self.q(x)
@@ -486,7 +492,8 @@ class FaViT(nn.Module):
             for ``probsparse``.
         drop_rate, attn_drop_rate, drop_path_rate: dropout (MLP and projection), attention dropout, stochastic depth
             (linearly increasing over all blocks).
-        global_pool: ``"avg"`` (mean over tokens).
+        global_pool: ``"avg"`` (mean over tokens) or ``""`` (no pooling: ``forward`` returns per-position logits
+            ``[B, num_classes, H/32, W/32]``, timm's convention for an unpooled head).
     """
 
     def __init__(
@@ -533,6 +540,7 @@ class FaViT(nn.Module):
         self.embed_dims = list(embed_dims)
         self.num_features = self.head_hidden_size = embed_dims[-1]
         self.stem_stride = stem_stride
+        self.window_size = window_size
         self.sr_ratios = list(sr_ratios)
         # smallest input: every stage's map must be at least sr_ratio wide for the global branch's SR conv
         self.min_input_size = stem_stride * max(s * 2**i for i, s in enumerate(sr_ratios))
@@ -631,14 +639,30 @@ class FaViT(nn.Module):
         return self.stages(x.contiguous(memory_format=torch.channels_last))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``[B, C, H, W]`` features -> ``[B, num_classes]`` logits (``global_pool="avg"``), or with
+        ``global_pool=""`` (no pooling, timm's convention) the head applied at every position:
+        ``[B, num_classes, H, W]`` (``pre_logits``: the feature map itself)."""
         if self.global_pool == "avg":
             x = x.mean(dim=(2, 3))
-        return x if pre_logits else self.head(x)
+            return x if pre_logits else self.head(x)
+        return x if pre_logits else self.head(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
     # --- reporting ---------------------------------------------------------------------------------------------
+    def windows_per_branch(self, img_size: int | Sequence[int] | None = None) -> list[list[int]]:
+        """Windows each FaSA window branch fuses per stage at ``img_size`` (default: the build size); see
+        :func:`windows_per_branch`."""
+        conv = self.stages[0].downsample.proj
+        return windows_per_branch(
+            self.img_size if img_size is None else img_size,
+            stem_stride=conv.stride[0],
+            stem_patch_size=conv.kernel_size[0],
+            sr_ratios=self.sr_ratios,
+            window_size=self.window_size,
+        )
+
     @torch.no_grad()
     def fusion_summary(self, img_size: int | Sequence[int] | None = None, batch: int = 1) -> dict[str, Any]:
         """Parameters and MACs of the cross-window fusion operators (and keys per branch) at ``img_size``."""
@@ -739,7 +763,17 @@ default_cfgs = generate_default_cfgs(
 
 
 def _create_favit(variant: str, pretrained: bool = False, **kwargs: Any) -> FaViT:
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    n = len(kwargs.get("depths", _ARCHS["b0"]["depths"]))
+    out_indices = kwargs.pop("out_indices", tuple(range(n)))
+    idx = (
+        () if isinstance(out_indices, int) else tuple(out_indices)
+    )  # an int (timm: the last n) is timm's to check
+    bad = [i for i in idx if not -n <= i < n]
+    if bad:
+        raise ValueError(
+            f"{variant}: out_indices {tuple(idx)} has {bad} out of range; FaViT has {n} stages, so choose stage "
+            f"indices in 0..{n - 1} (or -{n}..-1)"
+        )
     return build_model_with_cfg(
         FaViT,
         variant,
