@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 
@@ -175,7 +176,7 @@ def _tiny(fusion: str, **kw) -> nn.Module:
     ).eval()
 
 
-@pytest.mark.parametrize("fusion", ["max", "probsparse", "hierarchical"])
+@pytest.mark.parametrize("fusion", ["official", "max", "conv1x1", "probsparse", "hierarchical"])
 def test_capture_keeps_forward_and_queries(fusion):
     torch.manual_seed(0)
     model = _tiny(fusion)
@@ -201,6 +202,12 @@ def test_capture_keeps_forward_and_queries(fusion):
         assert r.feat_hw == (32 // 2**r.stage,) * 2
         if r.fusion_q is not None:  # the fusion received queries: the same as those sliced from FaSA's input
             assert torch.equal(r.fusion_q, r.q)
+    if fusion == "official":
+        # adaptive average of the window-major (L·c) axis down to c: bins of exactly L entries, so every
+        # (window, channel) entry is read once with weight 1/L, and each candidate's read weight is 1/L
+        for r in recs[:5:2]:
+            w = source_weights(r)
+            torch.testing.assert_close(w, torch.full_like(w, 1 / r.num_windows))
 
 
 def test_query_attention_is_softmax_over_kept_candidates_by_hand():
@@ -275,6 +282,24 @@ def test_analyze_fusion_cli_end_to_end(tmp_path):
     assert len(kept) <= 49
     with pytest.raises(SystemExit, match="does not exist"):
         main(["fusion", "--ckpt", str(tmp_path / "nope.ckpt"), "--out", str(out)])
+
+
+def test_bad_checkpoints_are_one_line_errors(tmp_path):
+    from favit_probsparse.analysis.cli import main
+
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"weights": torch.zeros(2)}, plain)
+    with pytest.raises(SystemExit, match="not a Lightning checkpoint"):
+        main(["fusion", "--ckpt", str(plain)])
+    unsafe = tmp_path / "unsafe.ckpt"
+    # any class outside torch's weights-only allow-list
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": argparse.Namespace(a=1)}}, unsafe)
+    with pytest.raises(SystemExit, match="weights_only=True"):
+        main(["fusion", "--ckpt", str(unsafe)])
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"seq_len": 96}}, other)
+    with pytest.raises(SystemExit, match="not an ImageClassifier checkpoint"):
+        main(["fusion", "--ckpt", str(other)])
 
 
 def test_window_candidates_layout_is_what_the_index_assumes():

@@ -9,7 +9,8 @@ pass, and answers three questions with autograd, so it needs no knowledge of any
   ``w[p, l] = (1/c) · |∂ Σ keys / ∂ cand[p, l, :]|₁`` — for ``max`` the number of channels whose maximum window is
   ``l`` (/c), for ``probsparse`` 1 on the selected candidates and 0 elsewhere, for ``mean``/``official`` ``1/L``
   everywhere, for ``hierarchical`` the kept points. Selection happens without gradients inside the operators, so
-  the support of ``w`` is exactly the set of candidates a key copies or averages;
+  the support of ``w`` is exactly the set of candidates a key copies or averages (for the learned ``linear`` and
+  ``conv1x1`` it is ``|Σ`` of the weights that multiply the candidate``|``, a rough measure: signed weights can cancel);
 * **which pixels those are**: :func:`window_pixel_index` maps ``(p, l)`` to the token of the stage map it samples
   (padding positions map back to the real token they copy), :func:`to_token_map` sums weights per token;
 * **what a query attends to**: ``softmax(q · kᵀ · scale)`` over the branch's ``K`` keys (``k`` from the fusion
