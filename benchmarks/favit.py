@@ -231,7 +231,10 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable on a shared machine)")
     p.add_argument(
-        "--out", default=None, help="write the Markdown report here (e.g. results/favit-benchmark.md)"
+        "--out",
+        "--markdown",
+        default=None,
+        help="write the Markdown report here (e.g. results/favit-benchmark.md)",
     )
     p.add_argument("--json", default=None, help="write the raw numbers here")
     args = p.parse_args(argv)
