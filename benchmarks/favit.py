@@ -28,7 +28,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 import favit_probsparse.models  # noqa: F401  (registers favit_*)
+from favit_probsparse.experiments.provenance import hardware_summary, provenance
 from favit_probsparse.models.favit import checkpoint_filter_fn
 from favit_probsparse.testing.favit_official import official_forward, to_official_keys
 
@@ -83,16 +83,6 @@ class OfficialOps(torch.nn.Module):
         return official_forward(to_official_keys(dict(self.model.named_parameters())), x)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def build_models(arch: str, args, official_mod) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
     """Name -> model, and name -> note, for one architecture, all on the same weights where they share them."""
     torch.manual_seed(0)
@@ -130,7 +120,7 @@ def build_models(arch: str, args, official_mod) -> tuple[dict[str, torch.nn.Modu
 
 def timers(name: str, model: torch.nn.Module, x, y) -> tuple[Callable[[], None], Callable[[], None]]:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=name.endswith("bf16 autocast"))
+    amp = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=name.endswith("bf16 autocast"))
 
     def train():
         model.train()
@@ -149,15 +139,19 @@ def timers(name: str, model: torch.nn.Module, x, y) -> tuple[Callable[[], None],
 
 
 def measure(models: dict[str, torch.nn.Module], args) -> dict[str, dict[str, float]]:
-    x = torch.randn(args.batch, 3, args.size, args.size)
-    y = torch.randint(0, 1000, (args.batch,))
-    fns = {k: timers(k, m, x, y) for k, m in models.items()}
+    dev = torch.device(args.device)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=dev)
+    y = torch.randint(0, 1000, (args.batch,), device=dev)
+    fns = {k: timers(k, m.to(dev), x, y) for k, m in models.items()}
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     times: dict[str, dict[str, list[float]]] = {k: {"train": [], "infer": []} for k in models}
     for r in range(args.warmup + args.rounds):
         for k, (train, infer) in fns.items():
             for kind, fn in (("train", train), ("infer", infer)):
+                sync()
                 t = time.perf_counter()
                 fn()
+                sync()
                 if r >= args.warmup:
                     times[k][kind].append(time.perf_counter() - t)
         print(f"  round {r + 1}/{args.warmup + args.rounds} done", flush=True)
@@ -217,6 +211,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--official-file", default=None, help="a copy of FaViT's classification/favit.py")
     p.add_argument("--archs", nargs="+", default=["b0", "b2"], choices=["b0", "b1", "b2", "b3"])
+    p.add_argument("--favit", nargs="+", default=None, help="model names instead of --archs (favit_b0 ...)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the model and data are moved there)")
     p.add_argument("--fusions", nargs="+", default=list(FUSIONS), choices=FUSIONS)
     p.add_argument("--all-fusions-b2", action="store_true", help="every fusion on B2 too (default: official)")
     p.add_argument("--no-pvt", action="store_true", help="leave out timm's pvt_v2 rows")
@@ -238,18 +234,18 @@ def main(argv=None) -> int:
     )
     p.add_argument("--json", default=None, help="write the raw numbers here")
     args = p.parse_args(argv)
+    if args.favit:
+        args.archs = [n.removeprefix("favit_") for n in args.favit]
     torch.set_num_threads(args.threads)
     official_mod = load_official_module(args.official_file) if args.official_file else None
 
+    prov = provenance("python benchmarks/favit.py " + " ".join(sys.argv[1:] if argv is None else argv))
     meta = dict(
-        command="python benchmarks/favit.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        cpu=cpu_model(),
-        cores=os.cpu_count(),
-        threads=torch.get_num_threads(),
-        torch=torch.__version__,
+        command=prov["command"],
+        hardware=hardware_summary(prov["hardware"]),
         timm=timm.__version__,
-        python=platform.python_version(),
-        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        date=prov["date"],
+        git_commit=prov["git_commit"],
         load_before=os.getloadavg()[0],
     )
     body: list[str] = []
@@ -265,9 +261,8 @@ def main(argv=None) -> int:
         del models
     meta["load_after"] = os.getloadavg()[0]
     head = [
-        f"Measured {meta['date']} on {meta['cpu']} ({meta['cores']} cores), {meta['threads']} torch thread(s); "
-        f"torch {meta['torch']}, timm {meta['timm']}, Python {meta['python']}. Load average "
-        f"{meta['load_before']:.1f} before / {meta['load_after']:.1f} after the run.",
+        f"Measured {meta['date']} (git {meta['git_commit']}) on {meta['hardware']}; timm {meta['timm']}. Load "
+        f"average {meta['load_before']:.1f} before / {meta['load_after']:.1f} after the run.",
         f"Command: `{meta['command']}`.",
         f"Batch {args.batch}, {args.size}², fp32; every round times each model in turn (training step, then "
         f"inference); median of the timed rounds after {args.warmup} warm-up round(s).",

@@ -69,7 +69,7 @@ def test_data_root_fallbacks(monkeypatch, tmp_path):
 def test_fit_with_itr_dispatches_to_the_multi_seed_runner(monkeypatch):
     seen = {}
     monkeypatch.setattr(
-        "favit_probsparse.training.forecast.main", lambda argv: seen.setdefault("argv", argv) and 0
+        "favit_probsparse.experiments.repeat.main", lambda argv: seen.setdefault("argv", argv) and 0
     )
     assert cli.main(["fit", "--config", "c.yaml", "--itr", "3"]) == 0
     assert seen["argv"] == ["--config", "c.yaml", "--itr", "3"]
@@ -82,6 +82,9 @@ def test_reproduce_runs_the_named_grid_with_a_relative_path(monkeypatch):
     monkeypatch.chdir(repo)
     seen = {}
     monkeypatch.setattr(ablate, "main", lambda argv: seen.setdefault("argv", argv) and 0)
+    monkeypatch.setattr(
+        reproduce, "prepare_grid_data", lambda grid: 0
+    )  # no download (tests/test_vision_download.py)
     assert reproduce.main(["quick", "--seeds", "3"]) == 0
     assert seen["argv"] == ["configs/ablations/quick.yaml", "--seeds", "3"]
     with pytest.raises(SystemExit, match="no grid"):

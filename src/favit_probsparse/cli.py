@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd == "fit" and any(a == "--itr" or a.startswith("--itr=") for a in rest):
         # the official Informer `--itr N`: N seeded fit+test runs, reported as mean ± std
-        from favit_probsparse.training.forecast import main as itr_main
+        from favit_probsparse.experiments.repeat import main as itr_main
 
         return int(itr_main(rest) or 0)
     if cmd in LIGHTNING_SUBCOMMANDS:

@@ -12,9 +12,10 @@ def lightning_cli(args: Sequence[str], run: bool = True):
     ``run=True``: ``args`` starts with a subcommand (fit/validate/test/predict) and it runs; ``run=False``:
     only parse and instantiate (``cli.trainer``, ``cli.model``, ``cli.datamodule``)."""
     from lightning.pytorch import LightningDataModule, LightningModule
-    from lightning.pytorch.cli import LightningCLI
 
-    return LightningCLI(
+    from favit_probsparse.training.checkpoints import FreshRunCLI  # refuses a fit over another run's ckpts
+
+    return FreshRunCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
