@@ -35,17 +35,10 @@ __all__ = [
 
 
 def load_forecaster(ckpt_path: str | Path):
-    """A :class:`PosencInformerForecaster` (superset of ``InformerForecaster``) with the checkpoint's weights."""
-    from .posenc_forecaster import PosencInformerForecaster
+    """The checkpoint's :class:`~favit_probsparse.training.forecast.Forecaster` (eval mode, its weights)."""
+    from favit_probsparse.training.forecast import forecaster_from_checkpoint
 
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    hp = {
-        k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")
-    }  # _class_path, ...
-    module = PosencInformerForecaster(**hp)
-    module.load_state_dict(ckpt["state_dict"], strict=True)
-    module.eval()
-    return module
+    return forecaster_from_checkpoint(ckpt_path)
 
 
 def _load_checkpoint(ckpt_path: str | Path) -> dict:
@@ -178,9 +171,9 @@ def _datamodule(args, hp):
     from favit_probsparse.data.ett import ETTDataModule
 
     if args.config:
-        import yaml
+        from favit_probsparse.training import load_config
 
-        cfg = yaml.safe_load(Path(args.config).read_text())
+        cfg = load_config(args.config)  # follows `base:` presets
         init = dict(cfg.get("data", {}).get("init_args", {}))
         return ETTDataModule(**init)
     return ETTDataModule(
@@ -189,8 +182,8 @@ def _datamodule(args, hp):
         label_len=hp["label_len"],
         pred_len=hp["pred_len"],
         features=hp["features"],
-        embed=hp["embed"],
-        freq=hp["freq"],
+        embed=hp.get("embed", "timeF"),
+        freq=hp.get("freq", "h"),
         batch_size=args.batch_size,
         path=args.data_path,
     )
@@ -202,7 +195,7 @@ def run_cross_terms(args) -> int:
     from .informer_terms import informer_cross_terms
 
     module = load_forecaster(args.ckpt)
-    hp = dict(module.hparams)
+    hp = module.flat_hparams()
     dm = _datamodule(args, hp)
     dm.setup("test")
     loader = dm.test_dataloader()
@@ -370,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="favit-ps analyze", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     ct = sub.add_parser("cross-terms", help="decompose the attention logits of a trained Informer checkpoint")
-    ct.add_argument("--ckpt", required=True, help="Lightning checkpoint of an (Posenc)InformerForecaster")
+    ct.add_argument("--ckpt", required=True, help="Lightning checkpoint of a Forecaster (Informer network)")
     ct.add_argument("--config", default=None, help="fit config whose data section defines the test windows")
     ct.add_argument("--data", default="ETTh1", help="ETT dataset when no --config is given")
     ct.add_argument("--data-path", default=None, help="explicit CSV path for --data (default: the data root)")
