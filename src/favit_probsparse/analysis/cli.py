@@ -12,7 +12,7 @@
   fusion keeps, and the attention of a few queries (see :mod:`.fusion_maps`). Writes ``sources.png``,
   ``windows.png``, ``attention.png`` and ``fusion_maps.json`` per checkpoint, and ``compare.png`` (one row per
   checkpoint) when several are given.
-* ``favit-ps analyze pos-decay --out DIR [--max-len 100 --d-model 512 --i 10 --trials 25000]``: the seed's
+* ``favit-ps analyze pos-decay --out DIR [--max-len 100 --d-model 512 --i 10 --trials 25000]``: the report's
   ``pos_embedding_decay`` study for sinusoidal versus Legendre tables (see :mod:`.pos_decay`).
 """
 
