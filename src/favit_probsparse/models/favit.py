@@ -35,6 +35,10 @@ Differences from the official code (none changes the ``fusion="official"`` outpu
   input must be at least ``8 · stem_stride`` pixels (32 for the ImageNet stem, 8 for the CIFAR stem); smaller
   inputs raise ``ValueError``.
 * Attention uses ``F.scaled_dot_product_attention`` (same scales as the official code: ``Cg^-0.5`` and ``c^-0.5``).
+* **Channels-last token maps** (:func:`nchw_view` / :func:`tokens`): every convolution sees a channels-last view of
+  the ``[B, H·W, C]`` tokens, so no transpose copies surround the convolutions; stage outputs (``forward_features``,
+  ``features_only``) are channels-last NCHW tensors (same values and shape as NCHW-contiguous ones).
+* **One attention call for both window branches** (same head width): the queries are viewed as ``h·2`` heads.
 * timm integration: ``stages``/``feature_info`` (so ``features_only=True`` works), ``forward_features`` /
   ``forward_head(pre_logits=...)``, a working ``reset_classifier``, ``no_weight_decay`` (empty: there is no
   positional embedding or token; timm's optimiser factory already skips norms and biases).
