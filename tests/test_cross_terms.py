@@ -152,7 +152,7 @@ def test_toeplitz_fit():
     assert (r2_rand < 0.2).all()
 
 
-# ---------------------------------------------------------------- pos-decay study (seed's pos_embedding_decay.py)
+# ---------------------------------------------------------------- pos-decay study (the report's pos_embedding_decay.py)
 def test_report_estimator_is_zero_mean_noise():
     pe = decay_tables(60, 64)["sinusoidal"]
     ests = np.stack([report_estimator(pe, 10, n_trials=100, seed=s)[0] for s in range(400)])

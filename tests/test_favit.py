@@ -55,7 +55,7 @@ def test_params_and_macs_match_official(name):
 
 def test_cifar_variants_and_small_config():
     small = timm.create_model("favit_b1_cifar", num_classes=1000)
-    assert n_params(small) / 1e6 == pytest.approx(12.96, rel=5e-3)  # seed 002's "Small"
+    assert n_params(small) / 1e6 == pytest.approx(12.96, rel=5e-3)  # the report's log-002 "Small"
     m = timm.create_model("favit_b0_cifar")
     assert m.num_classes == 100 and m.pretrained_cfg["input_size"] == (3, 32, 32)
     assert [f["reduction"] for f in m.feature_info] == [1, 2, 4, 8]

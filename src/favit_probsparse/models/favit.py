@@ -45,7 +45,7 @@ Differences from the official code (none changes the ``fusion="official"`` outpu
 
 Factories (``timm.create_model(name, fusion=..., num_classes=..., drop_path_rate=..., img_size=..., in_chans=...)``):
 ``favit_b0``–``favit_b3`` (ImageNet stem, 224²) and ``favit_b0_cifar``–``favit_b3_cifar`` (3×3 stride-1 stem for
-native 32² inputs; ``favit_b1_cifar`` is seed 002's "Small" ≈ 13 M configuration).
+native 32² inputs; ``favit_b1_cifar`` is the report's log-002 "Small" ≈ 13 M configuration).
 """
 
 from __future__ import annotations
@@ -825,7 +825,7 @@ def favit_b0_cifar(pretrained: bool = False, **kwargs: Any) -> FaViT:
 
 @register_model
 def favit_b1_cifar(pretrained: bool = False, **kwargs: Any) -> FaViT:
-    """FaViT-B1 widths/depths, CIFAR stem: seed 002's "Small" ≈ 13 M configuration."""
+    """FaViT-B1 widths/depths, CIFAR stem: the report's log-002 "Small" ≈ 13 M configuration."""
     return _create_favit("favit_b1_cifar", pretrained, **_args("b1", True, kwargs))
 
 
