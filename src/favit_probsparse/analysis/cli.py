@@ -205,7 +205,7 @@ def run_cross_terms(args) -> int:
         if i >= args.batches:
             break
         bx, by, bxm, bym = (t.float() for t in batch)
-        dec = decoder_input(by, hp["label_len"], hp["pred_len"], hp.get("padding", 0))
+        dec = decoder_input(by, hp["label_len"], hp["pred_len"], dec_fill=hp.get("dec_fill", hp.get("padding", 0)))
         res = informer_cross_terms(module.model, bx, bxm, dec, bym)
         w = bx.shape[0]
         if results is None:
