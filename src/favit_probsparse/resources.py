@@ -1,9 +1,8 @@
-"""The configs, grids and scripts the CLI names, found with or without the checkout.
+"""The configs and grids the CLI names, found with or without the checkout.
 
-A wheel carries the repository's ``configs/`` tree as ``favit_probsparse/configs`` and the attention benchmark as
-``favit_probsparse/_scripts/attention.py`` (the build step in ``setup.py``); they are read through
-:mod:`importlib.resources`. A source checkout (an editable install, or ``PYTHONPATH=src``) has no such copy, and
-the files are read where they live in the repository (``configs/``, ``benchmarks/``).
+A wheel carries the repository's ``configs/`` tree as ``favit_probsparse/configs`` (the build step in
+``setup.py``); it is read through :mod:`importlib.resources`. A source checkout (an editable install, or
+``PYTHONPATH=src``) has no such copy, and the files are read where they live in the repository (``configs/``).
 """
 
 from __future__ import annotations
@@ -12,11 +11,10 @@ import importlib.resources
 import os
 from pathlib import Path
 
-__all__ = ["config_dir", "config_path", "grid_names", "script_path"]
+__all__ = ["config_dir", "config_path", "grid_names"]
 
 _CHECKOUT = Path(__file__).resolve().parents[2]  # the repository root when running from a source checkout
 _IS_CHECKOUT = (_CHECKOUT / "src" / "favit_probsparse" / "resources.py").is_file()
-_SCRIPTS = {"attention.py": "benchmarks/attention.py"}  # packaged name -> place in the checkout
 
 
 def _packaged(rel: str) -> Path | None:
@@ -68,15 +66,3 @@ def grid_names() -> list[str]:
         if isinstance(raw, dict) and "rows" in raw:
             names.append(p.stem)
     return names
-
-
-def script_path(name: str) -> Path:
-    """A shipped script (``attention.py``: the attention benchmark), packaged or in the checkout."""
-    if name not in _SCRIPTS:
-        raise KeyError(f"no shipped script {name!r} (known: {', '.join(_SCRIPTS)})")
-    found = _packaged(f"_scripts/{name}")
-    if found is not None:
-        return found
-    if _IS_CHECKOUT and (_CHECKOUT / _SCRIPTS[name]).is_file():
-        return _CHECKOUT / _SCRIPTS[name]
-    raise FileNotFoundError(f"favit_probsparse/_scripts/{name} is missing from this install")

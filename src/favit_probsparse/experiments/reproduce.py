@@ -4,11 +4,12 @@
   32²) with several cross-window fusions on the real CIFAR-10 subset and prints the result table
   (``configs/ablations/quick.yaml`` through the ablation runner); the report goes to the git-ignored
   ``runs/quick/`` unless ``--out`` names another folder (``--out results`` updates the committed one).
-* ``attention``: the ProbSparse attention benchmark at short lengths (``benchmarks/attention.py`` has the full one).
+* ``attention``: the ProbSparse attention benchmark at short lengths (:mod:`favit_probsparse.benchmarks.attention`;
+  ``python benchmarks/attention.py`` runs the full one).
 * any other name: ``configs/ablations/<name>.yaml`` through the ablation runner (e.g. ``fusion_cifar10_subset``);
   a path to a grid file of your own works too.
 
-Configs, grids and the benchmark script are read from the installed package (:mod:`favit_probsparse.resources`),
+Configs and grids are read from the installed package (:mod:`favit_probsparse.resources`),
 so this works without the repository checkout. Before the runs start, the data every run of the grid uses is
 prepared once, in the foreground (``prepare_data`` of each distinct datamodule, with ``download=True`` unless the
 config sets it: downloads with a progress bar; the CIFAR subsets are built from the full download, see
@@ -77,13 +78,9 @@ def main(argv: list[str]) -> int:
     )
     a = p.parse_args(argv)
     if a.target == "attention":
-        import runpy
-        import sys
+        from favit_probsparse.benchmarks.attention import main as attention_main
 
-        bench = resources.script_path("attention.py")
-        sys.argv = [str(bench), "--lengths", "96", "336", "720", "--repeats", "10"]
-        runpy.run_path(str(bench), run_name="__main__")
-        return 0
+        return int(attention_main(["--lengths", "96", "336", "720", "--repeats", "10"]) or 0)
     try:
         grid = _grid_file(a.target)
     except FileNotFoundError as e:
