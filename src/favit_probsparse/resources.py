@@ -11,7 +11,7 @@ import importlib.resources
 import os
 from pathlib import Path
 
-__all__ = ["config_dir", "config_path", "grid_names"]
+__all__ = ["config_dir", "config_path", "grid_names", "grid_path"]
 
 _CHECKOUT = Path(__file__).resolve().parents[2]  # the repository root when running from a source checkout
 _IS_CHECKOUT = (_CHECKOUT / "src" / "favit_probsparse" / "resources.py").is_file()
@@ -54,6 +54,15 @@ def config_path(name: str | os.PathLike) -> Path:
     if parts and not p.is_absolute() and found.is_file():
         return found
     raise FileNotFoundError(f"config {name} not found: neither a file under {Path.cwd()} nor one in {root}")
+
+
+def grid_path(name: str | os.PathLike) -> Path:
+    """Resolve a grid: an existing file as given first, then a shipped grid by file name
+    (``configs/ablations/quick.yaml``, ``ablations/quick.yaml``) or by bare name (``quick``)."""
+    p = Path(name)
+    if p.is_file() or p.suffix:
+        return config_path(p)
+    return config_path(f"ablations/{p}.yaml")
 
 
 def grid_names() -> list[str]:

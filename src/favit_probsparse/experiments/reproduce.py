@@ -20,51 +20,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import inspect
-import json
 from pathlib import Path
 
 from favit_probsparse import resources
+from favit_probsparse.experiments.runner import prepare_grid_data
+
+__all__ = ["main", "prepare_grid_data"]
 
 TARGETS = ("quick", "attention")
 
 
 def _grid_file(target: str) -> Path:
-    if Path(target).suffix:  # a file name: the user's own grid, or one of the shipped ones
-        return resources.config_path(target)
-    return resources.config_path(f"ablations/{target}.yaml")
-
-
-def prepare_grid_data(grid_file: Path) -> int:
-    """Run ``prepare_data()`` once for every distinct ``data`` section of the grid's runs; returns how many.
-
-    Downloads then happen here, in the foreground with their progress bars, and once, instead of inside the
-    first run's log."""
-    import yaml
-
-    from favit_probsparse.experiments.grid import apply_overrides, load_grid
-
-    grid = load_grid(grid_file)
-    base = yaml.safe_load(grid.base_config.read_text()) or {}
-    seen: set[str] = set()
-    for row in grid.rows:
-        data = apply_overrides(base, {**grid.base_overrides, **row.overrides}).get("data")
-        if not isinstance(data, dict) or "class_path" not in data:
-            continue
-        key = json.dumps(data, sort_keys=True, default=str)
-        if key in seen:
-            continue
-        seen.add(key)
-        module, _, cls_name = data["class_path"].rpartition(".")
-        cls = getattr(importlib.import_module(module), cls_name)
-        init_args = dict(data.get("init_args") or {})
-        if "download" in inspect.signature(cls).parameters:
-            # a reproduction fetches what it needs (ETTDataModule defaults to download=False) unless the config
-            # says otherwise; the runs then find the files where their own loaders look (the data root)
-            init_args.setdefault("download", True)
-        cls(**init_args).prepare_data()
-    return len(seen)
+    return resources.grid_path(target)
 
 
 def main(argv: list[str]) -> int:
@@ -88,13 +55,9 @@ def main(argv: list[str]) -> int:
             f"favit-ps reproduce: no grid {a.target!r}: {e} (targets: {', '.join(TARGETS)}, a grid name "
             f"({', '.join(resources.grid_names())}) or a grid file)"
         ) from None
-    from favit_probsparse.data.vision import DatasetError
     from favit_probsparse.experiments.ablate import main as ablate_main
 
-    try:
-        prepare_grid_data(grid)
-    except (DatasetError, RuntimeError, OSError) as e:  # download / dataset problems: the message names them
-        raise SystemExit(f"favit-ps reproduce: preparing the data of {grid} failed: {e}") from None
+    # the ablation runner prepares the data of the runs it will start (prepare_grid_data) before the first one
     with contextlib.suppress(
         ValueError
     ):  # record a repo-relative command in the report when run from the repo
