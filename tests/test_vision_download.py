@@ -200,19 +200,18 @@ def test_real_subset_spec_matches_the_documented_rows():
 
 def test_reproduce_quick_prepares_its_subset_before_the_runs(tmp_path, monkeypatch, serve, capsys):
     """`favit-ps reproduce quick` on a machine without the subset: the data is fetched and built once, in the
-    foreground, before the ablation runner starts its runs (the runner prepares it, so `ablate quick` does too)."""
+    foreground, before the ablation runner starts its runs."""
     from favit_probsparse.experiments import ablate, reproduce
 
     _mirror(tmp_path, monkeypatch, serve)
     monkeypatch.setenv("FAVIT_DATA", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)
     seen = {}
-    monkeypatch.setattr(  # the runs: record whether the subset exists when they would start
+    monkeypatch.setattr(
         ablate,
-        "run_grid",
-        lambda *a, **k: seen.setdefault("built", (tmp_path / "data" / "cifar10-subset").is_dir()) and [],
+        "main",
+        lambda argv: seen.setdefault("built", (tmp_path / "data" / "cifar10-subset").is_dir()) and 0,
     )
-    monkeypatch.setattr(ablate, "finish_grid", lambda *a, **k: (0, None, "", []))
     assert reproduce.main(["quick"]) == 0
     assert seen["built"], "the subset must exist before the runs start"
     assert "building" in capsys.readouterr().out

@@ -55,9 +55,13 @@ def main(argv: list[str]) -> int:
             f"favit-ps reproduce: no grid {a.target!r}: {e} (targets: {', '.join(TARGETS)}, a grid name "
             f"({', '.join(resources.grid_names())}) or a grid file)"
         ) from None
+    from favit_probsparse.data.vision import DatasetError
     from favit_probsparse.experiments.ablate import main as ablate_main
 
-    # the ablation runner prepares the data of the runs it will start (prepare_grid_data) before the first one
+    try:  # (the ablation runner prepares again before its first run: a no-op once the data is there)
+        prepare_grid_data(grid)
+    except (DatasetError, RuntimeError, OSError) as e:  # download / dataset problems: the message names them
+        raise SystemExit(f"favit-ps reproduce: preparing the data of {grid} failed: {e}") from None
     with contextlib.suppress(
         ValueError
     ):  # record a repo-relative command in the report when run from the repo
