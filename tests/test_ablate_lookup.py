@@ -141,5 +141,31 @@ def test_sigterm_stops_with_one_line_and_a_nonzero_exit(tmp_path):
             proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "Traceback" not in err and err.strip().splitlines() == [
-        "favit-ps ablate: stopped by SIGTERM; finished runs are kept, the same command resumes the grid"
+        "favit-ps ablate: stopped by SIGTERM; finished runs are kept, the same command resumes"
     ]
+
+
+def test_ctrl_c_is_one_line_with_exit_130(tmp_path, fake_runs, monkeypatch, capsys):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ablate, "run_grid", interrupted)
+    monkeypatch.setattr(ablate, "prepare_grid_data", lambda *a, **k: 0)
+    assert ablate.main([str(_grid(tmp_path))]) == 130
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("stopped by SIGINT; finished runs are kept, the same command resumes")
+    )
+
+
+def test_fit_itr_finds_a_shipped_config_from_any_folder(tmp_path, monkeypatch):
+    from favit_probsparse import resources
+    from favit_probsparse.experiments.repeat import itr_grid
+
+    monkeypatch.chdir(tmp_path)
+    grid = itr_grid("configs/forecast/informer_etth1_M_96_48_24.yaml")
+    assert grid.base_config == resources.config_dir() / "forecast" / "informer_etth1_M_96_48_24.yaml"
+    assert grid.name == "informer_etth1_M_96_48_24"
+    with pytest.raises(FileNotFoundError, match=r"config configs/forecast/nope\.yaml not found"):
+        itr_grid("configs/forecast/nope.yaml")

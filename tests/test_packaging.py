@@ -84,6 +84,34 @@ def test_config_path_prefers_the_users_file(tmp_path, monkeypatch):
         resources.config_path("ablations/nope.yaml")
 
 
+def test_lightning_config_args_resolve_to_shipped_configs(tmp_path, monkeypatch):
+    """`favit-ps fit --config configs/vision/X.yaml` from a folder without that file uses the shipped config;
+    a file of the user's wins; other arguments and unknown names are left for Lightning to judge."""
+    monkeypatch.chdir(tmp_path)
+    name = "configs/vision/favit_tiny_cifar10subset.yaml"
+    shipped = str(resources.config_dir() / "vision" / "favit_tiny_cifar10subset.yaml")
+    assert Path(shipped).is_file()
+    argv = [
+        "fit",
+        "--config",
+        name,
+        "--trainer.max_epochs=1",
+        "--config=vision/favit_tiny_cifar10subset.yaml",
+    ]
+    assert resources.resolve_config_args(argv) == ["fit", "--config", shipped, "--trainer.max_epochs=1",
+                                                   f"--config={shipped}"]  # fmt: skip
+    assert resources.resolve_config_args(["test", "-c", name, "--ckpt_path", "last"]) == [
+        "test", "-c", shipped, "--ckpt_path", "last"
+    ]  # fmt: skip
+    unknown = ["fit", "--config", "configs/nope.yaml", "--model.config", name, "--config"]
+    assert (
+        resources.resolve_config_args(unknown) == unknown
+    )  # no such config; not a --config option; no value
+    (tmp_path / "configs" / "vision").mkdir(parents=True)
+    (tmp_path / name).write_text("mine: true\n")
+    assert resources.resolve_config_args(["fit", "--config", name]) == ["fit", "--config", name]
+
+
 @pytest.mark.slow
 def test_installed_wheel_works_without_the_checkout(tmp_path):
     """`pip install .` (not editable) into a folder, then the CLI and a config lookup from another folder with
@@ -114,6 +142,7 @@ def test_installed_wheel_works_without_the_checkout(tmp_path):
         "g = load_grid(r.config_path('configs/ablations/quick.yaml'))\n"
         "print(favit_probsparse.__file__); print(g.path); print(g.base_config)\n"
         "import favit_probsparse.benchmarks.attention as b; print(b.__file__); print(r.config_dir())\n"
+        "print(r.resolve_config_args(['fit', '--config', 'configs/vision/favit_tiny_cifar10subset.yaml'])[2])\n"
     )
     r = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]

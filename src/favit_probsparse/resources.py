@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["config_dir", "config_path", "grid_names", "grid_path"]
+__all__ = ["config_dir", "config_path", "grid_names", "grid_path", "resolve_config_args"]
 
 _CHECKOUT = Path(__file__).resolve().parents[2]  # the repository root when running from a source checkout
 _IS_CHECKOUT = (_CHECKOUT / "src" / "favit_probsparse" / "resources.py").is_file()
@@ -63,6 +64,31 @@ def grid_path(name: str | os.PathLike) -> Path:
     if p.is_file() or p.suffix:
         return config_path(p)
     return config_path(f"ablations/{p}.yaml")
+
+
+_CONFIG_FLAGS = ("--config", "-c")  # Lightning's CLI options that take a config file
+
+
+def _shipped_or_given(value: str) -> str:
+    if Path(value).exists():
+        return value
+    try:
+        return str(config_path(value))
+    except FileNotFoundError:  # not a shipped config either: Lightning's own error names it
+        return value
+
+
+def resolve_config_args(argv: Sequence[str]) -> list[str]:
+    """``argv`` with every ``--config X`` / ``--config=X`` / ``-c X`` whose ``X`` does not exist relative to the
+    current folder but names a shipped config (``configs/vision/favit_tiny_cifar10subset.yaml`` after a wheel
+    install, run from any folder) pointing at the shipped file; everything else unchanged."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg in _CONFIG_FLAGS and i + 1 < len(out):
+            out[i + 1] = _shipped_or_given(out[i + 1])
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + _shipped_or_given(arg.removeprefix("--config="))
+    return out
 
 
 def grid_names() -> list[str]:

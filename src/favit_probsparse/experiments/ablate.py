@@ -128,19 +128,26 @@ def with_sigterm_as_interrupt(fn, *args):
         signal.signal(signal.SIGTERM, previous)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    a = _parser().parse_args(argv)
+def interruptible(prog: str, fn, *args) -> int:
+    """``fn(*args)`` under :func:`with_sigterm_as_interrupt`; Ctrl-C or SIGTERM (the current run is stopped by
+    then) ends it with one line on stderr and the exit code 128 + the signal number, not a traceback."""
     try:
-        return with_sigterm_as_interrupt(_main, a, argv)
-    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the current run was stopped; no traceback
-        signum = int(str(e).split()[-1]) if str(e).startswith("signal ") else signal.SIGINT
-        name = signal.Signals(signum).name
+        return with_sigterm_as_interrupt(fn, *args)
+    except KeyboardInterrupt as e:
+        text = str(e)
+        signum = int(text.split()[-1]) if text.startswith("signal ") else int(signal.SIGINT)
         print(
-            f"favit-ps ablate: stopped by {name}; finished runs are kept, the same command resumes the grid",
+            f"{prog}: stopped by {signal.Signals(signum).name}; finished runs are kept, the same command "
+            "resumes",
             file=sys.stderr,
         )
         return 128 + signum
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = _parser().parse_args(argv)
+    return interruptible("favit-ps ablate", _main, a, argv)
 
 
 def finish_grid(
