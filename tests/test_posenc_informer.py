@@ -199,10 +199,17 @@ def _fake_etth1(path):
 
 def test_analyze_cli_cross_terms_and_pos_decay(tmp_path):
     from favit_probsparse.analysis.cli import main
-    from favit_probsparse.analysis.posenc_forecaster import PosencInformerForecaster
+    from favit_probsparse.training.forecast import Forecaster
 
     torch.manual_seed(0)
-    module = PosencInformerForecaster(**SMALL, attention="full", pos_inject="layers", pos_terms="pospos")
+    module = Forecaster.from_config(
+        {
+            "class_path": "favit_probsparse.models.informer.Informer",
+            "init_args": dict(**SMALL, attention="full", pos_inject="layers", pos_terms="pospos"),
+        },
+        label_len=SMALL["label_len"],
+        pred_len=SMALL["pred_len"],
+    )
     ckpt = tmp_path / "m.ckpt"
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, ckpt)
     csv = tmp_path / "ETTh1.csv"
@@ -235,7 +242,7 @@ def test_analyze_cli_cross_terms_and_pos_decay(tmp_path):
         == 0
     )
     for f in (
-        "pos_decay_seed_estimator.png",
+        "pos_decay_report_estimator.png",
         "pos_decay_gram.png",
         "pos_decay_cosine.png",
         "pos_decay_summary.csv",
@@ -256,5 +263,5 @@ def test_posenc_report_tables(tmp_path):
     (tmp_path / "posenc-ablation-etth1.json").write_text(json.dumps({"summary": summary}))
     text = tables(tmp_path)
     assert "Table 6" in text and "| nope | 0.950 ± 0.071 (0.900, 1.000)" in text
-    assert "+0.200 | +0.400 |" in text  # ours and the seed's change against vanilla
+    assert "+0.200 | +0.400 |" in text  # ours and the report's change against vanilla
     assert "Table 3" not in text  # no ETTm1 file

@@ -7,7 +7,8 @@
 * ``favit-ps fit --config cfg.yaml --itr N [--seeds ...]`` runs N seeded fit+test repeats of a forecasting config
   and prints mean ± std (the official Informer ``--itr``).
 * ``favit-ps ablate GRID.yaml --seeds 0 1`` runs a grid of configs and writes ``results/<name>.md`` and a chart.
-* ``favit-ps analyze cross-terms --ckpt ...`` decomposes attention logits of a trained model.
+* ``favit-ps analyze cross-terms --ckpt ...`` decomposes attention logits of a trained model; ``favit-ps analyze
+  fusion --ckpt ...`` draws what each cross-window fusion of trained FaViTs keeps.
 * ``favit-ps reproduce quick`` is the README's main job.
 
 The subcommand modules are imported lazily so ``favit-ps --help`` stays fast.
@@ -16,6 +17,7 @@ The subcommand modules are imported lazily so ``favit-ps --help`` stays fast.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -28,7 +30,7 @@ EXTRA_SUBCOMMANDS = {
     ),
     "analyze": (
         "favit_probsparse.analysis.cli:main",
-        "analyses of trained models (cross-terms, pos-embedding decay)",
+        "analyses of trained models (cross-terms, fusion maps, pos-embedding decay)",
     ),
     "reproduce": (
         "favit_probsparse.experiments.reproduce:main",
@@ -41,6 +43,14 @@ USAGE = """usage: favit-ps {fit,validate,test,predict,ablate,analyze,reproduce} 
   fit/validate/test/predict   Lightning CLI over a YAML config (see `favit-ps fit --help`)
   fit --config X --itr N      N seeded repeats (forecasting), mean ± std
 """ + "".join(f"  {name:<27} {text}\n" for name, (_, text) in EXTRA_SUBCOMMANDS.items())
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    # the errors a user can fix (their data file, their settings, a diverged run); others keep their traceback
+    from favit_probsparse.data.timeseries import DataError
+    from favit_probsparse.training.forecast import NonFiniteLossError
+
+    return (DataError, NonFiniteLossError, FileNotFoundError)
 
 
 _CKPT_ALIASES = ("--ckpt", "--resume")  # short forms of Lightning's --ckpt_path (a path, "last" or "best")
@@ -73,7 +83,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(itr_main(rest) or 0)
     if cmd in LIGHTNING_SUBCOMMANDS:
-        run_lightning([cmd, *rest])
+        try:
+            run_lightning([cmd, *rest])
+        except (
+            _user_errors()
+        ) as err:  # bad data / diverged training: one line, non-zero exit (FAVIT_DEBUG=1: trace)
+            if os.environ.get("FAVIT_DEBUG"):
+                raise
+            print(f"favit-ps {cmd}: error: {type(err).__name__}: {err}", file=sys.stderr)
+            return 1
         return 0
     if cmd in EXTRA_SUBCOMMANDS:
         mod_name, fn_name = EXTRA_SUBCOMMANDS[cmd][0].split(":")

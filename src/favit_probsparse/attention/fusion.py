@@ -79,6 +79,8 @@ class CrossWindowFusion(nn.Module):
     """Base class: ``forward(cand [B, h, P, L, c], q [B, h, N, c] | None) -> [B, h, K, c]``."""
 
     needs_query: ClassVar[bool] = False
+    #: whether the operator draws random samples (then the model gives each branch of each block its own seed)
+    samples: ClassVar[bool] = False
     #: whether the output keeps the ``window_size × window_size`` layout (K == P), so a 2-D V-side conv applies
     keeps_grid: ClassVar[bool] = True
 
@@ -217,6 +219,8 @@ class LinearFusion(_LearnedFusion):
 
 class _SampledFusion(CrossWindowFusion):
     """Owns a per-device ``torch.Generator`` seeded from ``seed`` (reproducible, independent of the global RNG)."""
+
+    samples = True
 
     def __init__(self, head_dim: int, window_size: int = 7, num_windows: int | None = None, seed: int = 0):
         super().__init__(head_dim, window_size, num_windows)
