@@ -7,7 +7,8 @@
 * ``favit-ps fit --config cfg.yaml --itr N [--seeds ...]`` runs N seeded fit+test repeats of a forecasting config
   and prints mean ± std (the official Informer ``--itr``).
 * ``favit-ps ablate GRID.yaml --seeds 0 1`` runs a grid of configs and writes ``results/<name>.md`` and a chart.
-* ``favit-ps analyze cross-terms --ckpt ...`` decomposes attention logits of a trained model.
+* ``favit-ps analyze cross-terms --ckpt ...`` decomposes attention logits of a trained model; ``favit-ps analyze
+  fusion --ckpt ...`` draws what each cross-window fusion of trained FaViTs keeps.
 * ``favit-ps reproduce quick`` is the README's main job.
 
 The subcommand modules are imported lazily so ``favit-ps --help`` stays fast.
@@ -29,7 +30,7 @@ EXTRA_SUBCOMMANDS = {
     ),
     "analyze": (
         "favit_probsparse.analysis.cli:main",
-        "analyses of trained models (cross-terms, pos-embedding decay)",
+        "analyses of trained models (cross-terms, fusion maps, pos-embedding decay)",
     ),
     "reproduce": (
         "favit_probsparse.experiments.reproduce:main",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -100,8 +101,7 @@ def _merge(a: dict, b: dict) -> dict:
 def lightning_cli(args: Sequence[str], run: bool = True):
     """Lightning's CLI with this project's settings: any LightningModule / LightningDataModule named by
     ``class_path`` in the config, config files overwritten on re-runs, optimizers from the module itself, config
-    files with a ``base:`` key expanded (:func:`expand_config_args`), a ``fit`` over another run's checkpoints
-    refused (:class:`~favit_probsparse.training.checkpoints.FreshRunCLI`), and, for forecasting, the data module's
+    files with a ``base:`` key expanded (:func:`expand_config_args`), and, for forecasting, the data module's
     shapes linked into the forecaster and its network (:data:`FORECAST_LINKS`).
 
     ``run=True``: ``args`` starts with a subcommand (fit/validate/test/predict) and it runs; ``run=False``:
@@ -120,13 +120,16 @@ def lightning_cli(args: Sequence[str], run: bool = True):
                 for source, target in FORECAST_LINKS:
                     parser.link_arguments(source, target, apply_on="instantiate")
 
-    return _CLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=list(args),
-        run=run,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-    )
+    with warnings.catch_warnings():
+        # favit-ps passes its own argv as `args` on purpose (after expanding `base:` and `--ckpt`)
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return _CLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=list(args),
+            run=run,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+        )

@@ -1,5 +1,5 @@
-"""Forecasting training/evaluation: one LightningModule around any forecasting network (multi-seed ``--itr``
-runs: :mod:`favit_probsparse.experiments.repeat`).
+"""Forecasting training/evaluation: one LightningModule around any forecasting network (multi-seed ``--itr`` runs:
+:mod:`favit_probsparse.experiments.repeat`), and the writer of forecasts past the end of the data.
 
 Official Informer2020 training protocol (``docs/informer.md`` §1.6): Adam(lr 1e-4, no weight decay, no clipping),
 MSE loss on ``batch_y[:, -pred_len:, f_dim:]`` (``f_dim = -1`` for MS), ``lradj type1`` (epochs 1-2 at lr0, then
@@ -48,6 +48,8 @@ __all__ = [
     "build_network",
     "forecaster_from_checkpoint",
     "lr_lambda",
+    "plot_forecast",
+    "write_forecast",
 ]
 
 METRICS = ("mae", "mse", "rmse", "mape", "mspe")
@@ -194,7 +196,7 @@ class Forecaster(LightningModule):
         label_len, pred_len: decoder start-token length and horizon; linked from the data (None: the network's
             attributes of the same name).
         learning_rate, lradj: Adam lr and schedule (type1 = official default).
-        padding: 0 = zeros (official default) or 1 = ones for the decoder's unknown steps.
+        dec_fill: the official `--padding` flag: 0 = zeros (default) or 1 = ones for the decoder's unknown steps.
         seed: per-epoch reseeding of dropout/ProbSparse sampling (None: the global seed at construction, i.e.
             ``seed_everything``); eval_seed: RNG for validation/test.
         save_predictions: folder to write test ``pred.pt``/``true.pt`` (scaled) after testing.
@@ -215,7 +217,7 @@ class Forecaster(LightningModule):
         pred_len: int | None = None,
         learning_rate: float = 1e-4,
         lradj: str = "type1",
-        padding: int = 0,
+        dec_fill: int = 0,
         seed: int | None = None,
         eval_seed: int = 2021,
         save_predictions: str | None = None,
@@ -371,7 +373,7 @@ class Forecaster(LightningModule):
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, batch_x, batch_y, batch_x_mark, batch_y_mark):
         hp = self.hparams
-        dec_inp = decoder_input(batch_y, hp.label_len, hp.pred_len, hp.padding)
+        dec_inp = decoder_input(batch_y, hp.label_len, hp.pred_len, dec_fill=hp.dec_fill)
         return self.model(batch_x, batch_x_mark, dec_inp, batch_y_mark)
 
     def _step(self, batch):
