@@ -121,8 +121,8 @@ def _writes_forecasts(cfg: dict) -> bool:
 
 
 def forecast_after(grid_file: Path, seeds: list[int] | None = None, runs_dir: Path = RUNS_DIR) -> dict:
-    """If the grid's runs configure a ``ForecastWriter``: ``favit-ps predict`` with the run's own ``config.yaml`` and
-    last checkpoint, for the first finished seed of each row; the writer puts ``forecast.csv`` and ``forecast.png``
+    """If the grid's runs configure a ``ForecastWriter``: ``favit-ps predict`` with the run's config and last
+    checkpoint, for the first finished seed of each row; the writer puts ``forecast.csv`` and ``forecast.png``
     (the steps after the end of the data, original units) in ``<run>/forecast/``. Returns {row: written paths}."""
     from favit_probsparse.experiments.grid import load_grid, read_config
     from favit_probsparse.experiments.records import DONE
@@ -146,19 +146,12 @@ def forecast_after(grid_file: Path, seeds: list[int] | None = None, runs_dir: Pa
                 flush=True,
             )
             continue
-        args = [
-            "predict",
-            "--config",
-            str(run / "config.yaml"),
-            "--ckpt_path",
-            str(run / "checkpoints" / "last.ckpt"),
-        ]
-        argv, sys.argv = (
-            sys.argv,
-            sys.argv[:1],
-        )  # LightningCLI warns when it sees both args= and a command line
+        config = run / "config.yaml"  # as the run saved it (the checkpoint's hyperparameters must match it)
+        ckpt = run / "checkpoints" / "last.ckpt"
+        # LightningCLI warns when it sees both args= and a command line
+        argv, sys.argv = sys.argv, sys.argv[:1]
         try:
-            cli = lightning_cli([*args, "--trainer.enable_progress_bar=false"])
+            cli = lightning_cli(["predict", "--config", str(config), "--ckpt_path", str(ckpt)])
         finally:
             sys.argv = argv
         writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ForecastWriter))
