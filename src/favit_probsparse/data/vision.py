@@ -103,6 +103,13 @@ def _pad_crop(img_size: int, hflip: float):
     return tfs
 
 
+def default_eval_crop_pct(img_size: int, native_size: int | None, train_crop: str) -> float:
+    """Resize 256 / crop 224 style (0.875) only where training crops too (RandomResizedCrop of an upsampled
+    image); a plain resize (1.0) otherwise."""
+    upsampled = native_size is not None and img_size > native_size
+    return 0.875 if upsampled and train_crop == "rrc" else 1.0
+
+
 def build_transform(
     is_train: bool,
     img_size: int,
@@ -130,9 +137,7 @@ def build_transform(
         raise ValueError(f"train_crop must be 'rrc' or 'pad_crop', got {train_crop!r}")
     if not is_train:
         if eval_crop_pct is None:
-            # resize 256 / crop 224 style only where training crops too (RandomResizedCrop of an upsampled image)
-            upsampled = native_size is not None and img_size > native_size
-            eval_crop_pct = 0.875 if upsampled and train_crop == "rrc" else 1.0
+            eval_crop_pct = default_eval_crop_pct(img_size, native_size, train_crop)
         return create_transform(
             img_size,
             is_training=False,

@@ -28,6 +28,7 @@ runs fit + test (best checkpoint) per seed and prints/writes mean ± std of the 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import platform
@@ -41,6 +42,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from favit_probsparse.models.informer import Informer, decoder_input
+from favit_probsparse.training.checkpoint import CheckpointMetadata, class_path
 
 __all__ = ["METRICS", "InformerForecaster", "TestAfterFit", "lr_lambda", "main", "run_seeds"]
 
@@ -104,7 +106,7 @@ class _MetricSums:
         }
 
 
-class InformerForecaster(LightningModule):
+class InformerForecaster(CheckpointMetadata, LightningModule):
     """Informer + the official training protocol. Model arguments are those of
     :class:`favit_probsparse.models.informer.Informer`; they must agree with the datamodule (checked in setup).
 
@@ -117,6 +119,8 @@ class InformerForecaster(LightningModule):
             ``seed_everything``); eval_seed: RNG for validation/test.
         save_predictions: folder to write test ``pred.pt``/``true.pt`` (scaled) after testing.
     """
+
+    TASK = "time-series-forecasting"
 
     def __init__(
         self,
@@ -209,6 +213,7 @@ class InformerForecaster(LightningModule):
         self.test_results: dict[str, float] = {}
         self.train_epoch_seconds: list[float] = []  # wall time of each training epoch, validation excluded
         self._epoch_t0: float | None = None
+        self.data_info: dict = {}  # column names, frequency, scaler statistics: saved in checkpoints, exported
         self.register_buffer("_mean", torch.zeros(c_out), persistent=False)
         self.register_buffer("_std", torch.ones(c_out), persistent=False)
 
@@ -222,6 +227,41 @@ class InformerForecaster(LightningModule):
             sc, c = dm.scaler, self.hparams.c_out
             self._mean = torch.as_tensor(sc.mean[-c:], dtype=torch.float32, device=self.device)
             self._std = torch.as_tensor(sc.std[-c:], dtype=torch.float32, device=self.device)
+        self._record_data_info(dm)
+
+    def _record_data_info(self, dm) -> None:
+        info: dict = {"name": getattr(dm, "name", None), "freq": getattr(dm, "freq", None)}
+        ds = dm.dataset("train") if callable(getattr(dm, "dataset", None)) else None
+        if ds is not None:
+            info.update(
+                columns=list(ds.columns),
+                target=ds.target,
+                timeenc=int(ds.timeenc),
+                path=ds.path.name,
+                scaler={"mean": ds.scaler.mean.tolist(), "std": ds.scaler.std.tolist()} if ds.scale else None,
+            )
+        self.data_info = {k: v for k, v in info.items() if v is not None}
+
+    # ------------------------------------------------------------------------------------------------ export
+    def export_network(self) -> torch.nn.Module:
+        return self.model
+
+    def export_config(self) -> dict:
+        """Network class_path + init_args, windows, decoder padding and the data facts (columns, frequency,
+        scaler): what :func:`favit_probsparse.training.export.from_pretrained` needs to rebuild and run it."""
+        hp = dict(self.hparams)
+        names = [n for n in inspect.signature(type(self.model).__init__).parameters if n != "self"]
+        return {
+            "task": self.TASK,
+            "network": {
+                "class_path": class_path(type(self.model)),
+                "init_args": {k: hp[k] for k in names if k in hp},
+            },
+            "windows": {k: hp[k] for k in ("seq_len", "label_len", "pred_len")},
+            "features": hp["features"],
+            "decoder_padding": hp["padding"],
+            "data": dict(self.data_info),
+        }
 
     def check_data(self, dm) -> None:
         """Raise a clear ValueError when the datamodule's windows/channels/time features do not fit the model."""
@@ -487,6 +527,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.itr is not None and args.itr < 1:
+        parser.error(f"--itr must be a positive number of runs, got {args.itr}")
+    if args.seeds is not None and not args.seeds:
+        parser.error("--seeds needs at least one seed")
     seeds = args.seeds if args.seeds is not None else list(range(args.itr if args.itr is not None else 1))
     if args.itr is not None and args.seeds is not None and len(args.seeds) != args.itr:
         parser.error(f"--itr {args.itr} but {len(args.seeds)} --seeds given")
