@@ -22,16 +22,13 @@ __all__ = ["load_forecaster", "main", "run_cross_terms", "write_cross_term_repor
 
 
 def load_forecaster(ckpt_path: str | Path):
-    """A :class:`PosencInformerForecaster` (superset of ``InformerForecaster``) with the checkpoint's weights."""
+    """A :class:`PosencInformerForecaster` (superset of ``InformerForecaster``) with the checkpoint's weights,
+    read safely (weights only; a checkpoint of another task or model is a named error)."""
+    from favit_probsparse.training.checkpoint import rebuild_module
+
     from .posenc_forecaster import PosencInformerForecaster
 
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    hp = {
-        k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")
-    }  # _class_path, ...
-    module = PosencInformerForecaster(**hp)
-    module.load_state_dict(ckpt["state_dict"], strict=True)
-    module.eval()
+    module, _ = rebuild_module(ckpt_path, task="time-series-forecasting", expected=PosencInformerForecaster)
     return module
 
 

@@ -276,7 +276,8 @@ class ExportedForecaster(nn.Module):
     """A forecasting network rebuilt from an export, with the data facts it was trained on.
 
     ``forward(batch_x, batch_y, batch_x_mark, batch_y_mark)`` takes the training module's windows (scaled) and
-    returns ``[B, pred_len, c_out]``; :meth:`forecast` takes a data frame in original units.
+    returns ``[B, pred_len, c_out]``; :meth:`forecast` takes a data frame in original units and samples with a
+    fixed seed (``eval_seed``), so it is deterministic.
     """
 
     def __init__(self, network: nn.Module, config: dict):
@@ -290,6 +291,7 @@ class ExportedForecaster(nn.Module):
         )
         self.padding = int(config.get("decoder_padding", 0))
         self.data = dict(config.get("data", {}))
+        self.eval_seed = int(config.get("eval_seed", 2021))
 
     def forward(self, batch_x, batch_y, batch_x_mark, batch_y_mark) -> torch.Tensor:
         from favit_probsparse.models.informer import decoder_input
@@ -338,7 +340,11 @@ class ExportedForecaster(nn.Module):
         y = torch.cat([x[:, -self.label_len :], x.new_zeros(1, self.pred_len, x.shape[-1])], dim=1)
         y_dates = dates[len(dates) - self.label_len :].append(future)
         y_mark = torch.from_numpy(time_features(y_dates, freq, timeenc))[None].float()
-        out = self(x, y, x_mark, y_mark)[0].double().numpy()
+        # ProbSparse samples keys at inference too: a fixed seed (the training module's eval_seed) makes the
+        # forecast a function of the weights and the input
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.eval_seed)
+            out = self(x, y, x_mark, y_mark)[0].double().numpy()
         c = out.shape[-1]
         if scaler:
             out = out * np.asarray(scaler["std"][-c:]) + np.asarray(scaler["mean"][-c:])

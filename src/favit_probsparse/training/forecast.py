@@ -260,6 +260,7 @@ class InformerForecaster(CheckpointMetadata, LightningModule):
             "windows": {k: hp[k] for k in ("seq_len", "label_len", "pred_len")},
             "features": hp["features"],
             "decoder_padding": hp["padding"],
+            "eval_seed": hp["eval_seed"],
             "data": dict(self.data_info),
         }
 
