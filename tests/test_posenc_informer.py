@@ -204,7 +204,8 @@ def test_analyze_cli_cross_terms_and_pos_decay(tmp_path):
     torch.manual_seed(0)
     module = PosencInformerForecaster(**SMALL, attention="full", pos_inject="layers", pos_terms="pospos")
     ckpt = tmp_path / "m.ckpt"
-    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, ckpt)
+    meta = {"favit_probsparse": module.checkpoint_metadata()}  # what Lightning's save adds through the hook
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(), **meta}, ckpt)
     csv = tmp_path / "ETTh1.csv"
     _fake_etth1(csv)
     out = tmp_path / "ct"
