@@ -4,8 +4,8 @@
   errors) before anything is built; its class must be the config's model class.
 * Model options are never dropped silently: Lightning's CLI replaces the config's model options by the
   checkpoint's. Here, an option the config sets to another value than the checkpoint stops the run with the list
-  of differences, unless ``--ckpt_override`` is given: then the config's values are used (``fit`` starts a new run
-  from the checkpoint's weights: epoch 0, fresh optimizer and schedule). Options the config leaves unset (``null``)
+  of differences, unless ``--ckpt_override`` is given: then the config's values are used (``fit --ckpt_override``
+  starts a new run from the checkpoint's weights: epoch 0, fresh optimizer and schedule). Options the config leaves unset (``null``)
   are taken from the checkpoint.
 * ``validate``/``test``/``predict`` without ``--ckpt`` would evaluate untrained weights: refused unless
   ``--untrained`` says so.
@@ -170,7 +170,7 @@ class ProjectCLI(LightningCLI):
             if key in given and given[key] is None and value is not None:
                 cfg["model.init_args." + key] = value
         self._ckpt_state, self._ckpt_file = ckpt["state_dict"], str(ckpt_path)
-        if diffs and sub == "fit":
+        if sub == "fit" and cfg.get("ckpt_override"):
             # config options win: a new run initialised from the checkpoint's weights
             self._init_from_ckpt = True
             cfg["ckpt_path"] = None
