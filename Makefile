@@ -18,17 +18,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The table is printed and written to runs/quick/ (git-ignored); `favit-ps reproduce quick --out results`
+# updates the committed results/quick.{md,json,png} on purpose.
 run: $(STAMP)
 	$(BIN)/favit-ps reproduce quick
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
 	@# pytest exits 5 when it collects nothing: that is a failure, not a pass.
 	$(BIN)/python -m pytest -n 2 -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
+	$(BIN)/ruff format --check src tests benchmarks docs
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/attention.py

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import resource
 import statistics
 import subprocess
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from favit_probsparse.attention import probsparse_attention
+from favit_probsparse.experiments.provenance import hardware_summary
 
 METHODS = ("official", "exact", "fast", "sdpa")
 DEFAULT_LENGTHS = (96, 336, 720, 1440, 5760)
@@ -211,11 +211,7 @@ def main(argv=None):
             rows[(m, l)] = r
             print(f"  {m:>8} L={l:<5} {r['ms']:9.2f} ms  {fmt_bytes(r['peak_bytes']):>10}", file=sys.stderr)
 
-    hw = (
-        torch.cuda.get_device_name()
-        if a.device == "cuda"
-        else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-    )
+    hw = hardware_summary()
     lines = [
         f"Device: {a.device} ({hw}); torch {torch.__version__}; dtype {a.dtype}; B={batch}, H={a.heads}, D={a.dim}; "
         f"forward+backward, median of {a.repeats} after {a.warmup} warm-up"

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 import favit_probsparse.models  # noqa: F401  (registers favit_*)
+from favit_probsparse.experiments.provenance import hardware_summary, provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 FUSIONS = ("official", "max", "mean", "conv1x1", "linear", "probsparse", "hierarchical")
@@ -301,15 +301,18 @@ def main(argv=None) -> int:
         msg = r.get("error") or f"infer {r['infer_img_s']:.1f} img/s, train {r['train_img_s']:.1f} img/s"
         print(f"{label(r):60s} {msg}  ({time.time() - t0:.0f}s)", flush=True)
 
-    device = torch.cuda.get_device_name() if gpu else (platform.processor() or platform.machine())
+    prov = provenance("python benchmarks/favit.py " + " ".join(sys.argv[1:]))
+    hw = prov["hardware"]
     meta = dict(
-        device=device,
-        torch=torch.__version__,
+        device=hardware_summary(hw),
+        torch=hw.get("torch"),
         timm=timm.__version__,
-        python=platform.python_version(),
+        python=hw["python"],
         threads=args.threads or torch.get_num_threads(),
-        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        command="python benchmarks/favit.py " + " ".join(sys.argv[1:]),
+        date=prov["date"],
+        command=prov["command"],
+        git_commit=prov["git_commit"],
+        hardware=hw,
     )
     table = markdown(results, args, meta)
     print(table)

@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import runpy
 import statistics
 import sys
@@ -38,6 +37,7 @@ import time
 import torch
 
 from favit_probsparse.data.ett import ETTDataModule, ett_path
+from favit_probsparse.experiments.provenance import hardware, utc_now
 from favit_probsparse.models.informer import Informer, decoder_input
 
 VARIANTS = {
@@ -52,17 +52,6 @@ VARIANTS = {
         attention="prob", prob_impl="fast", official_loop=False, bf16=True, dropout_impl="bits"
     ),
 }
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def _sync(device: torch.device) -> None:
@@ -207,11 +196,7 @@ def main(argv=None) -> int:
     base = next((r for r in rows if r["variant"] == "official"), None) or next(
         (r for r in rows if r["variant"] == "official-style"), None
     )
-    host = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-    }  # fmt: skip
+    host = {**hardware(), "date_utc": utc_now()}
     lines = [
         f"Informer training step, ETTh1 {args.seq_len}/{args.label_len}/{args.pred_len}, batch {args.batch_size}, "
         f"d_model {args.d_model}, {args.steps} timed steps x {args.repeats} (median), {host}",

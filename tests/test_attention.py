@@ -87,7 +87,7 @@ def naive_probsparse(q, k, v, index, u, causal=False, measure="official", masked
     [(96, 5, 25), (48, 5, 20), (72, 5, 25), (96, 3, 15), (1440, 5, 40), (720, 5, 35), (10, 5, 10)],
 )
 def test_counts_match_official_formula(l, factor, expected):
-    # informer.md §1.1: U_part = c * ceil(ln L), capped at L; e.g. 5*ceil(ln 96) = 25, capped 5*3=15 -> 10 at L=10.
+    # docs/informer.md §1.1: U_part = c * ceil(ln L), capped at L; e.g. 5*ceil(ln 96) = 25, capped 5*3=15 -> 10 at L=10.
     assert probsparse_counts(l, l, factor) == (expected, expected)
 
 

@@ -241,11 +241,15 @@ def test_cli_refuses_options_that_differ_from_the_checkpoint(trained, tmp_path, 
     sd = torch.load(ckpt, weights_only=True)["state_dict"]
     assert torch.equal(res.model.state_dict()["model.head.weight"], sd["model.head.weight"])
     # fit with --ckpt_override: a new run from the checkpoint's weights, with the config's lr
+    # (into a fresh checkpoint folder: a fit never writes over another run's checkpoints)
+    fresh = yaml.safe_load(cfg.read_text())
+    fresh["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(tmp_path / "new")
+    (tmp_path / "fresh.yaml").write_text(yaml.safe_dump(fresh))
     new = run_lightning(
         [
             "fit",
             "--config",
-            str(cfg),
+            str(tmp_path / "fresh.yaml"),
             "--ckpt",
             str(ckpt),
             "--model.init_args.lr",
@@ -460,10 +464,9 @@ def test_cli_choice_and_type_errors_print_the_cause_in_one_line(capsys):
 
 @pytest.mark.parametrize("n", ["0", "-1"])
 def test_itr_must_be_positive(n, capsys):
-    with pytest.raises(SystemExit) as e:
-        cli.main(["fit", "--config", "c.yaml", "--itr", n])
-    assert e.value.code == 2
-    assert f"--itr must be a positive number of runs, got {n}" in capsys.readouterr().err
+    assert cli.main(["fit", "--config", "c.yaml", "--itr", n]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"favit-ps fit: error: --itr must be a positive number of runs, got {n}"]
 
 
 def test_no_lightning_args_warning(monkeypatch):

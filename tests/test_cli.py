@@ -69,7 +69,7 @@ def test_data_root_fallbacks(monkeypatch, tmp_path):
 def test_fit_with_itr_dispatches_to_the_multi_seed_runner(monkeypatch):
     seen = {}
     monkeypatch.setattr(
-        "favit_probsparse.training.forecast.main", lambda argv: seen.setdefault("argv", argv) and 0
+        "favit_probsparse.experiments.repeat.main", lambda argv: seen.setdefault("argv", argv) and 0
     )
     assert cli.main(["fit", "--config", "c.yaml", "--itr", "3"]) == 0
     assert seen["argv"] == ["--config", "c.yaml", "--itr", "3"]

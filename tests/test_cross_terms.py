@@ -1,4 +1,4 @@
-"""Cross-term decomposition: posenc.md §2.5 (T2.1-T2.4), T1.5's p2p check, and the pos-decay study."""
+"""Cross-term decomposition: docs/posenc.md §2.5 (T2.1-T2.4), T1.5's p2p check, and the pos-decay study."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ΔV attention: posenc.md §3.4 (T3.1-T3.7) and the seed's definition (seed report §2.1)."""
+"""ΔV attention: docs/posenc.md §3.4 (T3.1-T3.7) and the seed's definition (seed report §2.1)."""
 
 from __future__ import annotations
 

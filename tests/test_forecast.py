@@ -270,18 +270,20 @@ def test_multi_seed_runner(tmp_path):
     cfg["model"]["init_args"].update(d_model=8, n_heads=2, d_ff=8)
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    out = tmp_path / "report.json"
+    out = tmp_path / "report"
     proc = subprocess.run(
-        [sys.executable, "-m", "favit_probsparse.training.forecast", "--config", str(path), "--itr", "2",
-         "--out", str(out), "--threads", "1"],
+        [sys.executable, "-m", "favit_probsparse.cli", "fit", "--config", str(path), "--itr", "2",
+         "--out", str(out), "--threads", "1", "--runs-dir", str(tmp_path / "runs")],
         capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, **ONE_THREAD},
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(out.read_text())
-    assert [r["seed"] for r in report["runs"]] == [0, 1]
-    mses = [r["mse"] for r in report["runs"]]
-    assert report["mean_std"]["mse"]["mean"] == pytest.approx(sum(mses) / 2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "cfg.json").read_text())
+    assert [r["seed"] for r in report["runs"]] == [0, 1] and report["seeds"] == [0, 1]
+    mses = [r["metrics"]["test_mse"] for r in report["runs"]]
+    assert report["summary"][0]["metrics"]["test_mse"]["mean"] == pytest.approx(sum(mses) / 2)
     assert mses[0] != mses[1]  # different seeds, different runs
-    assert "test mse:" in proc.stdout
-    for r in report["runs"]:  # one training-epoch time per epoch, validation excluded, so below the fit time
-        assert len(r["train_epoch_s"]) == 1 and 0 < r["train_epoch_s"][0] <= r["fit_s"]
+    assert "test_mse:" in proc.stdout
+    for seed in (0, 1):  # one training-epoch time per epoch, validation excluded, so below the fit time
+        rec = json.loads((tmp_path / "runs" / "cfg" / "itr" / f"seed{seed}" / "metrics.json").read_text())
+        assert rec["seed"] == seed and rec["hardware"]["cpu"] and rec["command"].startswith("favit-ps fit")
+        assert 0 < rec["metrics"]["train_epoch_s"] <= rec["fit_s"]

@@ -1,4 +1,4 @@
-"""Position encodings: posenc.md §1.5 (Legendre), §4 (RoPE, ALiBi) and the registry interface."""
+"""Position encodings: docs/posenc.md §1.5 (Legendre), §4 (RoPE, ALiBi) and the registry interface."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_layout_a_row_recurrence(grid):
 
 @pytest.mark.parametrize("grid", ["paper", "midpoint"])
 def test_layout_a_row_norms(grid):
-    # unnormalised row norm² ≈ d/(2n+1): within 1% for n ≤ d/32 (posenc.md says d/16; measured 3.5-8% there)
+    # unnormalised row norm² ≈ d/(2n+1): within 1% for n ≤ d/32 (docs/posenc.md §1.5: the design notes said d/16; measured 3.5-8% there)
     d = 512
     t = legendre_table_a(d // 32, d, grid, "none", 0)
     n = np.arange(d // 32)

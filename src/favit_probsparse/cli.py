@@ -109,7 +109,7 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
         return int(predict_main(rest) or 0)
     if cmd == "fit" and any(a == "--itr" or a.startswith("--itr=") for a in rest):
         # the official Informer `--itr N`: N seeded fit+test runs, reported as mean ± std
-        from favit_probsparse.training.forecast import main as itr_main
+        from favit_probsparse.experiments.repeat import main as itr_main
 
         return int(itr_main(rest) or 0)
     if cmd in LIGHTNING_SUBCOMMANDS:

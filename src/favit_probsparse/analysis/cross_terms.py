@@ -1,4 +1,4 @@
-"""Exact four-term decomposition of attention logits under an additive position encoding (``posenc.md`` §2).
+"""Exact four-term decomposition of attention logits under an additive position encoding (``docs/posenc.md`` §2).
 
 For one attention layer with input ``h = x + p`` (content + position), per head,
 

@@ -1,7 +1,7 @@
 """Cross-term analysis of a (trained) Informer: per self-attention layer and head, the four maps token-token,
 token-pos, pos-token, pos-pos and the bias remainder that sum exactly to the attention logits.
 
-How the layer input is split into content ``x`` and position ``p`` (``posenc.md`` §2.1):
+How the layer input is split into content ``x`` and position ``p`` (``docs/posenc.md`` §2.1):
 
 * ``injected``: the model injects positions into this layer's logits (``pos_inject="layers"|"both"``): ``x`` is the
   layer input, ``p`` the encoding table. Only the layer's selected terms (``pos_terms``) are active; the logits

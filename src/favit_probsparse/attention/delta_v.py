@@ -1,4 +1,4 @@
-"""ΔV ("tangential space") attention — seed report §2.1, ``posenc.md`` §3.
+"""ΔV ("tangential space") attention — seed report §2.1, ``docs/posenc.md`` §3.
 
 The seed's definition: the context of token i adds attention-weighted *value differences*,
 
@@ -9,13 +9,13 @@ mask is permutation-equivariant; ``D P ≠ P D`` for the difference operator D a
 Because the ΔV term uses the same weights A, ``out = A (V + g·ΔV)``: the operator wraps any attention
 (full or ProbSparse) and hands it the values ``V + g·M(V)``.
 
-Options (``posenc.md`` §3.2):
+Options (``docs/posenc.md`` §3.2):
 
 * ``boundary``: the rule for t = 0: ``"replicate"`` (v_{−1} := v_0, Δv_0 = 0; default, no absolute marker),
   ``"zero"`` (v_{−1} := 0, leaks position 0), ``"circular"`` (v_{−1} := v_{T−1}; cyclic-shift-equivariant).
 * ``momentum=True``: replace the tangent U = ΔV by its EMA ``M_t = β M_{t−1} + (1−β) U_t`` (M_{−1} = 0), β per head
   (``learn_beta``: β = sigmoid(b_h), learned), computed as a causal Toeplitz product.
-* ``tangent_logits`` (λ): add ``λ·scale·(ΔQ)(ΔK)ᵀ`` to the logits (the "full TSA" of posenc.md; tied projections,
+* ``tangent_logits`` (λ): add ``λ·scale·(ΔQ)(ΔK)ᵀ`` to the logits (the "full TSA" of ``docs/posenc.md`` §3.2; tied projections,
   since D(XW) = (DX)W). λ = 0 (default) is the seed's value-only ΔV.
 * ``gate`` (g): fixed scalar (default 1, the seed's unweighted sum) or learned per head (``learn_gate``).
 

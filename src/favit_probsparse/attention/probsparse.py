@@ -3,7 +3,7 @@
 Layout everywhere: ``q`` [B, H, L_Q, D], ``k`` [B, H, L_K, D], ``v`` [B, H, L_K, D_v]; output [B, H, L_Q, D_v]
 (the layout of :func:`torch.nn.functional.scaled_dot_product_attention`).
 
-Official semantics (Informer2020 ``models/attn.py``, ``ProbAttention``; see ``informer.md`` §1.1):
+Official semantics (Informer2020 ``models/attn.py``, ``ProbAttention``; see ``docs/informer.md`` §1.1):
 
 1. ``U_part = c·ceil(ln L_K)`` keys are sampled per query, with replacement, from one ``[L_Q, U_part]`` index
    matrix shared by the whole batch and all heads; ``u = c·ceil(ln L_Q)`` active queries. Both capped at L.

@@ -1,6 +1,6 @@
 """ETT (Electricity Transformer Temperature) datasets under the exact Informer / TSL protocol.
 
-Protocol (``informer.md`` §2; Informer2020 ``data/data_loader.py`` ``Dataset_ETT_hour`` / ``Dataset_ETT_minute``):
+Protocol (``docs/informer.md`` §2; Informer2020 ``data/data_loader.py`` ``Dataset_ETT_hour`` / ``Dataset_ETT_minute``):
 
 * Borders, with a month of 30 days: hourly train ``[0, 8640)``, val ``[8640 - seq_len, 11520)``, test
   ``[11520 - seq_len, 14400)`` (12/4/4 months; val/test carry ``seq_len`` steps of history); 15-minute data ×4.

@@ -2,7 +2,8 @@
 
 * ``quick`` (the README's main job, < 10 min on 2 CPU cores): trains and evaluates a small FaViT (CIFAR variant,
   32²) with several cross-window fusions on the real CIFAR-10 subset and prints the result table
-  (``configs/ablations/quick.yaml`` through the ablation runner).
+  (``configs/ablations/quick.yaml`` through the ablation runner); the report goes to the git-ignored
+  ``runs/quick/`` unless ``--out`` names another folder (``--out results`` updates the committed one).
 * ``attention``: the ProbSparse attention benchmark at short lengths (``benchmarks/attention.py`` has the full one).
 * any other name: ``configs/ablations/<name>.yaml`` through the ablation runner (e.g. ``fusion_cifar10``).
 """
@@ -26,6 +27,9 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("target", help="quick | attention | <grid name under configs/ablations/>")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the grid's seeds")
+    p.add_argument(
+        "--out", default=None, help="report folder (default: the git-ignored run folder runs/<grid name>)"
+    )
     a = p.parse_args(argv)
     if a.target == "attention":
         import runpy
@@ -49,4 +53,6 @@ def main(argv: list[str]) -> int:
     args = [str(grid)]
     if a.seeds:
         args += ["--seeds", *map(str, a.seeds)]
+    if a.out:  # e.g. `--out results` to update the committed result note on purpose
+        args += ["--out", a.out]
     return int(ablate_main(args) or 0)

@@ -1,6 +1,6 @@
 """Informer (Zhou et al., AAAI 2021) for long-sequence forecasting, built on :mod:`favit_probsparse.attention`.
 
-Architecture as the official Informer2020 code (``informer.md`` §1):
+Architecture as the official Informer2020 code (``docs/informer.md`` §1):
 
 * :class:`DataEmbedding` = value (Conv1d k=3, circular) + position (``pos_encoding``) + temporal
   (``timeF`` linear, or ``fixed`` / ``learned`` calendar tables), then dropout.
@@ -10,7 +10,7 @@ Architecture as the official Informer2020 code (``informer.md`` §1):
   Generative "start token" decoding: the decoder input is the last ``label_len`` known steps followed by
   ``pred_len`` zeros (:func:`decoder_input`), one forward pass for the whole horizon.
 
-Protocol presets (``informer.md`` §3) differ only in these switches (each one can be overridden):
+Protocol presets (``docs/informer.md`` §3) differ only in these switches (each one can be overridden):
 
 ================  ====================  ===============  ========  ==========  =======  ======
 preset            head/time "mix"       cross-attention  distil    embedding   dropout  factor
@@ -481,7 +481,7 @@ class Decoder(nn.Module):
 # ================================================================================================================
 @dataclass(frozen=True)
 class InformerPreset:
-    """Protocol-mode switches (``informer.md`` §3); see the module docstring's table."""
+    """Protocol-mode switches (``docs/informer.md`` §3); see the module docstring's table."""
 
     mix: str  # one of MIX_MODES
     cross_attention: str  # "full" | "prob"

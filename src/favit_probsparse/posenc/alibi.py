@@ -1,4 +1,4 @@
-"""ALiBi (Press, Smith, Lewis, arXiv:2108.12409) — ``posenc.md`` §4.
+"""ALiBi (Press, Smith, Lewis, arXiv:2108.12409) — ``docs/posenc.md`` §4.
 
 No input encoding; a head-specific linear distance penalty on the logits. Slopes ``m_h = 2^(−8h/H)`` for H a
 power of two; otherwise the power-of-two sequence for ``2^⌊log2 H⌋`` heads followed by the odd-indexed entries of

@@ -1,4 +1,4 @@
-"""Legendre-polynomial position encodings (PoPE, arXiv:2405.04585) — see ``posenc.md`` §1.
+"""Legendre-polynomial position encodings (PoPE, arXiv:2405.04585) — see ``docs/posenc.md`` §1.
 
 Two layouts:
 

@@ -1,4 +1,4 @@
-"""Rotary position embedding (RoFormer, Su et al., arXiv:2104.09864) — ``posenc.md`` §4.
+"""Rotary position embedding (RoFormer, Su et al., arXiv:2104.09864) — ``docs/posenc.md`` §4.
 
 Each feature pair of a head is rotated by angle ``m·θ_i`` with ``θ_i = base^(−2i/D)`` at position m, so
 ``⟨R_m q, R_n k⟩ = qᵀ R_{n−m} k`` depends on the offset only. Applied to queries and keys (never values) in every

@@ -1,4 +1,4 @@
-"""Term selection for position injection inside attention (seed Tables 5-6, ``posenc.md`` §2.4).
+"""Term selection for position injection inside attention (seed Tables 5-6, ``docs/posenc.md`` §2.4).
 
 With content ``x`` and positions ``p`` projected separately (``q_x = x W_Q + b_Q``, ``q_p = p W_Q``, same for k),
 the logits of a selected set of terms ``τ ∈ {c2c, c2p, p2c, p2p}`` are ``Σ_τ q_a(τ) · k_b(τ)`` with (a, b) =

@@ -400,6 +400,16 @@ class ImageClassifier(CheckpointMetadata, LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
     # ------------------------------------------------------------------ reporting
+    @classmethod
+    def model_stats_inputs(cls, init_args: dict, datamodule) -> tuple[dict, dict]:
+        """What :meth:`model_stats` needs from the data, without a trainer (``favit-ps ablate --stats-only``):
+        the class count when ``num_classes`` is unset, and the datamodule's image size."""
+        init = dict(init_args)
+        if init.get("num_classes") is None:
+            init["num_classes"] = int(datamodule.num_classes)
+        img_size = getattr(datamodule, "img_size", None)
+        return init, ({"img_size": int(img_size)} if img_size else {})
+
     def model_stats(self, img_size: int | None = None) -> dict[str, float | None]:
         """Parameters (M) and GMACs of the (non-EMA) model for one image (default: the datamodule's img_size)."""
         img_size = img_size or _datamodule_attr(

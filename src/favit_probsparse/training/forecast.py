@@ -1,6 +1,7 @@
-"""Forecasting training/evaluation: a LightningModule for Informer on ETT, and a multi-seed (``--itr``) runner.
+"""Forecasting training/evaluation: a LightningModule for Informer on ETT (multi-seed ``--itr`` runs:
+:mod:`favit_probsparse.experiments.repeat`).
 
-Official Informer2020 training protocol (``informer.md`` §1.6): Adam(lr 1e-4, no weight decay, no clipping),
+Official Informer2020 training protocol (``docs/informer.md`` §1.6): Adam(lr 1e-4, no weight decay, no clipping),
 MSE loss on ``batch_y[:, -pred_len:, f_dim:]`` (``f_dim = -1`` for MS), ``lradj type1`` (epochs 1-2 at lr0, then
 halved after every epoch), early stopping on the validation MSE (patience 3), 6 epochs, the best checkpoint is
 reloaded before testing. Metrics: MAE, MSE, RMSE, MAPE, MSPE over all test windows, steps and channels, on the
@@ -17,25 +18,15 @@ Differences from the official loop, all deliberate and documented:
   not disturb the training stream. The official code sets no seed at all.
 * No per-step host synchronisation: metrics are accumulated on the device and read once per epoch.
 
-Multi-seed runs (the official ``--itr N``)::
-
-    python -m favit_probsparse.training.forecast --config configs/forecast/X.yaml --itr 5 [--seeds 0 1 ...]
-        [--out results/runs/X.json] [any LightningCLI override, e.g. --trainer.max_epochs 1]
-
-runs fit + test (best checkpoint) per seed and prints/writes mean ± std of the test metrics.
+Multi-seed runs (the official ``--itr N``): ``favit-ps fit --config configs/forecast/X.yaml --itr 5`` (see
+:mod:`favit_probsparse.experiments.repeat`).
 """
 
 from __future__ import annotations
 
-import argparse
 import inspect
-import json
 import math
-import platform
-import statistics
-import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -44,7 +35,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from favit_probsparse.models.informer import Informer, decoder_input
 from favit_probsparse.training.checkpoint import CheckpointMetadata, class_path
 
-__all__ = ["METRICS", "InformerForecaster", "TestAfterFit", "lr_lambda", "main", "run_seeds"]
+__all__ = ["METRICS", "InformerForecaster", "TestAfterFit", "lr_lambda"]
 
 METRICS = ("mae", "mse", "rmse", "mape", "mspe")
 
@@ -435,109 +426,3 @@ class TestAfterFit(Callback):
         ):
             ckpt = None
         trainer.test(pl_module, datamodule=trainer.datamodule, ckpt_path=ckpt, verbose=True)
-
-
-# ====================================================================================================================
-# multi-seed runner (--itr)
-# ====================================================================================================================
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def run_seeds(
-    config: str, seeds: Sequence[int], overrides: Sequence[str] = (), out: str | None = None
-) -> dict:
-    """``fit`` then ``test`` (best checkpoint) once per seed via LightningCLI; returns per-seed and mean ± std."""
-    from favit_probsparse.training import lightning_cli
-
-    runs = []
-    for seed in seeds:
-        args = [
-            "--config",
-            config,
-            "--seed_everything",
-            str(seed),
-            "--model.init_args.seed",
-            str(seed),
-            "--data.init_args.seed",
-            str(seed),
-            *overrides,
-        ]
-        t0 = time.time()
-        cli = lightning_cli(args, run=False)
-        trainer, model = cli.trainer, cli.model
-        fit_t0 = time.time()
-        trainer.fit(model, datamodule=cli.datamodule)
-        fit_s = time.time() - fit_t0
-        has_best = bool(trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path)
-        if not model.test_results:  # TestAfterFit not configured
-            trainer.test(
-                model, datamodule=cli.datamodule, ckpt_path="best" if has_best else None, verbose=False
-            )
-        res = dict(model.test_results)
-        run = {
-            "seed": seed,
-            "epochs": trainer.current_epoch,
-            "fit_s": round(fit_s, 1),
-            "train_epoch_s": [round(t, 3) for t in model.train_epoch_seconds],
-            "total_s": round(time.time() - t0, 1),
-            "best_ckpt": trainer.checkpoint_callback.best_model_path if has_best else None,
-            "best_val_loss": float(trainer.checkpoint_callback.best_model_score)
-            if has_best and trainer.checkpoint_callback.best_model_score is not None
-            else None,
-            **res,
-        }
-        runs.append(run)
-        print(json.dumps(run), flush=True)
-    keys = [k for k in runs[0] if k not in ("seed", "best_ckpt", "train_epoch_s")] if runs else []
-    summary = {k: _mean_std([r[k] for r in runs if isinstance(r.get(k), int | float)]) for k in keys}
-    report = {
-        "config": config,
-        "overrides": list(overrides),
-        "seeds": list(seeds),
-        "runs": runs,
-        "mean_std": {k: {"mean": m, "std": s} for k, (m, s) in summary.items()},
-        "host": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
-        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-    }
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(report, indent=2))
-    for k in ("mse", "mae"):
-        if k in summary:
-            m, s = summary[k]
-            print(f"test {k}: {m:.4f} ± {s:.4f} over {len(runs)} seeds", flush=True)
-    return report
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--itr", type=int, default=None, help="number of runs (seeds 0..N-1 unless --seeds)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    parser.add_argument("--out", default=None, help="write the JSON report here")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared CPU)")
-    args, overrides = parser.parse_known_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    if args.itr is not None and args.itr < 1:
-        parser.error(f"--itr must be a positive number of runs, got {args.itr}")
-    if args.seeds is not None and not args.seeds:
-        parser.error("--seeds needs at least one seed")
-    seeds = args.seeds if args.seeds is not None else list(range(args.itr if args.itr is not None else 1))
-    if args.itr is not None and args.seeds is not None and len(args.seeds) != args.itr:
-        parser.error(f"--itr {args.itr} but {len(args.seeds)} --seeds given")
-    run_seeds(args.config, seeds, overrides, args.out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
 
 from favit_probsparse.training.checkpoint import (
     CheckpointError,
@@ -32,6 +31,7 @@ from favit_probsparse.training.checkpoint import (
     hparam_differences,
     load_checkpoint,
 )
+from favit_probsparse.training.checkpoints import FreshRunCLI
 
 __all__ = ["USER_ERRORS", "ProjectCLI", "user_error_message"]
 
@@ -42,7 +42,15 @@ _EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 def _user_errors() -> tuple[type[BaseException], ...]:
     from jsonargparse import ArgumentError
 
-    return (ValueError, TypeError, FileNotFoundError, NotADirectoryError, FloatingPointError, ArgumentError)
+    return (
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        FloatingPointError,
+        ArgumentError,
+    )
 
 
 USER_ERRORS = _user_errors()
@@ -107,12 +115,14 @@ def user_error_message(exc: BaseException) -> str:
     return " ".join(msg.split())
 
 
-class ProjectCLI(LightningCLI):
-    """LightningCLI subclass implementing the checkpoint rules of the module docstring."""
+class ProjectCLI(FreshRunCLI):
+    """LightningCLI (with the one-folder-per-run check of :class:`FreshRunCLI`) implementing the checkpoint rules
+    of the module docstring."""
 
     def add_arguments_to_parser(self, parser) -> None:
         from jsonargparse import ActionYesNo
 
+        super().add_arguments_to_parser(parser)
         parser.add_argument(
             "--ckpt_override",
             action=ActionYesNo,

@@ -1,0 +1,304 @@
+"""The grid file: rows of dotted overrides over one Lightning config (schema, validation, overrides).
+
+Grid file (YAML)::
+
+    name: fusion-ablation-cifar10       # runs/<name>/ and the report's file names (default: file stem)
+    title: Cross-window fusion on CIFAR-10 (subset)      # optional heading
+    description: |                      # optional text printed under the heading (markdown)
+      ...
+    base_config: configs/vision/favit_cifar_b0_cifar10subset.yaml   # a `favit-ps fit` config; relative paths are
+                                        # tried against the current folder, then the grid file's folder
+    base_overrides:                     # dotted keys into the config's YAML, applied to every row
+      trainer.max_epochs: 5
+    metric:                             # the number the table reports (a key of trainer.callback_metrics)
+      name: test/acc1
+      mode: max                         # max: higher is better; min: lower is better (test/mse)
+      scale: 100                        # display factor (accuracy in [0, 1] shown as %)
+      label: Top-1 (%)
+      digits: 2
+    extra_metrics:                      # optional further columns (mean ± std over seeds)
+      - {name: test/acc5, label: Top-5 (%), scale: 100}
+    seeds: [0, 1]                       # default seeds (`--seeds` overrides)
+    test: true                          # run `test` after `fit` (false: report the fit's last logged metrics)
+    test_ckpt: last                     # test the final weights (last) or the best checkpoint (best)
+    timeout_s: 3600                     # optional per-run wall limit
+    reference_label: report Table 1     # optional: name of the reference column
+    reference_note: ...                 # optional: how the reference relates to our numbers
+    env: {OMP_NUM_THREADS: "1"}         # optional environment defaults for the runs (the caller's env wins)
+    rows:
+      - name: max                       # folder-safe id (runs/<grid>/<row>/seed<k>/)
+        label: Max pooling              # optional display name
+        overrides:                      # dotted keys, merged over base_config + base_overrides
+          model.init_args.model_kwargs.fusion: max
+        reference: 68.9                 # optional paper/report number shown beside ours (any text or number)
+
+Dotted keys address the YAML tree of the config (``model.init_args.model_kwargs.fusion``); an integer segment
+indexes a list (``trainer.callbacks.0.init_args.monitor``); missing dict levels are created; the value is any
+YAML value.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "GRID_KEYS",
+    "Grid",
+    "Metric",
+    "Row",
+    "apply_overrides",
+    "config_hash",
+    "load_grid",
+    "parse_set",
+    "read_yaml",
+    "redirect_outputs",
+]
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+@dataclass
+class Row:
+    name: str
+    label: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    reference: Any = None
+
+
+@dataclass
+class Metric:
+    name: str
+    mode: str = "max"
+    scale: float = 1.0
+    label: str | None = None
+    digits: int = 2
+
+    @classmethod
+    def parse(cls, spec: Any, where: str) -> Metric:
+        if isinstance(spec, str):
+            spec = {"name": spec}
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ValueError(f"{where}: a metric is a name or a mapping with 'name', got {spec!r}")
+        unknown = set(spec) - {"name", "mode", "scale", "label", "digits"}
+        if unknown:
+            raise ValueError(f"{where}: unknown metric keys {sorted(unknown)}")
+        m = cls(**spec)
+        if m.mode not in ("max", "min"):
+            raise ValueError(f"{where}: metric mode must be 'max' or 'min', got {m.mode!r}")
+        return m
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
+
+
+@dataclass
+class Grid:
+    """A grid of runs: ``rows`` (overrides) × seeds over ``base_config``.
+
+    ``cli_args`` are extra LightningCLI arguments (``--trainer.max_epochs 1``) given to every run after the
+    config, as ``favit-ps fit --config C --itr N [args]`` passes them.
+    """
+
+    name: str
+    path: Path | None
+    base_config: Path
+    rows: list[Row]
+    metric: Metric
+    extra_metrics: list[Metric] = field(default_factory=list)
+    base_overrides: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    title: str | None = None
+    description: str | None = None
+    test: bool | str = True  # True, False, or "if-missing" (test unless fit already logged the metric)
+    test_ckpt: str = "last"
+    timeout_s: float | None = None
+    reference_label: str = "reference"
+    reference_note: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    cli_args: list[str] = field(default_factory=list)
+
+
+GRID_KEYS = {
+    "name",
+    "title",
+    "description",
+    "base_config",
+    "base_overrides",
+    "metric",
+    "extra_metrics",
+    "seeds",
+    "test",
+    "test_ckpt",
+    "timeout_s",
+    "reference_label",
+    "reference_note",
+    "env",
+    "rows",
+}
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """``yaml.safe_load`` of a file; a syntax error names the file, line and column."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ValueError(f"{where}: invalid YAML: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: invalid YAML: {e}") from None
+
+
+def load_grid(path: str | os.PathLike) -> Grid:
+    """Read and validate a grid YAML file (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"grid file {path} not found")
+    raw = read_yaml(path) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a grid file is a YAML mapping")
+    unknown = set(raw) - GRID_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)} (known: {sorted(GRID_KEYS)})")
+    for key in ("base_config", "metric", "rows"):
+        if key not in raw:
+            raise ValueError(f"{path}: missing required key {key!r}")
+    base = Path(raw["base_config"])
+    candidates = [base] if base.is_absolute() else [base, path.parent / base]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise FileNotFoundError(
+            f"{path}: base_config {raw['base_config']} not found (tried "
+            f"{', '.join(str(c) for c in candidates)})"
+        )
+    rows = []
+    if not isinstance(raw["rows"], list) or not raw["rows"]:
+        raise ValueError(f"{path}: 'rows' must be a non-empty list")
+    for i, r in enumerate(raw["rows"]):
+        if not isinstance(r, dict) or "name" not in r:
+            raise ValueError(f"{path}: row {i} needs a 'name'")
+        bad = set(r) - {"name", "label", "overrides", "reference"}
+        if bad:
+            raise ValueError(f"{path}: row {r['name']!r} has unknown keys {sorted(bad)}")
+        name = str(r["name"])
+        if not NAME_RE.match(name):
+            raise ValueError(f"{path}: row name {name!r} must be folder-safe (letters, digits, _ . + -)")
+        ov = r.get("overrides") or {}
+        if not isinstance(ov, dict):
+            raise ValueError(f"{path}: row {name!r} overrides must be a mapping of dotted keys")
+        rows.append(
+            Row(name=name, label=str(r.get("label", name)), overrides=ov, reference=r.get("reference"))
+        )
+    names = [r.name for r in rows]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{path}: duplicate row names {dup}")
+    name = str(raw.get("name") or path.stem)
+    if not NAME_RE.match(name):
+        raise ValueError(f"{path}: grid name {name!r} must be folder-safe")
+    test_ckpt = str(raw.get("test_ckpt", "last"))
+    if test_ckpt not in ("last", "best"):
+        raise ValueError(f"{path}: test_ckpt must be 'last' or 'best'")
+    seeds = raw.get("seeds", [0])
+    try:
+        seeds = [int(s) for s in (seeds if isinstance(seeds, list) else [seeds])]
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: seeds must be integers, got {raw.get('seeds')!r}") from None
+    return Grid(
+        name=name,
+        path=path,
+        base_config=found,
+        rows=rows,
+        metric=Metric.parse(raw["metric"], f"{path}: metric"),
+        extra_metrics=[Metric.parse(m, f"{path}: extra_metrics") for m in raw.get("extra_metrics") or []],
+        base_overrides=dict(raw.get("base_overrides") or {}),
+        seeds=seeds,
+        title=raw.get("title"),
+        description=raw.get("description"),
+        test=bool(raw.get("test", True)),
+        test_ckpt=test_ckpt,
+        timeout_s=raw.get("timeout_s"),
+        reference_label=str(raw.get("reference_label", "reference")),
+        reference_note=raw.get("reference_note"),
+        env={str(k): str(v) for k, v in (raw.get("env") or {}).items()},
+    )
+
+
+def apply_overrides(cfg: dict, overrides: dict[str, Any]) -> dict:
+    """Return a copy of ``cfg`` with dotted-key ``overrides`` applied (see the module docstring)."""
+    cfg = copy.deepcopy(cfg)
+    for key, value in overrides.items():
+        parts = str(key).split(".")
+        node: Any = cfg
+        for j, part in enumerate(parts):
+            last = j == len(parts) - 1
+            if isinstance(node, list):
+                try:
+                    idx = int(part)
+                    node[idx]  # bounds check
+                except (ValueError, IndexError):
+                    raise KeyError(
+                        f"override {key!r}: {part!r} is not a valid index of a list of {len(node)}"
+                    ) from None
+                if last:
+                    node[idx] = copy.deepcopy(value)
+                else:
+                    node = node[idx]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = copy.deepcopy(value)
+                else:
+                    if node.get(part) is None:
+                        node[part] = {}
+                    node = node[part]
+            else:
+                raise KeyError(
+                    f"override {key!r}: {'.'.join(parts[:j])!r} is a {type(node).__name__}, "
+                    "not a mapping or list"
+                )
+    return cfg
+
+
+def redirect_outputs(cfg: dict, run_dir: Path, seed: int) -> dict:
+    """Point the run's seed, ``default_root_dir``, loggers and checkpoints at ``run_dir`` (one folder per run)."""
+    cfg = copy.deepcopy(cfg)
+    cfg["seed_everything"] = int(seed)
+    trainer = cfg.setdefault("trainer", {}) or {}
+    cfg["trainer"] = trainer
+    trainer["default_root_dir"] = str(run_dir)
+    loggers = trainer.get("logger")
+    for lg in loggers if isinstance(loggers, list) else [loggers]:
+        if isinstance(lg, dict):
+            lg.setdefault("init_args", {})["save_dir"] = str(run_dir)
+    for cb in trainer.get("callbacks") or []:
+        if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith("ModelCheckpoint"):
+            cb.setdefault("init_args", {})["dirpath"] = str(run_dir / "checkpoints")
+    return cfg
+
+
+def config_hash(cfg: dict, cli_args: list[str] | None = None) -> str:
+    """Content hash of a run's config (and extra CLI arguments): an unchanged hash means the run can be skipped."""
+    payload = cfg if not cli_args else {"config": cfg, "cli_args": list(cli_args)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def parse_set(items: list[str] | None) -> dict[str, Any]:
+    """``["a.b=1", "c=[1, 2]"]`` -> ``{"a.b": 1, "c": [1, 2]}`` (values are YAML)."""
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise ValueError(f"--set expects key=value, got {it!r}")
+        k, v = it.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out

@@ -1,0 +1,336 @@
+"""Run every (row, seed) of a grid, each in its own subprocess, and collect the result records.
+
+Each run gets its own folder ``runs/<grid>/<row>/seed<k>/`` with the merged ``config.yaml`` (what runs),
+``run.json`` (what the worker needs), ``log.txt`` (its output) and at the end a result record: ``metrics.json``
+(finished) or ``failed.json`` (exit code, error, log tail). A crash, a timeout or an out-of-memory in one run is
+recorded and the grid goes on. Re-running skips finished runs whose config is unchanged and re-runs failed or
+changed ones (``force`` re-runs all). Ctrl-C or SIGTERM stops the current run's process too.
+
+:func:`collect` reads back every record present for a grid (also seeds of earlier invocations), so a report
+built from it merges runs made at different times (``--seeds 1`` after ``--seeds 0`` reports both).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from favit_probsparse.experiments.grid import (
+    Grid,
+    Row,
+    apply_overrides,
+    config_hash,
+    read_yaml,
+    redirect_outputs,
+)
+from favit_probsparse.experiments.records import (
+    DONE,
+    FAILED,
+    CorruptRecordError,
+    read_record,
+    write_json,
+    write_record,
+    write_text,
+)
+
+__all__ = ["RunResult", "collect", "raise_interrupt", "run_dir_of", "run_grid", "seeds_on_disk"]
+
+_SEED_DIR = re.compile(r"^seed(-?\d+)$")
+
+
+@dataclass
+class RunResult:
+    row: str
+    seed: int
+    status: str  # done | failed | pending | not run | skipped (budget)
+    metrics: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    wall_s: float | None = None
+    error: str | None = None
+    reused: bool = False
+    finished: str | None = None
+
+
+def run_dir_of(grid: Grid, row: Row | str, seed: int, runs_dir: Path) -> Path:
+    return (
+        Path(runs_dir) / grid.name / (row if isinstance(row, str) else row.name) / f"seed{seed}"
+    ).resolve()
+
+
+def _base_config(grid: Grid) -> dict:
+    cfg = read_yaml(grid.base_config) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{grid.base_config}: a config file is a YAML mapping")
+    cfg.setdefault("trainer", {})
+    if isinstance(cfg["trainer"], dict):
+        cfg["trainer"].setdefault("enable_progress_bar", False)
+    return cfg
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    lines = [ln for ln in lines if ln.strip() and "it/s]" not in ln]
+    return "\n".join(lines[-n:])
+
+
+def _error_line(log_tail: str) -> str:
+    for line in reversed(log_tail.splitlines()):
+        s = line.strip()
+        if re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b", s) or s.startswith(
+            ("RuntimeError", "ValueError")
+        ):
+            return s[:300]
+    return (log_tail.splitlines() or ["(no output)"])[-1][:300]
+
+
+def _stop(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """Terminate a run (SIGTERM, then SIGKILL after ``grace_s``)."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def raise_interrupt(signum, frame):  # SIGTERM -> KeyboardInterrupt, so the current run is stopped too
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _result_of(path: Path, status: str, chash: str | None, row: str, seed: int) -> RunResult | None:
+    """The RunResult of a record file if it exists and belongs to config ``chash`` (None: any config)."""
+    if not path.is_file():
+        return None
+    try:
+        rec = read_record(path)
+    except CorruptRecordError as e:
+        return RunResult(row, seed, "failed", error=f"corrupt result record: {e}")
+    if chash is not None and rec.get("config_hash") != chash:
+        return None
+    return RunResult(
+        row,
+        seed,
+        status,
+        rec.get("metrics", {}) if status == "done" else {},
+        rec.get("stats", {}) or {},
+        rec.get("wall_s") or rec.get("fit_s"),
+        error=rec.get("error"),
+        reused=True,
+        finished=rec.get("date") or rec.get("finished"),
+    )
+
+
+def _run_one(
+    grid: Grid,
+    row: Row,
+    seed: int,
+    base_cfg: dict,
+    runs_dir: Path,
+    extra: dict,
+    force: bool,
+    timeout_s: float | None,
+    dry_run: bool,
+    quiet: bool,
+    command: str | None,
+) -> RunResult:
+    run_dir = run_dir_of(grid, row, seed, runs_dir)
+    cfg = apply_overrides(base_cfg, {**grid.base_overrides, **extra, **row.overrides})
+    cfg = redirect_outputs(cfg, run_dir, seed)
+    chash = config_hash(cfg, grid.cli_args)
+    done = run_dir / DONE
+    if not force:
+        prev = _result_of(done, "done", chash, row.name, seed)
+        if prev is not None and prev.status == "done":
+            return prev
+        if prev is not None and not (quiet or dry_run):  # corrupt
+            print(f"[runner] {row.name}/seed{seed}: {prev.error}; running again", flush=True)
+        elif done.is_file() and not (quiet or dry_run):
+            print(f"[runner] {row.name}/seed{seed}: config changed since the finished run; running again")
+    if dry_run:
+        prev = _result_of(run_dir / FAILED, "failed", chash, row.name, seed)
+        if prev is None and done.is_file():  # a corrupt done-marker
+            prev = _result_of(done, "done", None, row.name, seed)
+            prev = prev if prev is not None and prev.status == "failed" else None
+        return prev or RunResult(row.name, seed, "pending")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (DONE, FAILED):
+        (run_dir / stale).unlink(missing_ok=True)
+    # a fresh checkpoint folder: `last.ckpt` must be this run's, not an earlier attempt's
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    import yaml
+
+    write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    spec = {
+        "grid": grid.name,
+        "row": row.name,
+        "seed": seed,
+        "test": grid.test,
+        "test_ckpt": grid.test_ckpt,
+        "metric": grid.metric.name,
+        "config_hash": chash,
+        "cli_args": list(grid.cli_args),
+        "command": command,
+    }
+    write_json(run_dir / "run.json", spec)
+    cmd = [sys.executable, "-m", "favit_probsparse.experiments.worker", str(run_dir)]
+    t0 = time.time()
+    if not quiet:
+        print(f"[runner] {grid.name}: {row.name} seed {seed} ...", flush=True)
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    for k, v in grid.env.items():  # the grid's defaults; the caller's environment wins
+        env.setdefault(k, v)
+    with open(run_dir / "log.txt", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            rc = None
+        except BaseException:  # Ctrl-C / SIGTERM of the runner: never leave the run behind
+            _stop(proc)
+            raise
+    wall = time.time() - t0
+    err = None
+    if rc == 0 and done.is_file():
+        try:
+            rec = read_record(done)
+        except CorruptRecordError as e:
+            rec, err = None, str(e)
+        value = rec["metrics"].get(grid.metric.name) if rec is not None else None
+        if rec is not None and not (isinstance(value, int | float) and math.isfinite(value)):
+            # never a finished run without its number: NaN is stored as null, a typo'd metric is absent
+            logged = ", ".join(sorted(k for k, v in rec["metrics"].items() if v is not None)[:10])
+            rec, err = None, f"{grid.metric.name} is missing or not finite after the run (logged: {logged})"
+            done.unlink(missing_ok=True)
+        if rec is not None:
+            rec["wall_s"] = wall
+            write_json(done, rec)
+            if not quiet:
+                m = rec["metrics"].get(grid.metric.name)
+                shown = "n/a" if m is None else f"{m * grid.metric.scale:.{grid.metric.digits}f}"
+                print(f"[runner]   done in {wall:.0f}s: {grid.metric.name} = {shown}", flush=True)
+            return RunResult(
+                row.name, seed, "done", rec["metrics"], rec.get("stats", {}), wall, finished=rec.get("date")
+            )
+    tail = _tail(run_dir / "log.txt")
+    if err is None:
+        err = (
+            f"timed out after {timeout_s:.0f}s"
+            if rc is None
+            else (_error_line(tail) if rc != 0 else f"the run exited 0 but wrote no {DONE}")
+        )
+    write_record(
+        run_dir / FAILED,
+        status="failed",
+        seed=seed,
+        config=str(run_dir / "config.yaml"),
+        config_hash=chash,
+        command=command,
+        grid=grid.name,
+        row=row.name,
+        returncode=rc,
+        error=err,
+        log_tail=tail,
+        wall_s=wall,
+    )
+    if not quiet:
+        print(f"[runner]   FAILED ({err}); log: {run_dir / 'log.txt'}", flush=True)
+    return RunResult(row.name, seed, "failed", wall_s=wall, error=err)
+
+
+def run_grid(
+    grid: Grid,
+    seeds: list[int],
+    runs_dir: Path,
+    rows: list[str] | None = None,
+    extra_overrides: dict | None = None,
+    force: bool = False,
+    budget_s: float | None = None,
+    timeout_s: float | None = None,
+    dry_run: bool = False,
+    report_only: bool = False,
+    quiet: bool = False,
+    command: str | None = None,
+) -> list[RunResult]:
+    """Run (or with ``report_only``/``dry_run`` only look up) every (row, seed); one :class:`RunResult` each.
+
+    Runs go in seed-major order (every row for the first seed, then the next seed), so a ``budget_s`` cut keeps
+    whole seeds; unstarted runs are returned as ``skipped (budget)``.
+    """
+    base_cfg = _base_config(grid)
+    selected = [r for r in grid.rows if rows is None or r.name in rows]
+    if rows is not None:
+        unknown = sorted(set(rows) - {r.name for r in grid.rows})
+        if unknown:
+            raise ValueError(f"unknown rows {unknown}; the grid has {[r.name for r in grid.rows]}")
+    results = []
+    t_start = time.time()
+    for seed in seeds:
+        for row in selected:
+            over_budget = budget_s is not None and time.time() - t_start > budget_s
+            if report_only or over_budget:
+                res = _run_one(
+                    grid, row, seed, base_cfg, runs_dir, extra_overrides or {}, False, None, True, True, None
+                )
+                if res.status == "pending":
+                    res.status = "not run" if report_only else "skipped (budget)"
+                results.append(res)
+                continue
+            results.append(
+                _run_one(
+                    grid,
+                    row,
+                    seed,
+                    base_cfg,
+                    runs_dir,
+                    extra_overrides or {},
+                    force,
+                    timeout_s if timeout_s is not None else grid.timeout_s,
+                    dry_run,
+                    quiet,
+                    command,
+                )
+            )
+    return results
+
+
+def seeds_on_disk(grid: Grid, runs_dir: Path) -> list[int]:
+    """Seeds that have a run folder of any row of ``grid`` under ``runs_dir``."""
+    found = set()
+    for row in grid.rows:
+        d = Path(runs_dir) / grid.name / row.name
+        if d.is_dir():
+            for sub in d.iterdir():
+                m = _SEED_DIR.match(sub.name)
+                if m and ((sub / DONE).is_file() or (sub / FAILED).is_file()):
+                    found.add(int(m.group(1)))
+    return sorted(found)
+
+
+def collect(
+    grid: Grid, seeds: list[int], runs_dir: Path, extra_overrides: dict | None = None
+) -> tuple[list[RunResult], list[int]]:
+    """Every run of ``grid`` to report: the requested ``seeds`` plus any other seed with a record of the
+    current config on disk (records of an older config are left out). Returns the results and the seeds."""
+    requested = set(seeds)
+    all_seeds = sorted(requested | set(seeds_on_disk(grid, runs_dir)))
+    results = run_grid(
+        grid, all_seeds, runs_dir, extra_overrides=extra_overrides, report_only=True, quiet=True
+    )
+    kept = [r for r in results if r.seed in requested or r.status in ("done", "failed")]
+    used = sorted({r.seed for r in kept})
+    return kept, used

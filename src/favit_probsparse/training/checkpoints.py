@@ -1,0 +1,64 @@
+"""One checkpoint folder per run: a second ``fit`` into the same folder is refused instead of writing
+``last-v1.ckpt`` beside the previous run's ``last.ckpt`` (which ``--ckpt .../last.ckpt`` would then still load).
+
+``fit --ckpt PATH`` (resuming) is allowed; ``fit --overwrite true`` deletes the previous run's checkpoints first.
+Configs whose ``ModelCheckpoint`` has no ``dirpath`` save under the logger's versioned folder, which is fresh on
+every run; the check matters for fixed ``dirpath`` (the vision configs) and for runs without a logger
+(``<default_root_dir>/checkpoints``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningCLI
+
+__all__ = ["FreshRunCLI", "refuse_stale_checkpoints", "stale_checkpoints"]
+
+
+def stale_checkpoints(trainer) -> list[Path]:
+    """``*.ckpt`` files already in the folders this trainer's checkpoint callbacks will write to."""
+    found: list[Path] = []
+    for cb in trainer.checkpoint_callbacks:
+        dirpath = getattr(cb, "dirpath", None)
+        if dirpath is None and not trainer.loggers:  # Lightning's default when there is no logger
+            dirpath = Path(trainer.default_root_dir) / "checkpoints"
+        if dirpath is not None and Path(dirpath).is_dir():
+            found += sorted(Path(dirpath).glob("*.ckpt"))
+    return found
+
+
+def refuse_stale_checkpoints(trainer, ckpt_path, overwrite: bool = False) -> None:
+    """Before a fresh ``fit``: raise if another run's checkpoints are where this one will write its own
+    (``overwrite``: delete them instead). A resumed fit (``ckpt_path`` given) continues in place."""
+    if ckpt_path is not None or trainer.global_rank != 0:
+        return
+    stale = stale_checkpoints(trainer)
+    if not stale:
+        return
+    if overwrite:
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return
+    folder = stale[0].parent
+    raise FileExistsError(
+        f"{folder} already holds checkpoints of an earlier run ({', '.join(p.name for p in stale[:3])}"
+        f"{', ...' if len(stale) > 3 else ''}); resume it with --ckpt {folder / stale[0].name}, start over "
+        "with --overwrite true (deletes them), or set another trainer.default_root_dir / checkpoint dirpath"
+    )
+
+
+class FreshRunCLI(LightningCLI):
+    """LightningCLI with ``--overwrite`` and the one-folder-per-run check before ``fit``."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="fit: delete the checkpoints an earlier run left in the checkpoint folder (default: refuse)",
+        )
+
+    def before_fit(self) -> None:
+        cfg = self.config.get(str(self.subcommand), self.config)
+        refuse_stale_checkpoints(self.trainer, cfg.get("ckpt_path"), bool(cfg.get("overwrite", False)))
