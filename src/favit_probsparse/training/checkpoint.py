@@ -162,6 +162,13 @@ def _read(path: Path, map_location) -> Any:
         ) from None
 
 
+def _ours(expected: type | str) -> bool:
+    """Whether a module class writes the ``favit_probsparse`` entry (all of this package's modules do)."""
+    if isinstance(expected, str):
+        return expected.startswith("favit_probsparse.")
+    return issubclass(expected, CheckpointMetadata)
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     expected: type | str | None = None,
@@ -173,7 +180,9 @@ def load_checkpoint(
     Args:
         path: the ``.ckpt`` file.
         expected: the LightningModule class (or its ``module.Class`` path) the checkpoint must belong to; a
-            checkpoint of a parent class is accepted (a subclass adds options, it does not change weights).
+            checkpoint of a parent class is accepted (a subclass adds options, it does not change weights). For
+            a module class from outside this package, a checkpoint without the ``favit_probsparse`` entry is
+            accepted (loaded weights-only; only its saved ``_class_path`` is compared).
         task: the task the checkpoint must be for (``image-classification``, ``time-series-forecasting``).
         map_location: as in ``torch.load``.
 
@@ -190,6 +199,15 @@ def load_checkpoint(
             "a bare state dict or an exported model folder is loaded differently (see docs/export.md)"
         )
     meta = ckpt.get(META_KEY)
+    if not isinstance(meta, dict) and expected is not None and task is None and not _ours(expected):
+        # a LightningModule from elsewhere (the CLI takes any): loaded safely; its class is all we can check
+        saved = (ckpt.get("hyper_parameters") or {}).get("_class_path")
+        want = expected if isinstance(expected, str) else class_path(expected)
+        if saved and saved != want:
+            raise CheckpointError(
+                f"checkpoint {path}: wrong model: it holds a {saved} but the config's model is a {want}"
+            )
+        return ckpt
     if not isinstance(meta, dict) or "format" not in meta:
         raise CheckpointError(
             f"checkpoint {path}: written by an incompatible version (no '{META_KEY}' format entry: not written "
