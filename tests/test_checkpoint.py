@@ -34,7 +34,7 @@ from favit_probsparse.training.export import (
 ROOT = Path(__file__).resolve().parents[1]
 needs_etth1 = pytest.mark.skipif(not ett_path("ETTh1").exists(), reason="real ETTh1.csv not present")
 CLASSIFIER = "favit_probsparse.training.classification.ImageClassifier"
-FORECASTER = "favit_probsparse.training.forecast.InformerForecaster"
+FORECASTER = "favit_probsparse.training.forecast.Forecaster"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
 
 
@@ -370,14 +370,14 @@ def test_forecaster_export_round_trip_in_a_fresh_process(tmp_path, capsys):
     from lightning.pytorch import Trainer, seed_everything
 
     from favit_probsparse.data.ett import ETTDataModule
-    from favit_probsparse.training.forecast import InformerForecaster
+    from favit_probsparse.training.forecast import Forecaster
 
     seed_everything(0)
-    win = dict(seq_len=24, label_len=12, pred_len=6, features="MS")
-    model = InformerForecaster(
-        enc_in=7, dec_in=7, c_out=1, d_model=16, n_heads=2, e_layers=1, d_layers=1, d_ff=16, **win
-    )
-    dm = ETTDataModule(name="ETTh1", batch_size=8, **win)
+    win = dict(seq_len=24, label_len=12, pred_len=6)
+    net = dict(enc_in=7, dec_in=7, c_out=1, d_model=16, n_heads=2, e_layers=1, d_layers=1, d_ff=16, **win)
+    spec = {"class_path": "favit_probsparse.models.informer.Informer", "init_args": net}
+    model = Forecaster.from_config(spec, features="MS", label_len=12, pred_len=6)
+    dm = ETTDataModule(name="ETTh1", batch_size=8, features="MS", **win)
     trainer = Trainer(
         max_epochs=1,
         limit_train_batches=3,
@@ -395,8 +395,7 @@ def test_forecaster_export_round_trip_in_a_fresh_process(tmp_path, capsys):
     assert cfg["network"]["class_path"] == "favit_probsparse.models.informer.Informer"
     assert cfg["windows"] == {"seq_len": 24, "label_len": 12, "pred_len": 6}
     assert cfg["data"]["columns"][-1] == "OT" and cfg["data"]["freq"] == "h"
-    train = dm.dataset("train")
-    assert cfg["data"]["scaler"]["mean"] == pytest.approx(train.scaler.mean.tolist())
+    assert cfg["data"]["scaler"]["mean"] == pytest.approx(list(dm.scaler.mean))
     assert "CC BY-ND 4.0" in (tmp_path / "exp" / "README.md").read_text()
 
     batch = [t[None].float() for t in dm.dataset("test")[5]]

@@ -17,7 +17,8 @@ import yaml
 from lightning.pytorch import Trainer
 
 from favit_probsparse.data.ett import ETTDataModule, ett_path
-from favit_probsparse.training.forecast import InformerForecaster, _MetricSums, lr_lambda
+from favit_probsparse.models.informer import Informer
+from favit_probsparse.training.forecast import Forecaster, _MetricSums, lr_lambda
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_etth1 = pytest.mark.skipif(not ett_path("ETTh1").exists(), reason="real ETTh1.csv not present")
@@ -51,23 +52,24 @@ def test_metric_sums_match_numpy():
 
 
 def test_original_scale_metrics():
-    m = InformerForecaster(c_out=2, enc_in=2, dec_in=2, metrics_scale="both", **TINY)
-    m._mean, m._std = torch.tensor([10.0, -1.0]), torch.tensor([2.0, 0.5])
-    m._sums = {"t": _MetricSums(m.device), "t_orig": _MetricSums(m.device)}
+    m = Forecaster(Informer(c_out=2, enc_in=2, dec_in=2, **TINY))
+    m.set_scaler([0.0, 10.0, -1.0], [1.0, 2.0, 0.5])  # data scaler over 3 channels; the last 2 are predicted
+    m._eval_start("t")
     pred, true = torch.zeros(4, 3, 2), torch.ones(4, 3, 2)
     m._eval_update("t", pred, true)
-    res = {**m._sums["t"].compute(), **{k + "_orig": v for k, v in m._sums["t_orig"].compute().items()}}
+    res = m._eval_end("t")
     assert res["mse"] == pytest.approx(1.0)
-    assert res["mse_orig"] == pytest.approx((4.0 + 0.25) / 2)  # errors scaled by std: 2 and 0.5
-    assert res["mae_orig"] == pytest.approx((2.0 + 0.5) / 2)
+    assert res["mse_original"] == pytest.approx((4.0 + 0.25) / 2)  # errors scaled by std: 2 and 0.5
+    assert res["mae_original"] == pytest.approx((2.0 + 0.5) / 2)
 
 
 def _dm(**kw):
     return ETTDataModule("ETTh1", **{**dict(seq_len=24, label_len=12, pred_len=12, batch_size=128), **kw})
 
 
-def _module(**kw):
-    return InformerForecaster(**{**dict(seq_len=24, label_len=12, pred_len=12, **TINY), **kw})
+def _module(learning_rate=1e-4, **kw):
+    net = Informer(**{**dict(seq_len=24, label_len=12, pred_len=12, **TINY), **kw})
+    return Forecaster(net, learning_rate=learning_rate)
 
 
 def _trainer(tmp_path, **kw):
@@ -110,8 +112,8 @@ def test_bf16_autocast_tracks_float32():
     random-init model (14 % output change here), a discontinuity of the method, not an error of the cast.
     """
     torch.manual_seed(0)
-    model = InformerForecaster(
-        seq_len=24, label_len=12, pred_len=12, attention="full", **{**TINY, "d_model": 64}
+    model = Forecaster(
+        Informer(seq_len=24, label_len=12, pred_len=12, attention="full", **{**TINY, "d_model": 64})
     )
     model.eval()
     x, y = torch.randn(8, 24, 7), torch.randn(8, 24, 7)
@@ -142,9 +144,9 @@ def test_model_data_mismatch_is_a_clear_error(tmp_path):
         _trainer(tmp_path, limit_train_batches=1, limit_val_batches=1).fit(
             _module(), datamodule=_dm(pred_len=6)
         )
-    with pytest.raises(ValueError, match="enc_in/dec_in/c_out"):
+    with pytest.raises(ValueError, match="network c_out=1 but M data has c_out=7"):
         _trainer(tmp_path).fit(_module(c_out=1), datamodule=_dm())
-    with pytest.raises(ValueError, match="model freq='t' but data freq='h'"):
+    with pytest.raises(ValueError, match="network expects 5 time features per step but the data gives 4"):
         _trainer(tmp_path).fit(_module(freq="t"), datamodule=_dm())
 
 
@@ -175,7 +177,8 @@ RESUME_SCRIPT = textwrap.dedent(
     from lightning.pytorch import Callback, Trainer, seed_everything
     from lightning.pytorch.callbacks import ModelCheckpoint
     from favit_probsparse.data.ett import ETTDataModule
-    from favit_probsparse.training.forecast import InformerForecaster
+    from favit_probsparse.models.informer import Informer
+    from favit_probsparse.training.forecast import Forecaster
     mode, out = sys.argv[1], sys.argv[2]
 
     class Kill(Callback):
@@ -184,7 +187,7 @@ RESUME_SCRIPT = textwrap.dedent(
                 os.kill(os.getpid(), signal.SIGKILL)  # a real kill, no clean-up
 
     seed_everything(0)
-    model = InformerForecaster(seq_len=48, label_len=24, pred_len=24, d_model=16, n_heads=4, d_ff=32, seed=5)
+    model = Forecaster(Informer(seq_len=48, label_len=24, pred_len=24, d_model=16, n_heads=4, d_ff=32), seed=5)
     dm = ETTDataModule("ETTh1", seq_len=48, label_len=24, pred_len=24, batch_size=16, seed=5)
     ckpt = ModelCheckpoint(dirpath=os.path.join(out, "ckpt"), monitor="val_loss", save_last=True)
     cbs = [ckpt] + ([Kill()] if mode == "kill" else [])
@@ -229,45 +232,53 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- configs
-CONFIGS = sorted((ROOT / "configs" / "forecast").glob("*.yaml"))
+CONFIGS = sorted((ROOT / "configs" / "forecast").glob("*_ett*.yaml"))
+assert len(CONFIGS) == 31
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_configs_parse_and_agree_with_their_data(path):
-    from lightning.pytorch import LightningDataModule, LightningModule
-    from lightning.pytorch.cli import LightningCLI
+    from favit_probsparse.training import lightning_cli, load_config
 
-    cfg = yaml.safe_load(path.read_text())
-    m_args = cfg["model"]["init_args"]
-    # build the model small: this checks the config's wiring, not the width
-    small = [
-        "--model.init_args.d_model",
-        "8",
-        "--model.init_args.n_heads",
-        "2",
-        "--model.init_args.d_ff",
-        "8",
-    ]
-    cli = LightningCLI(
-        LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
-        args=["--config", str(path), *small, "--trainer.logger", "false", "--trainer.callbacks", "[]"],
-        auto_configure_optimizers=False,
-    )  # fmt: skip
-    assert isinstance(cli.model, InformerForecaster)
+    cfg = load_config(path)
+    d_args = cfg["data"]["init_args"]
+    # build the network small: this checks the config's wiring, not the width
+    small = ["--model.init_args.network.init_args.d_model", "8", "--model.init_args.network.init_args.n_heads", "2",
+             "--model.init_args.network.init_args.d_ff", "8"]  # fmt: skip
+    cli = lightning_cli(
+        ["--config", str(path), *small, "--trainer.logger", "false", "--trainer.callbacks", "[]"], run=False
+    )
+    assert isinstance(cli.model, Forecaster) and isinstance(cli.model.network, Informer)
     cli.model.check_data(cli.datamodule)
-    assert m_args["seq_len"] == cfg["data"]["init_args"]["seq_len"]
+    net, n_in = cli.model.network, (7 if d_args["features"] in ("M", "MS") else 1)
+    # the data's shapes reached the network through the links (the configs state them once, in data)
+    assert (net.seq_len, net.label_len, net.pred_len) == (
+        d_args["seq_len"],
+        d_args["label_len"],
+        d_args["pred_len"],
+    )
+    assert (net.enc_in, net.dec_in, net.c_out) == (n_in, n_in, 7 if d_args["features"] == "M" else 1)
+    assert (
+        cli.model.hparams.pred_len == d_args["pred_len"] and cli.model.hparams.features == d_args["features"]
+    )
+    # and nowhere else in the config
+    for key in ("seq_len", "label_len", "pred_len", "enc_in", "dec_in", "c_out", "freq", "embed", "features"):
+        assert key not in cfg["model"]["init_args"]["network"].get("init_args", {}), key
+        assert key not in cfg["model"]["init_args"], key
 
 
 @needs_etth1
 @pytest.mark.slow
 def test_multi_seed_runner(tmp_path):
-    cfg = yaml.safe_load((ROOT / "configs" / "forecast" / "informer_etth1_M_96_48_24.yaml").read_text())
+    from favit_probsparse.training import load_config
+
+    cfg = load_config(ROOT / "configs" / "forecast" / "informer_etth1_M_96_48_24.yaml")
     cfg["trainer"].update(
         dict(max_epochs=1, limit_train_batches=2, limit_val_batches=2, limit_test_batches=2, default_root_dir=str(tmp_path),
              logger=False, enable_progress_bar=False, callbacks=[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
              "init_args": {"monitor": "val_loss", "dirpath": str(tmp_path / "ck")}}])
     )  # fmt: skip
-    cfg["model"]["init_args"].update(d_model=8, n_heads=2, d_ff=8)
+    cfg["model"]["init_args"]["network"]["init_args"].update(d_model=8, n_heads=2, d_ff=8)
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "report"

@@ -199,10 +199,17 @@ def _fake_etth1(path):
 
 def test_analyze_cli_cross_terms_and_pos_decay(tmp_path):
     from favit_probsparse.analysis.cli import main
-    from favit_probsparse.analysis.posenc_forecaster import PosencInformerForecaster
+    from favit_probsparse.training.forecast import Forecaster
 
     torch.manual_seed(0)
-    module = PosencInformerForecaster(**SMALL, attention="full", pos_inject="layers", pos_terms="pospos")
+    module = Forecaster.from_config(
+        {
+            "class_path": "favit_probsparse.models.informer.Informer",
+            "init_args": dict(**SMALL, attention="full", pos_inject="layers", pos_terms="pospos"),
+        },
+        label_len=SMALL["label_len"],
+        pred_len=SMALL["pred_len"],
+    )
     ckpt = tmp_path / "m.ckpt"
     meta = {"favit_probsparse": module.checkpoint_metadata()}  # what Lightning's save adds through the hook
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(), **meta}, ckpt)

@@ -54,6 +54,14 @@ USAGE = """usage: favit-ps {fit,validate,test,predict,ablate,analyze,export,repr
 """ + "".join(f"  {name:<27} {text}\n" for name, (_, text) in EXTRA_SUBCOMMANDS.items())
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    # the errors a user can fix (their data file, their settings, a diverged run); others keep their traceback
+    from favit_probsparse.data.timeseries import DataError
+    from favit_probsparse.training.forecast import NonFiniteLossError
+
+    return (DataError, NonFiniteLossError, FileNotFoundError)
+
+
 _CKPT_ALIASES = ("--ckpt", "--resume")  # short forms of Lightning's --ckpt_path (a path, "last" or "best")
 
 
@@ -113,7 +121,15 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
 
         return int(itr_main(rest) or 0)
     if cmd in LIGHTNING_SUBCOMMANDS:
-        run_lightning([cmd, *rest])
+        try:
+            run_lightning([cmd, *rest])
+        except (
+            _user_errors()
+        ) as err:  # bad data / diverged training: one line, non-zero exit (FAVIT_DEBUG=1: trace)
+            if os.environ.get("FAVIT_DEBUG"):
+                raise
+            print(f"favit-ps {cmd}: error: {type(err).__name__}: {err}", file=sys.stderr)
+            return 1
         return 0
     if cmd in EXTRA_SUBCOMMANDS:
         mod_name, fn_name = EXTRA_SUBCOMMANDS[cmd][0].split(":")

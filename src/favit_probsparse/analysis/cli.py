@@ -22,14 +22,10 @@ __all__ = ["load_forecaster", "main", "run_cross_terms", "write_cross_term_repor
 
 
 def load_forecaster(ckpt_path: str | Path):
-    """A :class:`PosencInformerForecaster` (superset of ``InformerForecaster``) with the checkpoint's weights,
-    read safely (weights only; a checkpoint of another task or model is a named error)."""
-    from favit_probsparse.training.checkpoint import rebuild_module
+    """The checkpoint's :class:`~favit_probsparse.training.forecast.Forecaster` (eval mode, its weights)."""
+    from favit_probsparse.training.forecast import forecaster_from_checkpoint
 
-    from .posenc_forecaster import PosencInformerForecaster
-
-    module, _ = rebuild_module(ckpt_path, task="time-series-forecasting", expected=PosencInformerForecaster)
-    return module
+    return forecaster_from_checkpoint(ckpt_path)
 
 
 def _datamodule(args, hp):
@@ -47,8 +43,8 @@ def _datamodule(args, hp):
         label_len=hp["label_len"],
         pred_len=hp["pred_len"],
         features=hp["features"],
-        embed=hp["embed"],
-        freq=hp["freq"],
+        embed=hp.get("embed", "timeF"),
+        freq=hp.get("freq", "h"),
         batch_size=args.batch_size,
         path=args.data_path,
     )
@@ -60,7 +56,7 @@ def run_cross_terms(args) -> int:
     from .informer_terms import informer_cross_terms
 
     module = load_forecaster(args.ckpt)
-    hp = dict(module.hparams)
+    hp = module.flat_hparams()
     dm = _datamodule(args, hp)
     dm.setup("test")
     loader = dm.test_dataloader()
@@ -228,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="favit-ps analyze", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     ct = sub.add_parser("cross-terms", help="decompose the attention logits of a trained Informer checkpoint")
-    ct.add_argument("--ckpt", required=True, help="Lightning checkpoint of an (Posenc)InformerForecaster")
+    ct.add_argument("--ckpt", required=True, help="Lightning checkpoint of a Forecaster (Informer network)")
     ct.add_argument("--config", default=None, help="fit config whose data section defines the test windows")
     ct.add_argument("--data", default="ETTh1", help="ETT dataset when no --config is given")
     ct.add_argument("--data-path", default=None, help="explicit CSV path for --data (default: the data root)")

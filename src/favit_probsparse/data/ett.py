@@ -29,14 +29,21 @@ from __future__ import annotations
 import hashlib
 import os
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
+from favit_probsparse.data.timeseries import (
+    EpochSeededRandomSampler,
+    StandardScaler,
+    TimeSeriesDataModule,
+    _check_freq,
+    time_feature_dim,
+    time_features,
+)
 from favit_probsparse.paths import data_root
 
 __all__ = [
@@ -65,18 +72,6 @@ SHA256 = {
 SPLITS = ("train", "val", "test")
 FEATURES = ("M", "S", "MS")
 
-# Number of time features per frequency for timeenc=1 (Informer's TimeFeatureEmbedding freq_map).
-_TIMEF_DIMS = {"h": 4, "t": 5, "s": 6, "m": 1, "w": 2, "d": 3, "b": 3}
-# Calendar fields for timeenc=0 (Informer's utils/timefeatures.py freq_map).
-_CALENDAR_FIELDS = {
-    "m": ["month"],
-    "w": ["month"],
-    "d": ["month", "day", "weekday"],
-    "b": ["month", "day", "weekday"],
-    "h": ["month", "day", "weekday", "hour"],
-    "t": ["month", "day", "weekday", "hour", "minute"],
-}
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # borders, scaler, time features
@@ -95,89 +90,6 @@ def ett_borders(name: str, seq_len: int) -> dict[str, tuple[int, int]]:
     b1 = [0, 12 * month - seq_len, 16 * month - seq_len]
     b2 = [12 * month, 16 * month, 20 * month]
     return {s: (b1[i], b2[i]) for i, s in enumerate(SPLITS)}
-
-
-@dataclass
-class StandardScaler:
-    """z-score with population statistics (ddof 0), like the official numpy scaler and sklearn's."""
-
-    mean: np.ndarray
-    std: np.ndarray
-
-    @classmethod
-    def fit(cls, data: np.ndarray) -> StandardScaler:
-        data = np.asarray(data, dtype=np.float64)
-        return cls(mean=data.mean(0), std=data.std(0))
-
-    def transform(self, data: np.ndarray) -> np.ndarray:
-        return (data - self.mean) / self.std
-
-    def inverse_transform(self, data):
-        """Inverse transform for numpy arrays or tensors whose last dim is all channels or only the last ones
-        (e.g. the target of ``S``/``MS``: the last ``C`` columns' statistics are used)."""
-        c = data.shape[-1]
-        mean, std = self.mean[-c:], self.std[-c:]
-        if isinstance(data, torch.Tensor):
-            return data * torch.as_tensor(std, dtype=data.dtype, device=data.device) + torch.as_tensor(
-                mean, dtype=data.dtype, device=data.device
-            )
-        return data * std + mean
-
-
-def time_feature_dim(freq: str, timeenc: int = 1) -> int:
-    """Width of the time-feature vector for ``freq`` (checks the frequency)."""
-    freq = _check_freq(freq, timeenc)
-    return _TIMEF_DIMS[freq] if timeenc == 1 else len(_CALENDAR_FIELDS[freq])
-
-
-def _check_freq(freq: str, timeenc: int) -> str:
-    if not isinstance(freq, str) or not freq:
-        raise ValueError(f"unknown frequency {freq!r}")
-    if timeenc not in (0, 1):
-        raise ValueError(f"timeenc must be 0 (calendar fields) or 1 (timeF), got {timeenc!r}")
-    f = freq[
-        -1:
-    ].lower()  # official: args.freq = freq[-1:] ('15min' -> 'n' is rejected below, 't' is accepted)
-    table = _TIMEF_DIMS if timeenc == 1 else _CALENDAR_FIELDS
-    if f not in table:
-        raise ValueError(
-            f"unknown frequency {freq!r}; choose one of {sorted(table)} (h = hourly, t = minutely, e.g. 15-min ETTm)"
-        )
-    return f
-
-
-def time_features(dates: pd.DatetimeIndex | pd.Series, freq: str = "h", timeenc: int = 1) -> np.ndarray:
-    """Time features ``[N, d]`` exactly as Informer's ``utils/timefeatures.py`` (GluonTS-derived, Apache-2.0)."""
-    f = _check_freq(freq, timeenc)
-    dates = pd.DatetimeIndex(pd.to_datetime(dates))
-    if timeenc == 0:
-        fields = {
-            "month": dates.month,
-            "day": dates.day,
-            "weekday": dates.weekday,
-            "hour": dates.hour,
-            "minute": dates.minute // 15,
-        }
-        cols = _CALENDAR_FIELDS[f]
-        return np.stack([np.asarray(fields[c]) for c in cols], axis=1).astype(np.float32)
-    second = dates.second / 59.0 - 0.5
-    minute = dates.minute / 59.0 - 0.5
-    hour = dates.hour / 23.0 - 0.5
-    dow = dates.dayofweek / 6.0 - 0.5
-    dom = (dates.day - 1) / 30.0 - 0.5
-    doy = (dates.dayofyear - 1) / 365.0 - 0.5
-    moy = (dates.month - 1) / 11.0 - 0.5
-    woy = (np.asarray(dates.isocalendar().week, dtype=np.float64) - 1) / 52.0 - 0.5
-    feats = {
-        "m": [moy],
-        "w": [dom, woy],
-        "d": [dow, dom, doy],
-        "b": [dow, dom, doy],
-        "h": [hour, dow, dom, doy],
-        "t": [minute, hour, dow, dom, doy],
-        "s": [second, minute, hour, dow, dom, doy],
-    }[f]
-    return np.stack([np.asarray(x, dtype=np.float64) for x in feats], axis=1).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -345,43 +257,24 @@ class ETTDataset(Dataset):
         return self.scaler.inverse_transform(data)
 
 
-class EpochSeededRandomSampler(Sampler[int]):
-    """Random permutation that depends only on ``(seed, epoch)``: Lightning calls :meth:`set_epoch` before each
-    epoch, so a run resumed from an epoch-end checkpoint sees the same order as an uninterrupted one."""
-
-    def __init__(self, n: int, seed: int = 0):
-        self.n, self.seed, self.epoch = n, int(seed), 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        g = torch.Generator()
-        g.manual_seed(self.seed * 100_003 + self.epoch)
-        yield from torch.randperm(self.n, generator=g).tolist()
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# datamodule
+# datamodule: the ETT preset of TimeSeriesDataModule
 # ----------------------------------------------------------------------------------------------------------------
-try:
-    from lightning.pytorch import LightningDataModule
-except ImportError:  # pragma: no cover - lightning is a hard dependency; keep the dataset usable without it
-    LightningDataModule = object  # type: ignore[assignment,misc]
+_PANDAS_FREQ = {"h": "h", "t": "15min"}  # the files' row spacing
 
 
-class ETTDataModule(LightningDataModule):
-    """Lightning datamodule over :class:`ETTDataset` with the official loader settings (see module docstring).
+class ETTDataModule(TimeSeriesDataModule):
+    """ETT under the official protocol: :class:`TimeSeriesDataModule` with ``split="ett"``, the ``date`` column, all
+    seven columns, and the file found (or downloaded) by name (see the module docstring).
 
     Args:
         name: ETTh1 | ETTh2 | ETTm1 | ETTm2.
-        embed: ``timeF`` (timeenc 1) or ``fixed``/``learned`` (calendar fields, timeenc 0); must match the model.
-        freq: time-feature frequency; ``None`` = the data's own (``h``/``t``). ``"h"`` on ETTm mimics the scripts.
-        seed: seeds the train shuffle (per epoch, resume-safe); None = the global seed at construction
-            (``seed_everything``).
+        embed: ``timeF`` (timeenc 1) or ``fixed``/``learned`` (calendar fields, timeenc 0).
+        freq: time-feature frequency code; ``None`` = the data's own (``h``/``t``). ``"h"`` on ETTm mimics the
+            official scripts (the rows stay 15 minutes apart).
+        root / path: where the CSV is (default ``data_root()/ETT/<name>.csv``); download: fetch a missing file
+            from the pinned upstream commit (checked against its SHA-256).
+        Others as :class:`TimeSeriesDataModule`.
     """
 
     def __init__(
@@ -404,58 +297,57 @@ class ETTDataModule(LightningDataModule):
         test_drop_last: bool = False,
         root: str | None = None,
         path: str | None = None,
-        download: bool = False,
+        download: bool = True,
         seed: int | None = None,
     ):
-        super().__init__()
-        if embed not in ("timeF", "fixed", "learned"):
-            raise ValueError(f"unknown embed {embed!r}; choose timeF, fixed or learned")
-        self.save_hyperparameters()
-        self.name, self.seq_len, self.label_len, self.pred_len = name, seq_len, label_len, pred_len
-        self.features, self.target = features, target
-        self.timeenc = 1 if embed == "timeF" else 0
-        self.freq = _check_freq(freq if freq is not None else _native_freq(name), self.timeenc)
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers, self.pin_memory = num_workers, pin_memory
-        self.val_shuffle, self.val_drop_last, self.test_drop_last = val_shuffle, val_drop_last, test_drop_last
-        self.root, self.path, self.download = root, path, download
-        self.seed = int(seed) if seed is not None else torch.initial_seed() % 2**31  # None: the global seed
-        self.datasets: dict[str, ETTDataset] = {}
-        self._frame: pd.DataFrame | None = None
+        native = _native_freq(name)
+        timeenc = 1 if embed == "timeF" else 0
+        code = _check_freq(freq if freq is not None else native, timeenc)
+        super().__init__(
+            path=str(path) if path is not None else None,
+            date_column="date",
+            features=features,
+            target=target,
+            seq_len=seq_len,
+            label_len=label_len,
+            pred_len=pred_len,
+            freq=_PANDAS_FREQ[native],
+            time_features=code,
+            embed=embed,
+            split="ett",
+            scale=scale,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            val_shuffle=val_shuffle,
+            val_drop_last=val_drop_last,
+            test_drop_last=test_drop_last,
+            seed=seed,
+        )
+        self.name, self.root, self.download = name, root, download
+        self.time_freq = code
 
     def prepare_data(self) -> None:
         if self.download and self.path is None:
             download_ett(self.name, self.root)
 
-    def dataset(self, split: str) -> ETTDataset:
-        if split not in self.datasets:
-            if self._frame is None:
-                p = Path(self.path) if self.path is not None else ett_path(self.name, self.root)
-                self._frame = _load_csv(p, self.name, self.download)
-            self.datasets[split] = ETTDataset(
-                self.name,
-                split,
-                self.seq_len,
-                self.label_len,
-                self.pred_len,
-                self.features,
-                self.target,
-                self.hparams.scale,
-                self.timeenc,
-                self.freq,
-                self.root,
-                self.path,
-                self.download,
-                frame=self._frame,
-            )
-        return self.datasets[split]
+    @property
+    def source(self) -> str:
+        return str(self._file()) if self._frame is None else "DataFrame"
 
-    def setup(self, stage: str | None = None) -> None:
-        for s in SPLITS:
-            self.dataset(s)
+    def _file(self) -> Path:
+        return Path(self.path) if self.path is not None else ett_path(self.name, self.root)
 
-    # shapes the model needs
+    def read_frame(self) -> pd.DataFrame:
+        if self._frame is not None:
+            return self._frame
+        return _load_csv(self._file(), self.name, self.download)
+
+    def _row(self, i: int) -> str:
+        return f"row {i} (line {i + 2})"
+
+    # known without reading the file (favit-ps links them before any data is loaded)
     @property
     def enc_in(self) -> int:
         return 7 if self.features in ("M", "MS") else 1
@@ -465,35 +357,5 @@ class ETTDataModule(LightningDataModule):
         return 7 if self.features == "M" else 1
 
     @property
-    def scaler(self) -> StandardScaler:
-        return self.dataset("train").scaler
-
-    def _loader(self, split: str, shuffle: bool, drop_last: bool, batch_size: int) -> DataLoader:
-        ds = self.dataset(split)
-        sampler = EpochSeededRandomSampler(len(ds), self.seed) if shuffle else None
-        # A loader-owned generator: creating an iterator then draws its base seed from it instead of from the
-        # global RNG, which the training module reseeds per epoch (dropout / ProbSparse sampling stay resume-exact).
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            ds,
-            batch_size=batch_size,
-            sampler=sampler,
-            shuffle=False,
-            drop_last=drop_last,
-            generator=generator,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, True, self.batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.val_shuffle, self.val_drop_last, self.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False, self.test_drop_last, self.eval_batch_size)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False, False, self.eval_batch_size)
+    def freq(self) -> str:
+        return self.time_freq

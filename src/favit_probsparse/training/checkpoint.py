@@ -321,7 +321,9 @@ def rebuild_module(path: str | os.PathLike, task: str | None = None, expected: t
         cls = expected  # a parent-class checkpoint loaded into the requested subclass
     hp = {k: v for k, v in (ckpt.get("hyper_parameters") or {}).items() if not k.startswith("_")}
     try:
-        module = cls(**hp)
+        # modules whose constructor takes objects (a network) rebuild them from the saved class_path/init_args
+        build = getattr(cls, "from_checkpoint_hparams", None)
+        module = build(hp) if build is not None else cls(**hp)
     except (TypeError, ValueError) as e:
         raise CheckpointError(
             f"checkpoint {path}: cannot rebuild {name} from its hyper-parameters ({e})"

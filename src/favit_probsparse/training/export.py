@@ -85,7 +85,7 @@ def _sha256(path: Path) -> str:
 def _data_license(data: dict) -> str:
     name = str(data.get("name") or data.get("dataset") or "")
     where = str(data.get("data_dir") or data.get("path") or "").lower()
-    if name.startswith("ETT"):
+    if name.startswith("ETT") or where.startswith("ett"):
         return DATA_LICENSES["ETT"]
     for key in ("cifar100", "cifar10", "fashion_mnist"):
         if key in name or key in where.replace("-", "_"):
@@ -306,13 +306,14 @@ class ExportedForecaster(nn.Module):
         import numpy as np
         import pandas as pd
 
-        from favit_probsparse.data.ett import time_features
+        from favit_probsparse.data.timeseries import time_features
 
         cols, freq = self.data.get("columns"), self.data.get("freq", "h")
+        date = self.data.get("date_column", "date")
         if not cols:
             raise ExportError("the export has no column names (exported from a run without a datamodule)")
-        if "date" not in frame.columns:
-            raise ValueError(f"{source}: no 'date' column (columns: {list(frame.columns)})")
+        if date not in frame.columns:
+            raise ValueError(f"{source}: no date column {date!r} (columns: {list(frame.columns)})")
         missing = [c for c in cols if c not in frame.columns]
         if missing:
             raise ValueError(f"{source}: missing column(s) {missing}; the model was trained on {cols}")
@@ -331,9 +332,12 @@ class ExportedForecaster(nn.Module):
         scaler = self.data.get("scaler")
         if scaler:
             values = (values - np.asarray(scaler["mean"])) / np.asarray(scaler["std"])
-        dates = pd.DatetimeIndex(pd.to_datetime(recent["date"]))
-        step = dates[-1] - dates[-2] if len(dates) > 1 else pd.Timedelta(hours=1)
-        future = pd.DatetimeIndex([dates[-1] + step * (i + 1) for i in range(self.pred_len)])
+        dates = pd.DatetimeIndex(pd.to_datetime(recent[date]))
+        if self.data.get("data_freq"):
+            future = pd.date_range(dates[-1], periods=self.pred_len + 1, freq=self.data["data_freq"])[1:]
+        else:
+            step = dates[-1] - dates[-2] if len(dates) > 1 else pd.Timedelta(hours=1)
+            future = pd.DatetimeIndex([dates[-1] + step * (i + 1) for i in range(self.pred_len)])
         timeenc = int(self.data.get("timeenc", 1))
         x = torch.tensor(values, dtype=torch.float32)[None]
         x_mark = torch.from_numpy(time_features(dates, freq, timeenc))[None].float()
@@ -348,7 +352,9 @@ class ExportedForecaster(nn.Module):
         c = out.shape[-1]
         if scaler:
             out = out * np.asarray(scaler["std"][-c:]) + np.asarray(scaler["mean"][-c:])
-        return pd.DataFrame(out, columns=cols[-c:]).assign(date=future)[["date", *cols[-c:]]]
+        frame_out = pd.DataFrame(out, columns=cols[-c:])
+        frame_out.insert(0, date, future)
+        return frame_out
 
 
 def from_pretrained(folder: str | os.PathLike) -> ExportedForecaster:

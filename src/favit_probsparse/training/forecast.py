@@ -1,11 +1,11 @@
-"""Forecasting training/evaluation: a LightningModule for Informer on ETT (multi-seed ``--itr`` runs:
-:mod:`favit_probsparse.experiments.repeat`).
+"""Forecasting training/evaluation: one LightningModule around any forecasting network (multi-seed ``--itr``
+runs: :mod:`favit_probsparse.experiments.repeat`).
 
 Official Informer2020 training protocol (``docs/informer.md`` §1.6): Adam(lr 1e-4, no weight decay, no clipping),
 MSE loss on ``batch_y[:, -pred_len:, f_dim:]`` (``f_dim = -1`` for MS), ``lradj type1`` (epochs 1-2 at lr0, then
 halved after every epoch), early stopping on the validation MSE (patience 3), 6 epochs, the best checkpoint is
 reloaded before testing. Metrics: MAE, MSE, RMSE, MAPE, MSPE over all test windows, steps and channels, on the
-z-scored data (``metrics_scale="original"`` or ``"both"`` adds metrics after the inverse transform).
+z-scored data (``test_mse``, ...) and in the data's original units (``test_mse_original``, ...).
 
 Differences from the official loop, all deliberate and documented:
 
@@ -29,13 +29,27 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from torch import nn
 
-from favit_probsparse.models.informer import Informer, decoder_input
-from favit_probsparse.training.checkpoint import CheckpointMetadata, class_path
+from favit_probsparse.models.informer import decoder_input
+from favit_probsparse.training.checkpoint import CheckpointMetadata, class_path, rebuild_module
 
-__all__ = ["METRICS", "InformerForecaster", "TestAfterFit", "lr_lambda"]
+__all__ = [
+    "METRICS",
+    "ForecastWriter",
+    "Forecaster",
+    "NonFiniteLossError",
+    "TestAfterFit",
+    "build_network",
+    "forecaster_from_checkpoint",
+    "lr_lambda",
+]
 
 METRICS = ("mae", "mse", "rmse", "mape", "mspe")
 
@@ -97,59 +111,96 @@ class _MetricSums:
         }
 
 
-class InformerForecaster(CheckpointMetadata, LightningModule):
-    """Informer + the official training protocol. Model arguments are those of
-    :class:`favit_probsparse.models.informer.Informer`; they must agree with the datamodule (checked in setup).
+def _time_feature_width(network: nn.Module) -> int | None:
+    """Time features per step the network's first temporal embedding expects (None: unknown / not used)."""
+    width = getattr(network, "time_feature_width", None)
+    if width is not None:
+        return int(width)
+    from favit_probsparse.models.informer import TemporalEmbedding, TimeFeatureEmbedding
 
-    Args (training):
-        features: M | S | MS (the loss/metrics use the last channel for MS).
+    for m in network.modules():
+        if isinstance(m, TimeFeatureEmbedding):
+            return m.embed.in_features
+        if isinstance(m, TemporalEmbedding):
+            return 5 if m.minute_embed is not None else 4
+    return None
+
+
+def build_network(spec: dict) -> nn.Module:
+    """Instantiate ``{"class_path": "pkg.mod.Class", "init_args": {...}}`` (plain keyword arguments)."""
+    import importlib
+
+    mod, _, name = spec["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(mod), name)
+    return cls(**(spec.get("init_args") or {}))
+
+
+def forecaster_from_checkpoint(path: str | Path, map_location: str = "cpu") -> Forecaster:
+    """A :class:`Forecaster` with a checkpoint's weights, in eval mode, read by
+    :func:`favit_probsparse.training.checkpoint.load_checkpoint` (weights only; a checkpoint of another task, a
+    damaged file or an incompatible version is a one-line named error)."""
+    module, _ = rebuild_module(path, task=Forecaster.TASK, expected=Forecaster)
+    return module
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf (raised so the run stops with a non-zero exit instead of NaN metrics)."""
+
+
+def _class_path(obj) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _accepted(cls) -> set[str] | None:
+    """Names ``cls.__init__`` accepts (None: it takes ``**kwargs``, so anything)."""
+    params = inspect.signature(cls).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}
+
+
+class Forecaster(CheckpointMetadata, LightningModule):
+    """The official Informer training protocol around any forecasting network.
+
+    The network is an object (in a config: ``network: {class_path: ..., init_args: ...}``) whose
+    ``forward(x_enc, x_mark_enc, x_dec, x_mark_dec)`` returns ``[B, pred_len, c_out]``; networks that do not use
+    the time marks or the decoder input just ignore them. Under ``favit-ps`` the data module states the shapes
+    (``enc_in``, ``dec_in``, ``c_out``, ``seq_len``, ``label_len``, ``pred_len``, the time-feature ``freq`` and
+    ``embed``) and :func:`favit_probsparse.training.lightning_cli` links them into the network and the
+    forecaster, so no config writes them twice.
+
+    Args:
+        network: the forecasting network (e.g. :class:`favit_probsparse.models.informer.Informer`).
+        features: M | S | MS (the loss/metrics use the last channel for MS); linked from the data.
+        label_len, pred_len: decoder start-token length and horizon; linked from the data (None: the network's
+            attributes of the same name).
         learning_rate, lradj: Adam lr and schedule (type1 = official default).
         padding: 0 = zeros (official default) or 1 = ones for the decoder's unknown steps.
-        metrics_scale: "scaled" (published protocol), "original" (after inverse transform) or "both".
         seed: per-epoch reseeding of dropout/ProbSparse sampling (None: the global seed at construction, i.e.
             ``seed_everything``); eval_seed: RNG for validation/test.
         save_predictions: folder to write test ``pred.pt``/``true.pt`` (scaled) after testing.
+
+    Metrics are logged on the z-scored data (``test_mse``, ..., the published protocol) and in the data's
+    original units (``test_mse_original``, ...).
+
+    Checkpoints: under ``favit-ps`` the network's ``class_path``/``init_args`` (linked shapes included) are saved
+    in the hyperparameters, so ``Forecaster.load_from_checkpoint(path)`` rebuilds it. A forecaster built in
+    Python records only the network's class; reload it with ``load_from_checkpoint(path, network=...)``.
     """
+
+    TASK = "time-series-forecasting"
 
     TASK = "time-series-forecasting"
 
     def __init__(
         self,
-        enc_in: int = 7,
-        dec_in: int = 7,
-        c_out: int = 7,
-        seq_len: int = 96,
-        label_len: int = 48,
-        pred_len: int = 24,
-        preset: str = "official-head",
-        attention: str = "prob",
-        factor: float | None = None,
-        d_model: int = 512,
-        n_heads: int = 8,
-        e_layers: int = 2,
-        d_layers: int = 1,
-        d_ff: int = 2048,
-        dropout: float | None = None,
-        embed: str = "timeF",
-        freq: str = "h",
-        activation: str = "gelu",
-        distil: bool = True,
-        mix: bool | str | None = None,
-        cross_attention: str | None = None,
-        distil_padding: int | None = None,
-        embed_bias: bool | None = None,
-        pos_encoding: str = "sinusoidal",
-        prob_impl: str = "fast",
-        prob_measure: str = "official",
-        masked_lazy: str = "cumsum",
-        causal_sampling: bool = False,
-        fixed_eval_sample: bool = False,
-        dropout_impl: str = "torch",
+        network: nn.Module,
         features: str = "M",
+        label_len: int | None = None,
+        pred_len: int | None = None,
         learning_rate: float = 1e-4,
         lradj: str = "type1",
         padding: int = 0,
-        metrics_scale: str = "scaled",
         seed: int | None = None,
         eval_seed: int = 2021,
         save_predictions: str | None = None,
@@ -157,42 +208,26 @@ class InformerForecaster(CheckpointMetadata, LightningModule):
         super().__init__()
         if features not in ("M", "S", "MS"):
             raise ValueError(f"unknown features {features!r}; choose M, S or MS")
-        if metrics_scale not in ("scaled", "original", "both"):
-            raise ValueError(f"unknown metrics_scale {metrics_scale!r}; choose scaled, original or both")
+        if not isinstance(network, nn.Module):
+            raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}")
         lr_lambda(lradj)  # validate
-        self.save_hyperparameters()
-        self.model = Informer(
-            enc_in,
-            dec_in,
-            c_out,
-            seq_len,
-            label_len,
-            pred_len,
-            preset=preset,
-            attention=attention,
-            factor=factor,
-            d_model=d_model,
-            n_heads=n_heads,
-            e_layers=e_layers,
-            d_layers=d_layers,
-            d_ff=d_ff,
-            dropout=dropout,
-            embed=embed,
-            freq=freq,
-            activation=activation,
-            distil=distil,
-            mix=mix,
-            cross_attention=cross_attention,
-            distil_padding=distil_padding,
-            embed_bias=embed_bias,
-            pos_encoding=pos_encoding,
-            prob_impl=prob_impl,
-            prob_measure=prob_measure,
-            masked_lazy=masked_lazy,
-            causal_sampling=causal_sampling,
-            fixed_eval_sample=fixed_eval_sample,
-            dropout_impl=dropout_impl,
-        )
+        from_cli = _given_hyperparameters.get() is not None
+        self.save_hyperparameters(ignore=None if from_cli else ["network"])
+        net_hp = self.hparams.get("network")
+        if isinstance(net_hp, dict) and isinstance(net_hp.get("init_args"), dict):
+            # linked shapes reach every network; keep only what this network's class accepts, so the saved
+            # class_path/init_args rebuild it (``load_from_checkpoint``, ``favit-ps predict --ckpt``)
+            names = _accepted(type(network))
+            if names is not None:
+                net_hp["init_args"] = {k: v for k, v in net_hp["init_args"].items() if k in names}
+        elif not isinstance(net_hp, dict):
+            self.hparams["network"] = {"class_path": _class_path(network)}
+        for key in ("label_len", "pred_len"):
+            if self.hparams[key] is None:
+                if not hasattr(network, key):
+                    raise ValueError(f"{key} not given and {type(network).__name__} has no {key} attribute")
+                self.hparams[key] = int(getattr(network, key))
+        self.model = network
         # None: follow the global seed (``seed_everything`` / LightningCLI's ``seed_everything`` runs before this)
         self.seed = int(seed) if seed is not None else torch.initial_seed() % 2**31
         self.f_dim = -1 if features == "MS" else 0
@@ -204,9 +239,85 @@ class InformerForecaster(CheckpointMetadata, LightningModule):
         self.test_results: dict[str, float] = {}
         self.train_epoch_seconds: list[float] = []  # wall time of each training epoch, validation excluded
         self._epoch_t0: float | None = None
-        self.data_info: dict = {}  # column names, frequency, scaler statistics: saved in checkpoints, exported
-        self.register_buffer("_mean", torch.zeros(c_out), persistent=False)
-        self.register_buffer("_std", torch.ones(c_out), persistent=False)
+        self.data_info: dict = {}  # columns, frequencies, scaler statistics: saved in checkpoints, exported
+        # the data's scaler for the predicted channels (set in setup from the datamodule)
+        self.register_buffer("_mean", torch.zeros(0), persistent=False)
+        self.register_buffer("_std", torch.ones(0), persistent=False)
+
+    @property
+    def network(self) -> nn.Module:
+        return self.model
+
+    @classmethod
+    def from_checkpoint_hparams(cls, hparams: dict) -> Forecaster:
+        """Rebuild from a checkpoint's hyper-parameters: the network from its saved ``class_path``/``init_args``
+        (used by :func:`favit_probsparse.training.checkpoint.rebuild_module`)."""
+        hp = {k: v for k, v in hparams.items() if not k.startswith("_")}
+        own = set(inspect.signature(cls).parameters) - {"network"}
+        spec = hp.get("network")
+        if not (isinstance(spec, dict) and "init_args" in spec):
+            raise ValueError(
+                f"the checkpoint names the network class {(spec or {}).get('class_path')} but not its arguments "
+                "(a forecaster built in Python); use Forecaster.load_from_checkpoint(path, network=...)"
+            )
+        return cls.from_config(spec, **{k: v for k, v in hp.items() if k in own})
+
+    @classmethod
+    def from_config(cls, network: dict, **kwargs) -> Forecaster:
+        """Build the network from ``{"class_path": ..., "init_args": {...}}`` and record that in the
+        hyperparameters, so the checkpoints of a forecaster made in Python reload like the CLI's."""
+        net = build_network(network)
+        module = cls(net, **kwargs)
+        module.hparams["network"] = {
+            "class_path": network["class_path"],
+            "init_args": dict(network.get("init_args") or {}),
+        }
+        return module
+
+    def forecast(self, data, **data_kwargs) -> pd.DataFrame:
+        """Forecast the ``pred_len`` steps after the end of ``data`` (a DataFrame, or a
+        :class:`~favit_probsparse.data.timeseries.TimeSeriesDataModule`): a DataFrame with the future timestamps
+        and the predicted columns in original units.
+
+        A DataFrame goes through ``TimeSeriesDataModule.from_frame(data, **data_kwargs)`` with this forecaster's
+        ``features``/``label_len``/``pred_len`` and the network's ``seq_len``; give the other data options
+        (``date_column``, ``target``, ``columns``, ``freq``, ``split``...) as at training time. The scaler is the
+        one the data module fits on the frame's train slice."""
+        from favit_probsparse.data.timeseries import TimeSeriesDataModule
+
+        hp = self.hparams
+        if isinstance(data, pd.DataFrame):
+            if not hasattr(self.model, "seq_len") and "seq_len" not in data_kwargs:
+                raise ValueError("give seq_len=: the network has no seq_len attribute")
+            kw = {
+                "seq_len": int(getattr(self.model, "seq_len", 0)),
+                "label_len": hp.label_len,
+                "pred_len": hp.pred_len,
+                "features": hp.features,
+                **data_kwargs,
+            }
+            dm = TimeSeriesDataModule.from_frame(data, **kw)
+        else:
+            dm = data
+        dm.setup("predict")
+        self.check_data(dm)
+        self.set_scaler(dm.scaler.mean, dm.scaler.std)
+        batch = next(iter(dm.predict_dataloader()))
+        batch = [t.to(self.device) for t in batch]
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(hp.eval_seed))  # ProbSparse samples keys: same forecast every call
+                pred = self.predict_step(batch, 0)["original"][-1]
+        finally:
+            self.train(was_training)
+        return dm.forecast_frame(pred.cpu().numpy())
+
+    def flat_hparams(self) -> dict:
+        """The network's ``init_args`` and the forecaster's own hyperparameters in one dict."""
+        hp = {k: v for k, v in self.hparams.items() if k != "network" and not k.startswith("_")}
+        return {**(self.hparams.get("network") or {}).get("init_args", {}), **hp}
 
     # ------------------------------------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -215,63 +326,96 @@ class InformerForecaster(CheckpointMetadata, LightningModule):
             return
         self.check_data(dm)
         if hasattr(dm, "scaler"):
-            sc, c = dm.scaler, self.hparams.c_out
-            self._mean = torch.as_tensor(sc.mean[-c:], dtype=torch.float32, device=self.device)
-            self._std = torch.as_tensor(sc.std[-c:], dtype=torch.float32, device=self.device)
+            self.set_scaler(dm.scaler.mean, dm.scaler.std)
         self._record_data_info(dm)
 
     def _record_data_info(self, dm) -> None:
-        info: dict = {"name": getattr(dm, "name", None), "freq": getattr(dm, "freq", None)}
-        ds = dm.dataset("train") if callable(getattr(dm, "dataset", None)) else None
-        if ds is not None:
-            info.update(
-                columns=list(ds.columns),
-                target=ds.target,
-                timeenc=int(ds.timeenc),
-                path=ds.path.name,
-                scaler={"mean": ds.scaler.mean.tolist(), "std": ds.scaler.std.tolist()} if ds.scale else None,
-            )
-        self.data_info = {k: v for k, v in info.items() if v is not None}
+        """The data facts an export needs (saved in checkpoints through :class:`CheckpointMetadata`)."""
+        info: dict = {}
+        for key in ("date_column", "columns", "target", "features", "freq", "data_freq", "timeenc", "embed"):
+            try:
+                value = getattr(dm, key, None)
+            except (ValueError, OSError):  # a property that needs the data
+                value = None
+            if value is not None:
+                info[key] = list(value) if isinstance(value, list | tuple) else value
+        if getattr(dm, "_opts", {}).get("scale", True) and getattr(dm, "scaler", None) is not None:
+            info["scaler"] = {
+                "mean": np.asarray(dm.scaler.mean).tolist(),
+                "std": np.asarray(dm.scaler.std).tolist(),
+            }
+        name = getattr(dm, "name", None) or getattr(dm, "source", None)
+        if name is not None:
+            info["name"] = Path(str(name)).name if "/" in str(name) else str(name)
+        self.data_info = info
 
     # ------------------------------------------------------------------------------------------------ export
-    def export_network(self) -> torch.nn.Module:
+    def export_network(self) -> nn.Module:
         return self.model
 
     def export_config(self) -> dict:
         """Network class_path + init_args, windows, decoder padding and the data facts (columns, frequency,
         scaler): what :func:`favit_probsparse.training.export.from_pretrained` needs to rebuild and run it."""
-        hp = dict(self.hparams)
-        names = [n for n in inspect.signature(type(self.model).__init__).parameters if n != "self"]
+        hp = self.hparams
+        spec = dict(hp.get("network") or {})
+        if "init_args" not in spec:
+            raise ValueError(
+                "the forecaster's network arguments are unknown (built in Python without from_config); "
+                "build it with Forecaster.from_config to export it"
+            )
+        seq_len = spec["init_args"].get("seq_len", getattr(self.model, "seq_len", None))
         return {
             "task": self.TASK,
             "network": {
-                "class_path": class_path(type(self.model)),
-                "init_args": {k: hp[k] for k in names if k in hp},
+                "class_path": spec.get("class_path", class_path(type(self.model))),
+                "init_args": spec["init_args"],
             },
-            "windows": {k: hp[k] for k in ("seq_len", "label_len", "pred_len")},
-            "features": hp["features"],
-            "decoder_padding": hp["padding"],
-            "eval_seed": hp["eval_seed"],
+            "windows": {"seq_len": seq_len, "label_len": hp.label_len, "pred_len": hp.pred_len},
+            "features": hp.features,
+            "decoder_padding": hp.padding,
+            "eval_seed": hp.eval_seed,
             "data": dict(self.data_info),
         }
 
+    def set_scaler(self, mean, std) -> None:
+        """The z-score statistics of the predicted channels (the last ``c_out`` of the data's)."""
+        c = self._out_channels()
+        mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+        c = c or len(mean)
+        self._mean = torch.as_tensor(mean[-c:], dtype=torch.float64, device=self.device)
+        self._std = torch.as_tensor(std[-c:], dtype=torch.float64, device=self.device)
+
+    def _out_channels(self) -> int | None:
+        c = getattr(self.model, "c_out", None)
+        return int(c) if c is not None else None
+
     def check_data(self, dm) -> None:
-        """Raise a clear ValueError when the datamodule's windows/channels/time features do not fit the model."""
+        """Raise a clear ValueError when the datamodule's windows/channels do not fit the forecaster/network."""
         hp = self.hparams
-        for key in ("seq_len", "label_len", "pred_len", "features"):
+        for key in ("label_len", "pred_len", "features"):
             if hasattr(dm, key) and getattr(dm, key) != hp[key]:
                 raise ValueError(
                     f"model {key}={hp[key]!r} but data {key}={getattr(dm, key)!r}; make them agree"
                 )
-        if hasattr(dm, "enc_in") and (dm.enc_in, dm.enc_in, dm.c_out) != (hp.enc_in, hp.dec_in, hp.c_out):
+        for key in ("seq_len", "label_len", "pred_len", "enc_in", "dec_in", "c_out"):
+            if hasattr(dm, key) and hasattr(self.model, key) and getattr(dm, key) != getattr(self.model, key):
+                raise ValueError(
+                    f"network {key}={getattr(self.model, key)!r} but {hp.features} data has "
+                    f"{key}={getattr(dm, key)!r}; make them agree"
+                )
+        for key in ("freq", "embed"):  # networks that keep their time-feature settings
+            if hasattr(dm, key) and hasattr(self.model, key) and getattr(dm, key) != getattr(self.model, key):
+                raise ValueError(
+                    f"network {key}={getattr(self.model, key)!r} but data {key}={getattr(dm, key)!r}"
+                )
+        marks = getattr(dm, "n_time_features", None)
+        width = _time_feature_width(self.model)
+        if marks is not None and width is not None and marks != width:
             raise ValueError(
-                f"model enc_in/dec_in/c_out = {hp.enc_in}/{hp.dec_in}/{hp.c_out} but {hp.features} data has "
-                f"{dm.enc_in}/{dm.enc_in}/{dm.c_out}"
+                f"the network expects {width} time features per step but the data gives {marks} "
+                f"(data freq={getattr(dm, 'freq', None)!r}, embed={getattr(dm, 'embed', None)!r}); "
+                "give the network the data's freq/embed"
             )
-        if hasattr(dm, "freq") and dm.freq != hp.freq:
-            raise ValueError(f"model freq={hp.freq!r} but data freq={dm.freq!r}")
-        if hasattr(dm, "timeenc") and dm.timeenc != (1 if hp.embed == "timeF" else 0):
-            raise ValueError(f"model embed={hp.embed!r} does not match data embed={dm.hparams.embed!r}")
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, batch_x, batch_y, batch_x_mark, batch_y_mark):
@@ -322,13 +466,26 @@ class InformerForecaster(CheckpointMetadata, LightningModule):
             self._train_loss_sum += torch.stack(
                 [loss.detach().double(), loss.new_ones((), dtype=torch.float64)]
             )
+            # a NaN/inf loss poisons the running sum; read it every log_every_n_steps only (one host sync)
+            every = getattr(self._trainer, "log_every_n_steps", 50) if self._trainer is not None else 50
+            if (batch_idx + 1) % max(int(every), 1) == 0:
+                self._check_finite_loss()
         return loss
+
+    def _check_finite_loss(self) -> None:
+        s = self._train_loss_sum
+        if s is not None and not bool(torch.isfinite(s[0])):
+            raise NonFiniteLossError(
+                f"training loss became {float(s[0])} in epoch {self.current_epoch} (by step {int(s[1])} of the "
+                "epoch); lower the learning rate, check the data for extreme values, or use float32 precision"
+            )
 
     def on_train_epoch_end(self) -> None:
         self._stop_epoch_timer()  # no-op when validation already stopped it
         if self.train_epoch_seconds:
             self.log("train_epoch_s", self.train_epoch_seconds[-1])
         if self._train_loss_sum is not None:
+            self._check_finite_loss()
             s = self._train_loss_sum
             self.log("train_loss", (s[0] / s[1].clamp_min(1)).float(), prog_bar=True)
             if getattr(self, "_epoch_lr", None) is not None:
@@ -342,21 +499,21 @@ class InformerForecaster(CheckpointMetadata, LightningModule):
 
     def _eval_update(self, name: str, pred: torch.Tensor, true: torch.Tensor) -> None:
         self._sums[name].update(pred, true)
-        if self.hparams.metrics_scale in ("original", "both"):
-            c = pred.shape[-1]
-            mean, std = self._mean[-c:], self._std[-c:]
-            self._sums[name + "_orig"].update(pred * std + mean, true * std + mean)
+        if len(self._mean):
+            self._sums[name + "_orig"].update(self.inverse_transform(pred), self.inverse_transform(true))
+
+    def inverse_transform(self, x: torch.Tensor) -> torch.Tensor:
+        """Scaled values of the predicted channels (last dim: the last ``C`` of them) -> original units."""
+        c = x.shape[-1]
+        return x * self._std[-c:].to(x.dtype) + self._mean[-c:].to(x.dtype)
 
     def _eval_end(self, name: str) -> dict[str, float]:
+        """Metrics on the z-scored data (published protocol) and, when the scaler is known, in original units
+        (``<metric>_original``)."""
         self._join_rng()
-        res = {}
-        if self.hparams.metrics_scale in ("scaled", "both"):
-            res.update(self._sums[name].compute())
-        if self.hparams.metrics_scale in ("original", "both"):
-            orig = self._sums[name + "_orig"].compute()
-            res.update(
-                {f"{k}_orig": v for k, v in orig.items()} if self.hparams.metrics_scale == "both" else orig
-            )
+        res = dict(self._sums[name].compute())
+        if len(self._mean):
+            res.update({f"{k}_original": v for k, v in self._sums[name + "_orig"].compute().items()})
         return res
 
     def on_validation_epoch_start(self) -> None:
@@ -399,9 +556,21 @@ class InformerForecaster(CheckpointMetadata, LightningModule):
             torch.save(torch.cat(self._preds), out / "pred.pt")
             torch.save(torch.cat(self._trues), out / "true.pt")
 
+    def on_predict_epoch_start(self) -> None:
+        self._fork_rng(int(self.hparams.eval_seed))
+
+    def on_predict_epoch_end(self) -> None:
+        self._join_rng()
+
     def predict_step(self, batch, batch_idx):
+        """Forecast for each window: ``{"scaled": [B, pred_len, C], "original": ...}`` (original units when the
+        scaler is known). With :class:`favit_probsparse.data.timeseries.TimeSeriesDataModule` the predict loader
+        yields the last window of the series, so this is the forecast past the end of the data."""
         pred, _ = self._step(batch)
-        return pred
+        out = {"scaled": pred}
+        if len(self._mean):
+            out["original"] = self.inverse_transform(pred.double())
+        return out
 
     # ------------------------------------------------------------------------------------------------ optim
     def configure_optimizers(self):
@@ -426,3 +595,75 @@ class TestAfterFit(Callback):
         ):
             ckpt = None
         trainer.test(pl_module, datamodule=trainer.datamodule, ckpt_path=ckpt, verbose=True)
+
+
+class ForecastWriter(BasePredictionWriter):
+    """Writes ``favit-ps predict``'s forecast past the end of the data: ``forecast.csv`` (future timestamps at the
+    data's frequency, every predicted column in original units) and ``forecast.png`` (recent history + forecast per
+    predicted column). Both written atomically (temp file + rename).
+
+    Args:
+        output_dir: folder (None: ``<trainer.default_root_dir>/forecast``).
+        history: how many past steps the plot shows (None: ``max(seq_len, 4 * pred_len)``).
+    """
+
+    def __init__(self, output_dir: str | None = None, history: int | None = None):
+        super().__init__(write_interval="epoch")
+        self.output_dir, self.history = output_dir, history
+        self.written: dict[str, Path] = {}
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "forecast_frame"):
+            raise ValueError("ForecastWriter needs a datamodule with forecast_frame() (TimeSeriesDataModule)")
+        if not predictions:
+            return
+        pred = predictions[-1]["original" if "original" in predictions[-1] else "scaled"][-1]
+        frame = dm.forecast_frame(pred.detach().cpu().double().numpy())
+        out = Path(self.output_dir) if self.output_dir else Path(trainer.default_root_dir) / "forecast"
+        self.written = write_forecast(frame, out, history=dm.history_frame(self._history(dm)))
+
+    def _history(self, dm) -> int:
+        return self.history if self.history is not None else max(dm.seq_len, 4 * dm.pred_len)
+
+
+def write_forecast(forecast: pd.DataFrame, out_dir: str | Path, history: pd.DataFrame | None = None) -> dict:
+    """``forecast.csv`` (+ ``forecast.png`` with ``history`` when given) in ``out_dir``, atomically; their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv = out_dir / "forecast.csv"
+    tmp = csv.with_suffix(".csv.tmp")
+    forecast.to_csv(tmp, index=False)
+    tmp.replace(csv)
+    written = {"csv": csv}
+    if history is not None:
+        written["png"] = plot_forecast(forecast, history, out_dir / "forecast.png")
+    return written
+
+
+def plot_forecast(forecast: pd.DataFrame, history: pd.DataFrame, path: str | Path) -> Path:
+    """One panel per predicted column: the recent history and the forecast after it (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    date = forecast.columns[0]
+    cols = list(forecast.columns[1:])
+    fig, axes = plt.subplots(len(cols), 1, figsize=(9, 2.4 * len(cols)), squeeze=False, sharex=True)
+    for ax, c in zip(axes[:, 0], cols, strict=True):
+        if c in history.columns:
+            ax.plot(history[history.columns[0]], history[c], color="0.3", lw=1, label="history")
+        ax.plot(forecast[date], forecast[c], color="tab:red", lw=1.5, label="forecast")
+        ax.set_ylabel(c)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(loc="upper left", fontsize=8)
+    axes[-1, 0].set_xlabel(str(date))
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

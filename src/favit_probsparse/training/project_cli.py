@@ -119,10 +119,15 @@ class ProjectCLI(FreshRunCLI):
     """LightningCLI (with the one-folder-per-run check of :class:`FreshRunCLI`) implementing the checkpoint rules
     of the module docstring."""
 
+    #: (source, target) argument links applied at instantiation (the forecasting shapes)
+    links: tuple[tuple[str, str], ...] = ()
+
     def add_arguments_to_parser(self, parser) -> None:
         from jsonargparse import ActionYesNo
 
         super().add_arguments_to_parser(parser)
+        for source, target in self.links:
+            parser.link_arguments(source, target, apply_on="instantiate")
         parser.add_argument(
             "--ckpt_override",
             action=ActionYesNo,
@@ -212,8 +217,9 @@ class ProjectCLI(FreshRunCLI):
         self._ckpt_state = None
 
 
-def project_cli(args: Sequence[str], run: bool = True) -> ProjectCLI:
-    return ProjectCLI(
+def project_cli(args: Sequence[str], run: bool = True, links: Sequence[tuple[str, str]] = ()) -> ProjectCLI:
+    cls = type("ProjectCLI", (ProjectCLI,), {"links": tuple(links)}) if links else ProjectCLI
+    return cls(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
