@@ -79,7 +79,7 @@ def test_load_checkpoint_names_every_failure(tmp_path):
             load_checkpoint(tmp_path / name)
         assert msg in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(
-        CheckpointError, match=r"wrong model: it holds a .*ImageClassifier.* config's model is a .*Informer"
+        CheckpointError, match=r"wrong model: it holds a .*ImageClassifier.* config's model is a .*Forecaster"
     ):
         load_checkpoint(good, expected=FORECASTER)
     with pytest.raises(CheckpointError, match="wrong task"):
@@ -192,9 +192,8 @@ def test_cli_checkpoint_errors_are_one_line(trained, tmp_path, capsys):
         line = _err(capsys)
         assert line.startswith("favit-ps test: error: checkpoint ") and name in line and msg in line
     # a vision checkpoint given to a forecasting config
-    fc = yaml.safe_load((ROOT / "configs/forecast/informer_etth1_M_48_48_24.yaml").read_text())
-    (tmp_path / "fc.yaml").write_text(yaml.safe_dump(fc))
-    assert cli.main(["test", "--config", str(tmp_path / "fc.yaml"), "--ckpt", str(ckpt)]) == 2
+    fc = ROOT / "configs/forecast/informer_etth1_M_48_48_24.yaml"
+    assert cli.main(["test", "--config", str(fc), "--ckpt", str(ckpt)]) == 2
     assert "wrong model" in _err(capsys)
     # analyze cross-terms reads through the same loader
     assert cli.main(["analyze", "cross-terms", "--ckpt", str(ckpt), "--out", str(tmp_path / "ct")]) == 2
@@ -453,12 +452,15 @@ def test_forecaster_export_round_trip_in_a_fresh_process(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------- one-line errors
 def test_cli_choice_and_type_errors_print_the_cause_in_one_line(capsys):
     cfg = str(ROOT / "configs/forecast/informer_etth1_M_48_48_24.yaml")
-    assert cli.main(["fit", "--config", cfg, "--model.init_args.preset", "bogus"]) == 2
+    assert cli.main(["fit", "--config", cfg, "--model.init_args.network.init_args.preset", "bogus"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("favit-ps fit: error: unknown preset 'bogus'")
-    assert cli.main(["fit", "--config", cfg, "--model.init_args.d_model", "abc"]) == 2
+    assert len(err) == 1 and err[0].startswith("favit-ps fit: error: unknown preset 'bogus'"), err
+    assert cli.main(["fit", "--config", cfg, "--model.init_args.lradj", "cosine"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["favit-ps fit: error: model.init_args.d_model: Expected a <class 'int'>. Got value: abc"]
+    assert err == ["favit-ps fit: error: unknown lradj 'cosine'; choose type1, type2 or constant"], err
+    assert cli.main(["fit", "--config", cfg, "--model.init_args.learning_rate", "abc"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.init_args.learning_rate: Expected a <class 'float'>. Got value: abc" in err[0]
 
 
 @pytest.mark.parametrize("n", ["0", "-1"])

@@ -13,7 +13,7 @@
 * ``favit-ps reproduce quick`` is the README's main job.
 
 User errors (a bad option, file, or checkpoint) print one line, ``favit-ps CMD: error: <cause>``, and exit 2
-(``FAVIT_PS_TRACEBACK=1`` shows the traceback instead).
+(``FAVIT_DEBUG=1`` shows the traceback instead); errors of the data or a diverged run exit 1.
 
 The subcommand modules are imported lazily so ``favit-ps --help`` stays fast.
 """
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     cmd = argv[0]
-    if os.environ.get("FAVIT_PS_TRACEBACK"):
+    if os.environ.get("FAVIT_DEBUG"):
         return _dispatch(cmd, argv[1:])
     from favit_probsparse.training.project_cli import USER_ERRORS, user_error_message
 
