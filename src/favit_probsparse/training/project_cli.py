@@ -26,6 +26,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from favit_probsparse.training.checkpoint import (
     CheckpointError,
     SafeCheckpointIO,
+    _norm,
     check_state_dict_fits,
     differences_message,
     hparam_differences,
@@ -177,12 +178,22 @@ class ProjectCLI(FreshRunCLI):
         if model_cfg is None or expected is None:
             return  # no model in the config: Lightning's way, the checkpoint's options
         init = model_cfg.get("init_args")
-        given = dict(vars(init)) if init is not None else {}
+        given = _norm(dict(vars(init))) if init is not None else {}
+        for _, target in self.links:
+            # a linked option is the data's value, set at instantiation; the parsed one is only a default
+            if target.startswith("model.init_args."):
+                *parents, leaf = target[len("model.init_args.") :].split(".")
+                node = given
+                for key in parents:
+                    node = node.get(key) if isinstance(node, dict) else None
+                if isinstance(node, dict):
+                    node[leaf] = None
         diffs, filled = hparam_differences(hparams, given)
         if diffs and not cfg.get("ckpt_override"):
             raise CheckpointError(differences_message(ckpt_path, diffs))
+        parsed = dict(vars(init)) if init is not None else {}
         for key, value in filled.items():
-            if key in given and given[key] is None and value is not None:
+            if key in parsed and parsed[key] is None and value is not None:
                 cfg["model.init_args." + key] = value
         self._ckpt_state, self._ckpt_file = ckpt["state_dict"], str(ckpt_path)
         if sub == "fit" and cfg.get("ckpt_override"):
