@@ -1,8 +1,10 @@
 """Benchmark: ProbSparse attention (official-style baseline, our exact path, our fast path) vs SDPA full attention.
 
-Forward + backward time (median over ``--repeats`` after warm-up; CUDA events on GPU) and peak memory above
-the inputs (``torch.cuda.max_memory_allocated`` on GPU; on CPU each case runs in a fresh subprocess and the
-growth of the process's peak RSS is reported, which includes allocator slack).
+Forward + backward time (median over ``--repeats`` rounds in which the methods take turns; CUDA events on GPU)
+and peak memory above the inputs (``torch.cuda.max_memory_allocated`` on GPU; on CPU each case runs in a fresh
+subprocess and the growth of the process's peak RSS is reported, which includes allocator slack). Each row
+also gives ProbSparse's minimum FLOPs and bytes and the fast path's distance to the roofline floor, from the
+GEMM and copy speeds measured at the start.
 
     python benchmarks/attention.py                       # CPU: B=1, H=8, D=64
     python benchmarks/attention.py --device cuda         # GPU: B=32, H=8, D=64
@@ -14,8 +16,10 @@ This is a benchmark, not a test: it prints a table and checks nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import resource
 import statistics
 import subprocess
@@ -26,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from favit_probsparse.attention import probsparse_attention
+from favit_probsparse.attention import probsparse_attention, probsparse_counts
 from favit_probsparse.experiments.provenance import hardware_summary
 
 METHODS = ("official", "exact", "fast", "sdpa")
@@ -91,8 +95,14 @@ def make_case(method, b, h, l, d, device, dtype):
     return step
 
 
-def run_case(method, b, h, l, d, device, dtype, repeats, warmup, clock="wall"):
-    make_case(method, 1, 1, 16, d, device, dtype)()  # load kernels/allocator pools before the memory baseline
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_memory(method, b, h, l, d, device, dtype):
+    """Peak memory of one forward+backward above the inputs (CUDA allocator peak, or growth of peak RSS)."""
+    make_case(method, 1, 1, 16, d, device, dtype)()  # load kernels/allocator pools before the baseline
     step = make_case(method, b, h, l, d, device, dtype)
     if device == "cuda":
         torch.cuda.synchronize()
@@ -100,32 +110,73 @@ def run_case(method, b, h, l, d, device, dtype, repeats, warmup, clock="wall"):
         torch.cuda.reset_peak_memory_stats()
         step()
         torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
+        return torch.cuda.max_memory_allocated() - base
+    try:  # Linux: reset the peak RSS (VmHWM) so that import-time peaks do not hide this case's
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _status_kib("VmRSS")
+        step()
+        return (_status_kib("VmHWM") - base) * 1024
+    except OSError:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         step()
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024  # ru_maxrss is KiB on Linux
-    for _ in range(warmup):
-        step()
-    times = []
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024  # KiB on Linux
+
+
+def _status_kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def time_interleaved(steps, device, repeats, warmup, clock):
+    """Median ms per method; the methods take turns in every round, so a change in machine load hits all
+    of them alike and the ratios stay comparable."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times = {m: [] for m in steps}
+    now = time.thread_time if clock == "cpu" else time.perf_counter
     for _ in range(repeats):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:  # "cpu": this thread's CPU time, robust to other processes when torch runs on 1 thread
-            now = time.thread_time if clock == "cpu" else time.perf_counter
-            t0 = now()
-            step()
-            times.append((now() - t0) * 1e3)
-    return {"method": method, "L": l, "ms": statistics.median(times), "peak_bytes": peak, "repeats": repeats}
+        for m, step in steps.items():
+            if device == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                step()
+                end.record()
+                torch.cuda.synchronize()
+                times[m].append(start.elapsed_time(end))
+            else:  # "cpu": this thread's CPU time, robust to other processes when torch runs on 1 thread
+                t0 = now()
+                step()
+                times[m].append((now() - t0) * 1e3)
+    return {m: statistics.median(t) for m, t in times.items()}
+
+
+# ---- the roofline floor --------------------------------------------------------------------------------------
+def machine_peaks(device, dtype):
+    """Measured (GEMM GFLOP/s, copy GB/s) on this device and thread count: a large square matmul, and a
+    copy between two preallocated 256 MiB buffers (read + write bytes)."""
+    n = 4096 if device == "cuda" else 1024
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    x = torch.empty(2**26, device=device, dtype=torch.float32).normal_()
+    y = torch.empty_like(x)
+    steps = {"gemm": lambda: a @ b, "copy": lambda: y.copy_(x)}
+    ms = time_interleaved(steps, device, 7, 2, "cpu" if device == "cpu" else "wall")
+    return 2 * n**3 / ms["gemm"] / 1e6, 2 * x.numel() * 4 / ms["copy"] / 1e6
+
+
+def probsparse_work(b, h, l, d, itemsize):
+    """(FLOPs, bytes) that ProbSparse forward+backward cannot avoid: the L·U sampled dot products of the
+    measure, the active-query attention (2 matmuls forward, 4 backward, each u·L·D multiply-adds), and one
+    pass over q, k, v, the output, its gradient and the three input gradients."""
+    n_samples, u = probsparse_counts(l, l, 5)
+    flops = b * h * d * l * (2 * n_samples + 12 * u)
+    return flops, 8 * b * h * l * d * itemsize
 
 
 def fmt_bytes(n):
-    n = max(n, 0)
+    if n < 0:
+        return "n/a"  # not measured (--no-memory, out of memory, or the case failed)
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
@@ -148,8 +199,9 @@ def main(argv=None):
         help="CPU timing: wall clock, or this thread's CPU time (default, forces 1 thread; robust to a "
         "loaded machine)",
     )
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory columns")
     p.add_argument("--markdown", default=None, help="also write the table to this file")
-    p.add_argument("--_one", default=None, help=argparse.SUPPRESS)  # internal: run one case, print JSON
+    p.add_argument("--_one", default=None, help=argparse.SUPPRESS)  # internal: peak memory of one case
     a = p.parse_args(argv)
     if a.device == "cpu" and a.clock is None:
         a.clock = "cpu"
@@ -161,21 +213,34 @@ def main(argv=None):
     dtype = getattr(torch, a.dtype)
     if a._one:
         method, l = a._one.split(":")
-        print(
-            json.dumps(
-                run_case(method, batch, a.heads, int(l), a.dim, a.device, dtype, a.repeats, a.warmup, a.clock)
-            )
-        )
+        print(json.dumps({"peak_bytes": peak_memory(method, batch, a.heads, int(l), a.dim, a.device, dtype)}))
         return 0
 
+    load_before = os.getloadavg()
+    gflops, gbs = machine_peaks(a.device, dtype)
+    print(f"  measured peaks: GEMM {gflops:.1f} GFLOP/s, copy {gbs:.1f} GB/s", file=sys.stderr)
     rows = {}
     for l in a.lengths:
+        steps = {}
         for m in a.methods:
+            try:
+                steps[m] = make_case(m, batch, a.heads, l, a.dim, a.device, dtype)
+                steps[m]()
+            except torch.OutOfMemoryError:
+                steps.pop(m, None)
+                rows[(m, l)] = {"ms": float("nan")}
             if a.device == "cuda":
-                try:
-                    r = run_case(m, batch, a.heads, l, a.dim, a.device, dtype, a.repeats, a.warmup)
-                except torch.OutOfMemoryError:
-                    r = {"method": m, "L": l, "ms": float("nan"), "peak_bytes": -1}
+                torch.cuda.empty_cache()
+        for m, ms in time_interleaved(steps, a.device, a.repeats, a.warmup, a.clock).items():
+            rows[(m, l)] = {"ms": ms}
+        del steps
+        for m in a.methods:
+            peak = -1
+            if a.no_memory or rows[(m, l)]["ms"] != rows[(m, l)]["ms"]:
+                pass
+            elif a.device == "cuda":
+                with contextlib.suppress(torch.OutOfMemoryError):
+                    peak = peak_memory(m, batch, a.heads, l, a.dim, a.device, dtype)
                 torch.cuda.empty_cache()
             else:  # fresh process per case so that ru_maxrss measures this case alone
                 cmd = [
@@ -187,65 +252,72 @@ def main(argv=None):
                     "cpu",
                     "--batch",
                     str(batch),
-                    "--heads",
-                    str(a.heads),
-                    "--dim",
-                    str(a.dim),
-                    "--repeats",
-                    str(a.repeats),
-                    "--warmup",
-                    str(a.warmup),
-                    "--dtype",
-                    a.dtype,
-                    "--clock",
-                    a.clock,
                 ]
-                if a.threads:
-                    cmd += ["--threads", str(a.threads)]
+                cmd += ["--heads", str(a.heads), "--dim", str(a.dim), "--dtype", a.dtype, "--threads", "1"]
                 out = subprocess.run(cmd, capture_output=True, text=True)
-                if out.returncode != 0:
-                    print(out.stderr[-2000:], file=sys.stderr)
-                    r = {"method": m, "L": l, "ms": float("nan"), "peak_bytes": -1}
+                if out.returncode == 0:
+                    peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
                 else:
-                    r = json.loads(out.stdout.strip().splitlines()[-1])
-            rows[(m, l)] = r
-            print(f"  {m:>8} L={l:<5} {r['ms']:9.2f} ms  {fmt_bytes(r['peak_bytes']):>10}", file=sys.stderr)
+                    print(out.stderr[-2000:], file=sys.stderr)
+            rows[(m, l)]["peak_bytes"] = peak
+            print(
+                f"  {m:>8} L={l:<5} {rows[(m, l)]['ms']:9.2f} ms  {fmt_bytes(peak):>10}",
+                file=sys.stderr,
+            )
 
-    hw = hardware_summary()
+    timing = (
+        "CUDA events"
+        if a.device == "cuda"
+        else ("per-thread CPU time, 1 thread" if a.clock == "cpu" else "wall clock")
+    )
+    load_after = os.getloadavg()
     lines = [
-        f"Device: {a.device} ({hw}); torch {torch.__version__}; dtype {a.dtype}; B={batch}, H={a.heads}, D={a.dim}; "
-        f"forward+backward, median of {a.repeats} after {a.warmup} warm-up"
-        f"{'' if a.device == 'cuda' else ' (' + ('per-thread CPU time, 1 thread' if a.clock == 'cpu' else 'wall clock') + ')'}"
-        "; peak memory above the inputs "
-        f"({'CUDA max_memory_allocated' if a.device == 'cuda' else 'growth of peak RSS in a fresh process'}).",
+        f"Device: {a.device} ({hardware_summary()}); dtype {a.dtype}; "
+        f"B={batch}, H={a.heads}, D={a.dim}; forward+backward, median of {a.repeats} interleaved rounds "
+        f"after {a.warmup} warm-up ({timing}); peak memory above the inputs "
+        f"({'CUDA max_memory_allocated' if a.device == 'cuda' else 'growth of peak RSS in a fresh process'}); "
+        f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; 1-min load average "
+        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after.",
+        "",
+        f"Roofline floor = max(FLOPs / {gflops:.1f} GFLOP/s, bytes / {gbs:.1f} GB/s), both measured here "
+        "(a square GEMM and a large copy in this dtype and thread count). FLOPs and bytes are ProbSparse's "
+        "forward+backward minimum (sampled measure, active-query attention, one pass over q, k, v, the "
+        "output and the gradients).",
         "",
         "| L | "
         + " | ".join(f"{m} ms" for m in a.methods)
         + " | "
         + " | ".join(f"{m} peak" for m in a.methods)
-        + " | fast vs official | fast peak / sdpa peak |",
-        "|---" * (2 * len(a.methods) + 3) + "|",
+        + " | fast vs official | fast peak / sdpa peak | GFLOP | MB | floor ms | fast / floor |",
+        "|---" * (2 * len(a.methods) + 7) + "|",
     ]
+    itemsize = torch.empty((), dtype=dtype).element_size()
     for l in a.lengths:
         ms = [rows[(m, l)]["ms"] for m in a.methods]
         pk = [fmt_bytes(rows[(m, l)]["peak_bytes"]) for m in a.methods]
-        speed = ratio = "n/a"
+        speed = ratio = over = "n/a"
         if "fast" in a.methods and "official" in a.methods:
             speed = f"{rows[('official', l)]['ms'] / rows[('fast', l)]['ms']:.2f}x"
         if "fast" in a.methods and "sdpa" in a.methods and rows[("sdpa", l)]["peak_bytes"] > 0:
             ratio = f"{rows[('fast', l)]['peak_bytes'] / rows[('sdpa', l)]['peak_bytes']:.2f}"
+        flops, nbytes = probsparse_work(batch, a.heads, l, a.dim, itemsize)
+        floor = max(flops / gflops / 1e6, nbytes / gbs / 1e6)
+        if "fast" in a.methods:
+            over = f"{rows[('fast', l)]['ms'] / floor:.1f}x"
         lines.append(
             f"| {l} | "
             + " | ".join(f"{x:.2f}" for x in ms)
             + " | "
             + " | ".join(pk)
-            + f" | {speed} | {ratio} |"
+            + f" | {speed} | {ratio} | {flops / 1e9:.3f} | {nbytes / 1e6:.1f} | {floor:.2f} | {over} |"
         )
     table = "\n".join(lines)
     print(table)
     if a.markdown:
-        with open(a.markdown, "w") as f:
+        tmp = f"{a.markdown}.tmp"
+        with open(tmp, "w") as f:
             f.write(table + "\n")
+        os.replace(tmp, a.markdown)
     return 0
 
 

@@ -280,7 +280,7 @@ def test_decoder_input_start_token():
     d = decoder_input(y, label_len=6, pred_len=4)
     torch.testing.assert_close(d[:, :6], y[:, :6])
     assert (d[:, 6:] == 0).all() and d.shape == (2, 10, 3)
-    assert (decoder_input(y, 6, 4, padding=1)[:, 6:] == 1).all()
+    assert (decoder_input(y, 6, 4, dec_fill=1)[:, 6:] == 1).all()
 
 
 @pytest.mark.parametrize(
@@ -293,9 +293,61 @@ def test_decoder_input_start_token():
         (dict(embed="onehot"), "unknown embed"),
         (dict(activation="tanh"), "unknown activation"),
         (dict(label_len=100), "label_len"),
+        (dict(label_len=-1), "label_len"),
+        (dict(pred_len=0), "pred_len"),
+        (dict(pred_len=-3), "pred_len"),
+        (dict(seq_len=0, label_len=0), "seq_len"),
+        (dict(seq_len=96.0), "seq_len"),
+        (dict(c_out=0), "c_out"),
         (dict(pos_encoding="nope"), "unknown pos_encoding"),
     ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Informer(**{**TINY, **kwargs})
+
+
+def test_every_length_is_checked_by_name():
+    """``pred_len=0`` used to return ``label_len`` steps without complaint."""
+    for name, bad in (("pred_len", 0), ("seq_len", -1), ("label_len", -2), ("pred_len", True)):
+        with pytest.raises(ValueError, match=rf"^{name} must be an integer"):
+            Informer(**{**TINY, name: bad})
+    with pytest.raises(ValueError, match=r"label_len must be in \[0, seq_len=8\], got 9"):
+        Informer(seq_len=8, label_len=9, **TINY)
+    # the edges are valid: no start token, or a start token as long as the window
+    for label_len in (0, 8):
+        m = Informer(seq_len=8, label_len=label_len, pred_len=1, **TINY)
+        assert m(*_inputs(seq_len=8, label_len=label_len, pred_len=1)).shape == (3, 1, 7)
+
+
+@pytest.mark.parametrize(
+    ("embed", "freq", "width"), [("timeF", "h", 4), ("timeF", "t", 5), ("fixed", "h", 4)]
+)
+def test_time_feature_width_that_does_not_match_freq_is_named(embed, freq, width):
+    m = Informer(embed=embed, freq=freq, **TINY)
+    x, _, xd, _ = _inputs()
+    good_enc, good_dec = torch.zeros(3, 96, width), torch.zeros(3, 72, width)
+    assert m(x, good_enc, xd, good_dec).shape == (3, 24, 7)
+    msg = rf"x_mark_enc must have shape \[B=3, L=96, {width}\] \({width} time features for embed='{embed}', freq='{freq}'\)"
+    with pytest.raises(ValueError, match=msg):
+        m(x, torch.zeros(3, 96, width + 1), xd, good_dec)
+    with pytest.raises(ValueError, match=rf"x_mark_dec must have shape \[B=3, L=72, {width}\]"):
+        m(x, good_enc, xd, torch.zeros(3, 72, width - 1))
+    with pytest.raises(
+        ValueError, match="x_mark_dec must have shape"
+    ):  # length of the marks != of the values
+        m(x, good_enc, xd, torch.zeros(3, 71, width))
+    # without temporal embedding (or without marks) the marks are not read, so not checked
+    assert m(x, None, xd, None).shape == (3, 24, 7)
+    m2 = Informer(embed=embed, freq=freq, embed_parts="value", **TINY)
+    assert m2(x, torch.zeros(3, 96, 9), xd, torch.zeros(3, 72, 9)).shape == (3, 24, 7)
+
+
+def test_wrong_channel_count_is_named():
+    m = Informer(enc_in=7, dec_in=5, c_out=1, **TINY)
+    x, xm, xd, xdm = _inputs()
+    with pytest.raises(ValueError, match=r"x_dec must have shape \[B, L, 5\], got \[3, 72, 7\]"):
+        m(x, xm, xd, xdm)
+    with pytest.raises(ValueError, match=r"x_enc must have shape \[B, L, 7\]"):
+        m(x[..., :6], xm, xd[..., :5], xdm)
+    assert m(x, xm, xd[..., :5], xdm).shape == (3, 24, 1)

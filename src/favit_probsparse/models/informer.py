@@ -42,12 +42,14 @@ from torch import Tensor, nn
 from favit_probsparse.attention import build_attention
 from favit_probsparse.attention.delta_v import DeltaVAttention
 from favit_probsparse.layers import swap_dropout
+from favit_probsparse.models._checks import check_int
 from favit_probsparse.posenc import PositionEncoding, build_pos_encoding, parse_terms, select_term_qk
 
 __all__ = [
     "MIX_MODES",
     "PRESETS",
     "AttentionLayer",
+    "AttentionPlan",
     "ConvLayer",
     "DataEmbedding",
     "Decoder",
@@ -60,8 +62,12 @@ __all__ = [
     "TemporalEmbedding",
     "TimeFeatureEmbedding",
     "TokenEmbedding",
+    "build_decoder",
+    "build_encoder",
+    "check_lengths",
     "decoder_input",
     "distilled_length",
+    "resolve_preset",
 ]
 
 # time-feature widths for embed="timeF" (official TimeFeatureEmbedding.freq_map)
@@ -153,7 +159,7 @@ class DataEmbedding(nn.Module):
 
     Position-encoding ablations (additive options, defaults = official):
         parts: which embeddings are summed: ``"all"`` (= ``"value+position+temporal"``) or a ``+``-joined subset
-            that contains ``value`` (seed Tables 2-3: ``"value"``, ``"value+temporal"``).
+            that contains ``value`` (report Tables 2-3: ``"value"``, ``"value+temporal"``).
         pos_kwargs: extra keyword arguments of :func:`build_pos_encoding` (e.g. Legendre ``layout``/``grid``).
     """
 
@@ -174,12 +180,15 @@ class DataEmbedding(nn.Module):
         if embed not in ("timeF", "fixed", "learned"):
             raise ValueError(f"unknown embed {embed!r}; choose timeF, fixed or learned")
         self.parts = _embedding_parts(parts)
+        self.embed, self.freq = embed, freq
         self.value_embedding = TokenEmbedding(c_in, d_model, bias=bias)
         self.position_embedding = build_pos_encoding(pos_encoding, d_model, max_len, **(pos_kwargs or {}))
         if embed == "timeF":
             self.temporal_embedding: nn.Module = TimeFeatureEmbedding(d_model, freq, bias=bias)
+            self.time_features = TIMEF_DIMS[freq]
         else:
             self.temporal_embedding = TemporalEmbedding(d_model, embed, freq)
+            self.time_features = 5 if freq == "t" else 4  # [month, day, weekday, hour(, minute // 15)]
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, x_mark: Tensor | None) -> Tensor:
@@ -498,22 +507,195 @@ PRESETS: dict[str, InformerPreset] = {
 }
 
 
-def decoder_input(batch_y: Tensor, label_len: int, pred_len: int, padding: int = 0) -> Tensor:
-    """Generative start token: ``cat(batch_y[:, :label_len], zeros/ones[B, pred_len, C])`` (official ``dec_inp``)."""
-    if padding not in (0, 1):
-        raise ValueError(f"padding must be 0 (zeros) or 1 (ones), got {padding!r}")
+def resolve_preset(
+    preset: str,
+    mix: bool | str | None = None,
+    cross_attention: str | None = None,
+    distil_padding: int | None = None,
+    embed_bias: bool | None = None,
+    dropout: float | None = None,
+    factor: float | None = None,
+) -> InformerPreset:
+    """The switches of ``preset`` with every non-None override applied (``mix`` True/False = official ``--mix``)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    p = PRESETS[preset]
+    if mix is True:
+        mix = "decoder_self"
+    elif mix is False:
+        mix = "none"
+    p = replace(
+        p,
+        mix=p.mix if mix is None else mix,
+        cross_attention=p.cross_attention if cross_attention is None else cross_attention,
+        distil_padding=p.distil_padding if distil_padding is None else distil_padding,
+        embed_bias=p.embed_bias if embed_bias is None else embed_bias,
+        dropout=p.dropout if dropout is None else dropout,
+        factor=p.factor if factor is None else factor,
+    )
+    if p.mix not in MIX_MODES:
+        raise ValueError(f"unknown mix {p.mix!r}; choose True, False or one of {list(MIX_MODES)}")
+    if p.cross_attention not in ("prob", "full"):
+        raise ValueError(f"unknown cross_attention {p.cross_attention!r}; choose prob or full")
+    return p
+
+
+def check_lengths(seq_len: int, label_len: int, pred_len: int) -> None:
+    """Window lengths of the generative decoder: ``seq_len, pred_len >= 1`` and ``0 <= label_len <= seq_len``.
+
+    The start token is the last ``label_len`` steps of the encoder window, so it cannot be longer than the window.
+    """
+    check_int("seq_len", seq_len, 1)
+    check_int("pred_len", pred_len, 1)
+    check_int("label_len", label_len, 0)
+    if label_len > seq_len:
+        raise ValueError(f"label_len must be in [0, seq_len={seq_len}], got {label_len}")
+
+
+def decoder_input(batch_y: Tensor, label_len: int, pred_len: int, dec_fill: int = 0) -> Tensor:
+    """Generative start token: ``cat(batch_y[:, :label_len], zeros/ones[B, pred_len, C])`` (official ``dec_inp``).
+
+    ``dec_fill`` is the official ``--padding`` flag: 0 fills the unknown steps with zeros (default), 1 with ones.
+    """
+    if dec_fill not in (0, 1):
+        raise ValueError(f"dec_fill (official --padding) must be 0 (zeros) or 1 (ones), got {dec_fill!r}")
     b, _, c = batch_y.shape
-    fill = batch_y.new_zeros(b, pred_len, c) if padding == 0 else batch_y.new_ones(b, pred_len, c)
+    fill = batch_y.new_zeros(b, pred_len, c) if dec_fill == 0 else batch_y.new_ones(b, pred_len, c)
     return torch.cat([batch_y[:, :label_len], fill], dim=1)
+
+
+# the three attention roles of an Informer layer stack
+ROLES = ("encoder", "decoder_self", "cross")
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    """How :class:`Informer` builds the :class:`AttentionLayer` of each role (``ROLES``).
+
+    Self-attention (encoder and decoder) is of kind ``attention``, cross-attention of kind
+    ``settings.cross_attention``; the decoder's self-attention is causal.
+    """
+
+    settings: InformerPreset
+    attention: str  # "prob" | "full": encoder and decoder self-attention
+    d_model: int
+    n_heads: int
+    prob_options: dict  # ProbSparseAttention options (factor, measure, masked_lazy, ...)
+    pos_inject: str = "input"
+    pos_terms: str = "all"
+    delta_v: bool | dict = False
+    delta_v_layers: str = "self"
+    deep_mlp: bool = False
+
+    def kind(self, role: str) -> str:
+        return self.settings.cross_attention if role == "cross" else self.attention
+
+    def operator(self, role: str) -> nn.Module:
+        """The attention operator (no parameters) of ``role``."""
+        causal = role == "decoder_self"
+        if self.kind(role) == "prob":
+            return build_attention("prob", causal=causal, **self.prob_options)
+        return build_attention("full", causal=causal, dropout=self.settings.dropout)
+
+    def mixed(self, role: str) -> bool:
+        """Whether ``role``'s output is the official head/time "mix" (see the module docstring)."""
+        if self.settings.mix == "prob_layers":
+            return self.kind(role) == "prob"
+        return self.settings.mix == "decoder_self" and role == "decoder_self"
+
+    def delta_v_options(self, role: str) -> bool | dict | None:
+        """``delta_v`` for the layers ``delta_v_layers`` selects, else None."""
+        selected = (
+            self.delta_v_layers == "all"
+            or role == "encoder"
+            or (self.delta_v_layers == "self" and role == "decoder_self")
+        )
+        return self.delta_v if self.delta_v and selected else None
+
+    def positions(self, embedding: DataEmbedding | None) -> dict:
+        """Position-encoding arguments of a self-attention layer fed by ``embedding`` (None for cross-attention).
+
+        Rotary and bias encodings always act inside the layer; an absolute one only when ``pos_inject`` says so.
+        """
+        if embedding is None:
+            return {}
+        pe = embedding.position_embedding
+        if pe.kind in ("rotary", "bias"):
+            return {"pos_encoding": pe}
+        if pe.kind == "absolute" and self.pos_inject != "input":
+            return {"pos_encoding": pe, "pos_terms": self.pos_terms}
+        return {}
+
+    def layer(self, role: str, embedding: DataEmbedding | None = None) -> AttentionLayer:
+        return AttentionLayer(
+            self.operator(role),
+            self.d_model,
+            self.n_heads,
+            mix=self.mixed(role),
+            **self.positions(embedding),
+            delta_v=self.delta_v_options(role),
+            deep_mlp=self.deep_mlp,
+        )
+
+
+def build_encoder(
+    plan: AttentionPlan,
+    embedding: DataEmbedding,
+    e_layers: int,
+    d_ff: int,
+    activation: str,
+    distil: bool,
+) -> Encoder:
+    """``e_layers`` encoder layers, ``e_layers - 1`` distilling ConvLayers between them if ``distil``, LayerNorm."""
+    d_model, p = plan.d_model, plan.settings
+    layers = [
+        EncoderLayer(
+            plan.layer("encoder", embedding), d_model, d_ff, dropout=p.dropout, activation=activation
+        )
+        for _ in range(e_layers)
+    ]
+    convs = [ConvLayer(d_model, p.distil_padding) for _ in range(e_layers - 1)] if distil else None
+    return Encoder(layers, convs, norm_layer=nn.LayerNorm(d_model))
+
+
+def build_decoder(
+    plan: AttentionPlan, embedding: DataEmbedding, d_layers: int, d_ff: int, activation: str
+) -> Decoder:
+    """``d_layers`` decoder layers (causal self-attention fed by ``embedding``, cross-attention), LayerNorm."""
+    d_model, p = plan.d_model, plan.settings
+    layers = [
+        DecoderLayer(
+            plan.layer("decoder_self", embedding),
+            plan.layer("cross"),
+            d_model,
+            d_ff,
+            dropout=p.dropout,
+            activation=activation,
+        )
+        for _ in range(d_layers)
+    ]
+    return Decoder(layers, norm_layer=nn.LayerNorm(d_model))
+
+
+def _input_embedding_parts(embed_parts: str, pos_inject: str) -> str:
+    """The :class:`DataEmbedding` parts: without ``position`` when an absolute encoding goes into the layers only."""
+    if pos_inject != "layers":
+        return embed_parts
+    names = _embedding_parts(embed_parts) - {"position"}
+    return "+".join(n for n in _EMBEDDING_PARTS if n in names)
 
 
 class Informer(nn.Module):
     """Informer encoder-decoder. ``forward(x_enc, x_mark_enc, x_dec, x_mark_dec) -> [B, pred_len, c_out]``.
 
+    The switches resolve to an :class:`InformerPreset` (:func:`resolve_preset`); an :class:`AttentionPlan` says
+    what each attention role gets, and :func:`build_encoder` / :func:`build_decoder` build the stacks from it.
+
     Args:
         enc_in / dec_in / c_out: channels in (encoder / decoder) and out (M: 7/7/7, S: 1/1/1, MS: 7/7/1 on ETT).
         seq_len / label_len / pred_len: encoder length, start-token length, horizon (the decoder input has
-            ``label_len + pred_len`` steps; only ``pred_len`` is needed by the model, the others are checked).
+            ``label_len + pred_len`` steps; only ``pred_len`` is needed by the model, the others are checked:
+            ``seq_len, pred_len >= 1`` and ``0 <= label_len <= seq_len``, see :func:`check_lengths`).
         preset: "official-head" | "paper-2021-03" | "tsl" (defaults of the switches below when they are None).
         attention: "prob" (ProbSparse) or "full" for encoder self- and decoder self-attention (Informer†).
         factor: ProbSparse sampling factor c (preset default 5, tsl 3).
@@ -522,14 +704,16 @@ class Informer(nn.Module):
         cross_attention: None (preset), "full" or "prob".
         distil: distilling ConvLayers between encoder layers; distil_padding: None (preset), 1 or 2.
         embed_bias: biases of the value conv and timeF linear (official True, TSL False).
-        embed: "timeF" | "fixed" | "learned"; freq: time-feature frequency ("h", "t", ...).
+        embed: "timeF" | "fixed" | "learned"; freq: time-feature frequency ("h", "t", ...). Together they fix
+            the width of ``x_mark_*`` (timeF: ``TIMEF_DIMS[freq]``; fixed/learned: 4 calendar fields, 5 for "t");
+            ``forward`` names a mark of another width.
         pos_encoding: name for :func:`favit_probsparse.posenc.build_pos_encoding` (default "sinusoidal").
         prob_impl: "fast" | "exact" ProbSparse implementation; prob_measure, masked_lazy, causal_sampling,
             fixed_eval_sample: :class:`favit_probsparse.attention.ProbSparseAttention` options (official defaults).
         dropout_impl: "torch" (``nn.Dropout``, official) or "bits" (:class:`favit_probsparse.layers.BitsDropout`:
             same distribution up to p rounded to 2**-15, ~2x cheaper masks on CPU) for the model's dropout layers.
 
-    Position-encoding / ΔV ablations (seed Tables 2-6; defaults = the official model):
+    Position-encoding / ΔV ablations (report Tables 2-6; defaults = the official model):
         pos_kwargs: keyword arguments for ``build_pos_encoding`` (e.g. ``{"layout": "B"}`` for Legendre).
         embed_parts: :class:`DataEmbedding` parts, ``"all"`` or e.g. ``"value"``, ``"value+temporal"``.
         pos_inject: where an *absolute* encoding enters: ``"input"`` (official: added to the embedding),
@@ -539,7 +723,7 @@ class Informer(nn.Module):
             :func:`favit_probsparse.posenc.parse_terms`).
         delta_v: ΔV attention (``True`` or a dict of :class:`DeltaVAttention` options, e.g. ``{"momentum": True}``).
         delta_v_layers: which layers get ΔV: ``"self"`` (encoder and decoder self-attention), ``"encoder"``, ``"all"``.
-        deep_mlp: every attention layer's output projection becomes a 2-layer MLP (seed Table 2's "deep MLP").
+        deep_mlp: every attention layer's output projection becomes a 2-layer MLP (report Table 2's "deep MLP").
     """
 
     def __init__(
@@ -588,140 +772,63 @@ class Informer(nn.Module):
             raise ValueError(f"unknown pos_inject {pos_inject!r}; choose input, layers or both")
         if delta_v_layers not in ("self", "encoder", "all"):
             raise ValueError(f"unknown delta_v_layers {delta_v_layers!r}; choose self, encoder or all")
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
         if attention not in ("prob", "full"):
             raise ValueError(f"unknown attention {attention!r}; choose prob or full")
+        for name, value in (("enc_in", enc_in), ("dec_in", dec_in), ("c_out", c_out)):
+            check_int(name, value, 1)
         if e_layers < 1 or d_layers < 1:
             raise ValueError(f"e_layers and d_layers must be >= 1, got {e_layers}, {d_layers}")
-        if not 0 <= label_len <= seq_len:
-            raise ValueError(f"label_len must be in [0, seq_len={seq_len}], got {label_len}")
-        p = PRESETS[preset]
-        if mix is True:
-            mix = "decoder_self"
-        elif mix is False:
-            mix = "none"
-        p = replace(
-            p,
-            mix=p.mix if mix is None else mix,
-            cross_attention=p.cross_attention if cross_attention is None else cross_attention,
-            distil_padding=p.distil_padding if distil_padding is None else distil_padding,
-            embed_bias=p.embed_bias if embed_bias is None else embed_bias,
-            dropout=p.dropout if dropout is None else dropout,
-            factor=p.factor if factor is None else factor,
-        )
-        if p.mix not in MIX_MODES:
-            raise ValueError(f"unknown mix {p.mix!r}; choose True, False or one of {list(MIX_MODES)}")
-        if p.cross_attention not in ("prob", "full"):
-            raise ValueError(f"unknown cross_attention {p.cross_attention!r}; choose prob or full")
+        check_lengths(seq_len, label_len, pred_len)
+        p = resolve_preset(preset, mix, cross_attention, distil_padding, embed_bias, dropout, factor)
         self.settings = p
         self.preset, self.attention_kind = preset, attention
         self.seq_len, self.label_len, self.pred_len = seq_len, label_len, pred_len
         self.enc_in, self.dec_in, self.c_out = enc_in, dec_in, c_out
         self.d_model, self.n_heads = d_model, n_heads
-        dropout, factor = p.dropout, p.factor
 
-        prob_opts = dict(
-            factor=factor,
-            measure=prob_measure,
-            masked_lazy=masked_lazy,
-            causal_sampling=causal_sampling,
-            impl=prob_impl,
-            fixed_eval_sample=fixed_eval_sample,
+        parts = _input_embedding_parts(embed_parts, pos_inject)
+        embedding_args = (
+            d_model,
+            embed,
+            freq,
+            p.dropout,
+            pos_encoding,
+            max_len,
+            p.embed_bias,
+            parts,
+            pos_kwargs,
         )
-
-        def attn(kind: str, causal: bool) -> nn.Module:
-            if kind == "prob":
-                return build_attention("prob", causal=causal, **prob_opts)
-            return build_attention("full", causal=causal, dropout=dropout)
-
-        def mixed(kind: str, role: str) -> bool:
-            if p.mix == "prob_layers":
-                return kind == "prob"
-            return p.mix == "decoder_self" and role == "decoder_self"
-
-        parts = embed_parts
-        if pos_inject == "layers":
-            names = _embedding_parts(embed_parts) - {"position"}
-            parts = "+".join(n for n in _EMBEDDING_PARTS if n in names)
-        self.enc_embedding = DataEmbedding(
-            enc_in, d_model, embed, freq, dropout, pos_encoding, max_len, p.embed_bias, parts, pos_kwargs
-        )
-        self.dec_embedding = DataEmbedding(
-            dec_in, d_model, embed, freq, dropout, pos_encoding, max_len, p.embed_bias, parts, pos_kwargs
-        )
+        self.enc_embedding = DataEmbedding(enc_in, *embedding_args)
+        self.dec_embedding = DataEmbedding(dec_in, *embedding_args)
         self.pos_inject, self.pos_terms = pos_inject, pos_terms
 
-        def in_layer(emb: DataEmbedding) -> dict:
-            pe = emb.position_embedding
-            if pe.kind in ("rotary", "bias"):
-                return {"pos_encoding": pe}
-            if pe.kind == "absolute" and pos_inject != "input":
-                return {"pos_encoding": pe, "pos_terms": pos_terms}
-            return {}
-
-        def extra(role: str) -> dict:
-            dv = delta_v and (
-                delta_v_layers == "all"
-                or role == "encoder"
-                or (delta_v_layers == "self" and role == "decoder_self")
-            )
-            return {"delta_v": delta_v if dv else None, "deep_mlp": deep_mlp}
-
-        self.encoder = Encoder(
-            [
-                EncoderLayer(
-                    AttentionLayer(
-                        attn(attention, False),
-                        d_model,
-                        n_heads,
-                        mix=mixed(attention, "encoder"),
-                        **in_layer(self.enc_embedding),
-                        **extra("encoder"),
-                    ),
-                    d_model,
-                    d_ff,
-                    dropout=dropout,
-                    activation=activation,
-                )
-                for _ in range(e_layers)
-            ],
-            [ConvLayer(d_model, p.distil_padding) for _ in range(e_layers - 1)] if distil else None,
-            norm_layer=nn.LayerNorm(d_model),
+        plan = AttentionPlan(
+            p,
+            attention,
+            d_model,
+            n_heads,
+            prob_options=dict(
+                factor=p.factor,
+                measure=prob_measure,
+                masked_lazy=masked_lazy,
+                causal_sampling=causal_sampling,
+                impl=prob_impl,
+                fixed_eval_sample=fixed_eval_sample,
+            ),
+            pos_inject=pos_inject,
+            pos_terms=pos_terms,
+            delta_v=delta_v,
+            delta_v_layers=delta_v_layers,
+            deep_mlp=deep_mlp,
         )
-        self.decoder = Decoder(
-            [
-                DecoderLayer(
-                    AttentionLayer(
-                        attn(attention, True),
-                        d_model,
-                        n_heads,
-                        mix=mixed(attention, "decoder_self"),
-                        **in_layer(self.dec_embedding),
-                        **extra("decoder_self"),
-                    ),
-                    AttentionLayer(
-                        attn(p.cross_attention, False),
-                        d_model,
-                        n_heads,
-                        mix=mixed(p.cross_attention, "cross"),
-                        **extra("cross"),
-                    ),
-                    d_model,
-                    d_ff,
-                    dropout=dropout,
-                    activation=activation,
-                )
-                for _ in range(d_layers)
-            ],
-            norm_layer=nn.LayerNorm(d_model),
-        )
+        self.encoder = build_encoder(plan, self.enc_embedding, e_layers, d_ff, activation, distil)
+        self.decoder = build_decoder(plan, self.dec_embedding, d_layers, d_ff, activation)
         self.projection = nn.Linear(d_model, c_out, bias=True)
         # The forecast is the last pred_len rows. After the last decoder layer's self-attention every operation
         # is per position when cross-attention is full and unmixed, so the label_len rows can be dropped there:
         # same output, about 15 % fewer training FLOPs at the official settings.
         self.trim_decoder = (
-            p.cross_attention == "full" and not mixed("full", "cross") and not extra("cross")["delta_v"]
+            plan.kind("cross") == "full" and not plan.mixed("cross") and not plan.delta_v_options("cross")
         )
         if dropout_impl != "torch":
             swap_dropout(self, dropout_impl)
@@ -734,11 +841,31 @@ class Informer(nn.Module):
                 length = distilled_length(length, self.settings.distil_padding)
         return length
 
+    def _check_inputs(
+        self, x_enc: Tensor, x_mark_enc: Tensor | None, x_dec: Tensor, x_mark_dec: Tensor | None
+    ) -> None:
+        """Shape errors that name the input (instead of a convolution or matmul error deep inside)."""
+        for name, x, channels in (("x_enc", x_enc, self.enc_in), ("x_dec", x_dec, self.dec_in)):
+            if x.ndim != 3 or x.shape[-1] != channels:
+                raise ValueError(f"{name} must have shape [B, L, {channels}], got {list(x.shape)}")
+        if x_dec.shape[1] < self.pred_len:
+            raise ValueError(f"decoder input has {x_dec.shape[1]} steps, fewer than pred_len={self.pred_len}")
+        for name, mark, x, emb in (
+            ("x_mark_enc", x_mark_enc, x_enc, self.enc_embedding),
+            ("x_mark_dec", x_mark_dec, x_dec, self.dec_embedding),
+        ):
+            if mark is not None and "temporal" in emb.parts:
+                width = emb.time_features
+                if mark.ndim != 3 or mark.shape[-1] != width or mark.shape[:2] != x.shape[:2]:
+                    raise ValueError(
+                        f"{name} must have shape [B={x.shape[0]}, L={x.shape[1]}, {width}] "
+                        f"({width} time features for embed={emb.embed!r}, freq={emb.freq!r}), got {list(mark.shape)}"
+                    )
+
     def forward(
         self, x_enc: Tensor, x_mark_enc: Tensor | None, x_dec: Tensor, x_mark_dec: Tensor | None
     ) -> Tensor:
-        if x_dec.shape[1] < self.pred_len:
-            raise ValueError(f"decoder input has {x_dec.shape[1]} steps, fewer than pred_len={self.pred_len}")
+        self._check_inputs(x_enc, x_mark_enc, x_dec, x_mark_dec)
         enc_out = self.encoder(self.enc_embedding(x_enc, x_mark_enc))
         keep = self.pred_len if self.trim_decoder else None
         dec_out = self.decoder(self.dec_embedding(x_dec, x_mark_dec), enc_out, keep_last=keep)

@@ -1,0 +1,103 @@
+"""An installed package works without the checkout: configs, grids and the attention benchmark ship inside it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from favit_probsparse import resources
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+
+
+def test_every_grid_reproduce_names_resolves_inside_the_configs(tmp_path, monkeypatch):
+    """`favit-ps reproduce NAME` for every shipped grid: the grid and its base config are found in the shipped
+    configs tree from a folder that holds nothing (so no lookup relative to the current folder can help)."""
+    from favit_probsparse.experiments.grid import load_grid
+    from favit_probsparse.experiments.reproduce import _grid_file
+
+    monkeypatch.chdir(tmp_path)
+    root = resources.config_dir().resolve()
+    names = resources.grid_names()
+    assert "quick" in names and "fusion_cifar10_subset" in names
+    assert "ett_posenc_base" not in names  # a base config, not a grid
+    for name in names:
+        grid = load_grid(_grid_file(name))
+        for f in (grid.path, grid.base_config):
+            assert root in f.resolve().parents, f"{name}: {f} is not in the shipped configs {root}"
+    assert resources.script_path("attention.py").is_file()  # what `reproduce attention` runs
+
+
+def test_every_config_the_readme_names_is_shipped(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    named = sorted(set(re.findall(r"configs/[\w./-]+\.yaml", (REPO / "README.md").read_text())))
+    assert named
+    missing = []
+    for name in named:
+        try:
+            resources.config_path(name)
+        except FileNotFoundError:
+            missing.append(name)
+    assert not missing, f"README names configs that are not shipped: {missing}"
+
+
+def test_config_path_prefers_the_users_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shipped = resources.config_path("configs/ablations/quick.yaml")
+    assert shipped == resources.config_path("ablations/quick.yaml") and shipped.is_file()
+    (tmp_path / "configs" / "ablations").mkdir(parents=True)
+    (tmp_path / "configs" / "ablations" / "quick.yaml").write_text("mine: true\n")
+    assert resources.config_path("configs/ablations/quick.yaml") == Path("configs/ablations/quick.yaml")
+    with pytest.raises(FileNotFoundError, match=r"config ablations/nope\.yaml not found"):
+        resources.config_path("ablations/nope.yaml")
+
+
+@pytest.mark.slow
+def test_installed_wheel_works_without_the_checkout(tmp_path):
+    """`pip install .` (not editable) into a folder, then the CLI and a config lookup from another folder with
+    only that folder on PYTHONPATH: the package must not reach back into the repository."""
+    pytest.importorskip("setuptools", minversion="77")  # the build backend, without network (no isolation)
+    src = tmp_path / "checkout"  # a copy, so the build leaves nothing (build/, *.egg-info) in the repository
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE"):
+        shutil.copy2(REPO / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("src", "configs"):
+        shutil.copytree(REPO / name, src / name, ignore=ignore)
+    (src / "benchmarks").mkdir()
+    shutil.copy2(REPO / "benchmarks" / "attention.py", src / "benchmarks")
+    site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+    r = subprocess.run([*pip, "--target", str(site), str(src)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    shutil.rmtree(src)  # nothing of the checkout is left to fall back on
+    env = {**os.environ, "PYTHONPATH": str(site), "FAVIT_DATA": str(tmp_path / "data")}
+    r = subprocess.run(
+        [sys.executable, "-m", "favit_probsparse.cli", "reproduce", "--help"],
+        cwd=elsewhere, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0 and "quick" in r.stdout, r.stderr[-3000:]
+    probe = (
+        "import favit_probsparse, favit_probsparse.resources as r\n"
+        "from favit_probsparse.experiments.grid import load_grid\n"
+        "g = load_grid(r.config_path('configs/ablations/quick.yaml'))\n"
+        "print(favit_probsparse.__file__); print(g.path); print(g.base_config)\n"
+        "print(r.script_path('attention.py')); print(r.config_dir())\n"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    pkg = site / "favit_probsparse"
+    for line in r.stdout.split():
+        assert Path(line).is_relative_to(pkg), f"{line} is not inside the installed package {pkg}"
+    assert _tree(pkg / "configs") == _tree(REPO / "configs"), "the wheel must carry the whole configs tree"
