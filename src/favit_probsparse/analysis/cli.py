@@ -32,9 +32,9 @@ def _datamodule(args, hp):
     from favit_probsparse.data.ett import ETTDataModule
 
     if args.config:
-        import yaml
+        from favit_probsparse.training import load_config
 
-        cfg = yaml.safe_load(Path(args.config).read_text())
+        cfg = load_config(args.config)  # follows `base:` presets
         init = dict(cfg.get("data", {}).get("init_args", {}))
         return ETTDataModule(**init)
     return ETTDataModule(

@@ -69,6 +69,10 @@ def _base_config(grid: Grid) -> dict:
     cfg = read_yaml(grid.base_config) or {}
     if not isinstance(cfg, dict):
         raise ValueError(f"{grid.base_config}: a config file is a YAML mapping")
+    if "base" in cfg:  # a per-setting file over a preset (configs/forecast/_base): merge the chain
+        from favit_probsparse.training import load_config
+
+        cfg = load_config(grid.base_config)
     cfg.setdefault("trainer", {})
     if isinstance(cfg["trainer"], dict):
         cfg["trainer"].setdefault("enable_progress_bar", False)

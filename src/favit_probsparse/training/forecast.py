@@ -1,5 +1,5 @@
-"""Forecasting training/evaluation: one LightningModule around any forecasting network (multi-seed ``--itr``
-runs: :mod:`favit_probsparse.experiments.repeat`).
+"""Forecasting training/evaluation: one LightningModule around any forecasting network (multi-seed ``--itr`` runs:
+:mod:`favit_probsparse.experiments.repeat`), and the writer of forecasts past the end of the data.
 
 Official Informer2020 training protocol (``docs/informer.md`` §1.6): Adam(lr 1e-4, no weight decay, no clipping),
 MSE loss on ``batch_y[:, -pred_len:, f_dim:]`` (``f_dim = -1`` for MS), ``lradj type1`` (epochs 1-2 at lr0, then
@@ -49,6 +49,8 @@ __all__ = [
     "build_network",
     "forecaster_from_checkpoint",
     "lr_lambda",
+    "plot_forecast",
+    "write_forecast",
 ]
 
 METRICS = ("mae", "mse", "rmse", "mape", "mspe")
