@@ -460,7 +460,10 @@ def test_cli_choice_and_type_errors_print_the_cause_in_one_line(capsys):
     assert err == ["favit-ps fit: error: unknown lradj 'cosine'; choose type1, type2 or constant"], err
     assert cli.main(["fit", "--config", cfg, "--model.init_args.learning_rate", "abc"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "model.init_args.learning_rate: Expected a <class 'float'>. Got value: abc" in err[0]
+    assert (
+        len(err) == 1
+        and "model.init_args.learning_rate: Expected a <class 'float'>. Got value: abc" in err[0]
+    )
 
 
 @pytest.mark.parametrize("n", ["0", "-1"])
@@ -480,3 +483,72 @@ def test_no_lightning_args_warning(monkeypatch):
         with pytest.raises(SystemExit):  # --help after parsing the config: no run
             lightning_cli(["fit", "--config", cfg, "--help"])
     assert not [w for w in caught if "args parameter is intended" in str(w.message)]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {
+            "class_path": "favit_probsparse.models.informer.Informer",
+            "init_args": {
+                "enc_in": 3,
+                "dec_in": 3,
+                "c_out": 3,
+                "seq_len": 16,
+                "label_len": 8,
+                "pred_len": 4,
+                "d_model": 8,
+                "n_heads": 2,
+                "e_layers": 1,
+                "d_layers": 1,
+                "d_ff": 8,
+            },
+        },
+        {
+            "class_path": "favit_probsparse.models.dlinear.DLinear",
+            "init_args": {
+                "enc_in": 3,
+                "c_out": 3,
+                "seq_len": 16,
+                "label_len": 8,
+                "pred_len": 4,
+                "kernel_size": 5,
+            },
+        },
+    ],
+    ids=["informer", "dlinear"],
+)
+def test_every_forecasting_network_exports_and_reloads(spec, tmp_path):
+    """Export through the forecaster's hooks and `from_pretrained` for each network class (no training: the
+    weights are the random init, written as a checkpoint with the metadata entry Lightning's save adds)."""
+    from favit_probsparse.training.forecast import Forecaster
+
+    torch.manual_seed(0)
+    module = Forecaster.from_config(spec, features="M", label_len=8, pred_len=4)
+    module.data_info = {
+        "columns": ["a", "b", "c"],
+        "freq": "h",
+        "data_freq": "h",
+        "timeenc": 1,
+        "scaler": {"mean": [1.0, 2.0, 3.0], "std": [2.0, 2.0, 2.0]},
+    }
+    ckpt = {
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+        META_KEY: module.checkpoint_metadata(),
+    }
+    torch.save(ckpt, tmp_path / "m.ckpt")
+    out = export_checkpoint(tmp_path / "m.ckpt", tmp_path / "exp")
+    loaded = from_pretrained(out)
+    assert type(loaded.network).__name__ == spec["class_path"].rsplit(".", 1)[1]
+    batch = [
+        torch.randn(2, 16, 3),
+        torch.randn(2, 12, 3),
+        torch.rand(2, 16, 4) - 0.5,
+        torch.rand(2, 12, 4) - 0.5,
+    ]
+    module.eval()
+    torch.manual_seed(1)
+    ref = module(*batch)
+    torch.manual_seed(1)
+    assert torch.equal(loaded(*batch), ref)
