@@ -243,7 +243,7 @@ def test_analyze_cli_cross_terms_and_pos_decay(tmp_path):
         == 0
     )
     for f in (
-        "pos_decay_seed_estimator.png",
+        "pos_decay_report_estimator.png",
         "pos_decay_gram.png",
         "pos_decay_cosine.png",
         "pos_decay_summary.csv",
@@ -264,5 +264,5 @@ def test_posenc_report_tables(tmp_path):
     (tmp_path / "posenc-ablation-etth1.json").write_text(json.dumps({"summary": summary}))
     text = tables(tmp_path)
     assert "Table 6" in text and "| nope | 0.950 ± 0.071 (0.900, 1.000)" in text
-    assert "+0.200 | +0.400 |" in text  # ours and the seed's change against vanilla
+    assert "+0.200 | +0.400 |" in text  # ours and the report's change against vanilla
     assert "Table 3" not in text  # no ETTm1 file

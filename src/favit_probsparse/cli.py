@@ -7,7 +7,8 @@
 * ``favit-ps fit --config cfg.yaml --itr N [--seeds ...]`` runs N seeded fit+test repeats of a forecasting config
   and prints mean ± std (the official Informer ``--itr``).
 * ``favit-ps ablate GRID.yaml --seeds 0 1`` runs a grid of configs and writes ``results/<name>.md`` and a chart.
-* ``favit-ps analyze cross-terms --ckpt ...`` decomposes attention logits of a trained model.
+* ``favit-ps analyze cross-terms --ckpt ...`` decomposes attention logits of a trained model; ``favit-ps analyze
+  fusion --ckpt ...`` draws what each cross-window fusion of trained FaViTs keeps.
 * ``favit-ps export --ckpt K --out DIR`` writes a trained model as ``model.safetensors`` + ``config.json`` +
   ``README.md`` (timm's layout for FaViT; ``favit-ps predict --model DIR`` for forecasters).
 * ``favit-ps reproduce quick`` is the README's main job.
@@ -34,7 +35,7 @@ EXTRA_SUBCOMMANDS = {
     ),
     "analyze": (
         "favit_probsparse.analysis.cli:main",
-        "analyses of trained models (cross-terms, pos-embedding decay)",
+        "analyses of trained models (cross-terms, fusion maps, pos-embedding decay)",
     ),
     "export": (
         "favit_probsparse.training.export:main",

@@ -23,7 +23,7 @@ root (``$FAVIT_DATA``, else ``../shared/data`` when it exists, else a per-user c
 
 Transforms come from timm's ``create_transform``: RandAugment (``auto_augment="rand-m9-mstd0.5-inc1"``), random
 erasing (``re_prob=0.25``), bicubic interpolation, per-dataset mean/std. ``img_size`` either keeps the native
-resolution (32 for CIFAR) or upsamples (224, as the seed did; evaluation then resizes to 256 and center-crops
+resolution (32 for CIFAR) or upsamples (224, as the report did; evaluation then resizes to 256 and center-crops
 224, i.e. ``eval_crop_pct=0.875``). ``train_crop="rrc"`` is timm's RandomResizedCrop (ImageNet recipe);
 ``train_crop="pad_crop"`` is the CIFAR-style reflect-pad-and-random-crop, better for native 32x32 training.
 
@@ -470,7 +470,7 @@ class ImageClassificationDataModule(LightningDataModule):
     Args:
         dataset: ``cifar10``, ``cifar100``, ``fashion_mnist`` or ``imagefolder``.
         data_dir: dataset folder (relative names live under the data root); default per dataset.
-        img_size: training/eval resolution (native 32 for CIFAR, or 224 as in the seed).
+        img_size: training/eval resolution (native 32 for CIFAR, or 224 as in the report).
         batch_size: per-process batch size.
         num_workers: DataLoader workers.
         train_split / val_split: ImageFolder sub-folders (``val_split`` falls back to ``test`` when missing).

@@ -9,8 +9,8 @@ Recipe (all switchable in the config):
 
 * AdamW, no weight decay on norms, biases and the model's ``no_weight_decay()`` names;
   ``lr = lr_base * global_batch / base_batch_size`` (512 as in DeiT/FaViT; ``base_batch_size: null`` uses ``lr``
-  as given, as seed 002 did);
-* per-step cosine schedule with linear warm-up and the seed's cool-down (``warmup_epochs``, ``cooldown_epochs``,
+  as given, as the report's log 002 did);
+* per-step cosine schedule with linear warm-up and the report's cool-down (``warmup_epochs``, ``cooldown_epochs``,
   ``min_lr``, ``warmup_lr``);
 * label smoothing, Mixup/CutMix (timm ``Mixup``; off when both alphas are 0), EMA of weights (timm ``ModelEmaV3``;
   evaluation uses the EMA weights when ``ema_eval``), drop path (``drop_path_rate`` is passed to the model);

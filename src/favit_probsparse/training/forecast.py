@@ -177,7 +177,7 @@ class Forecaster(CheckpointMetadata, LightningModule):
         label_len, pred_len: decoder start-token length and horizon; linked from the data (None: the network's
             attributes of the same name).
         learning_rate, lradj: Adam lr and schedule (type1 = official default).
-        padding: 0 = zeros (official default) or 1 = ones for the decoder's unknown steps.
+        dec_fill: the official `--padding` flag: 0 = zeros (default) or 1 = ones for the decoder's unknown steps.
         seed: per-epoch reseeding of dropout/ProbSparse sampling (None: the global seed at construction, i.e.
             ``seed_everything``); eval_seed: RNG for validation/test.
         save_predictions: folder to write test ``pred.pt``/``true.pt`` (scaled) after testing.
@@ -202,7 +202,7 @@ class Forecaster(CheckpointMetadata, LightningModule):
         pred_len: int | None = None,
         learning_rate: float = 1e-4,
         lradj: str = "type1",
-        padding: int = 0,
+        dec_fill: int = 0,
         seed: int | None = None,
         eval_seed: int = 2021,
         save_predictions: str | None = None,
@@ -422,7 +422,7 @@ class Forecaster(CheckpointMetadata, LightningModule):
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, batch_x, batch_y, batch_x_mark, batch_y_mark):
         hp = self.hparams
-        dec_inp = decoder_input(batch_y, hp.label_len, hp.pred_len, hp.padding)
+        dec_inp = decoder_input(batch_y, hp.label_len, hp.pred_len, dec_fill=hp.dec_fill)
         return self.model(batch_x, batch_x_mark, dec_inp, batch_y_mark)
 
     def _step(self, batch):
