@@ -289,14 +289,14 @@ class ExportedForecaster(nn.Module):
             int(w["label_len"]),
             int(w["pred_len"]),
         )
-        self.padding = int(config.get("decoder_padding", 0))
+        self.dec_fill = int(config.get("decoder_fill", 0))
         self.data = dict(config.get("data", {}))
         self.eval_seed = int(config.get("eval_seed", 2021))
 
     def forward(self, batch_x, batch_y, batch_x_mark, batch_y_mark) -> torch.Tensor:
         from favit_probsparse.models.informer import decoder_input
 
-        dec = decoder_input(batch_y, self.label_len, self.pred_len, self.padding)
+        dec = decoder_input(batch_y, self.label_len, self.pred_len, dec_fill=self.dec_fill)
         return self.network(batch_x, batch_x_mark, dec, batch_y_mark)
 
     @torch.no_grad()

@@ -374,7 +374,7 @@ class Forecaster(CheckpointMetadata, LightningModule):
             },
             "windows": {"seq_len": seq_len, "label_len": hp.label_len, "pred_len": hp.pred_len},
             "features": hp.features,
-            "decoder_padding": hp.padding,
+            "decoder_fill": hp.dec_fill,
             "eval_seed": hp.eval_seed,
             "data": dict(self.data_info),
         }
