@@ -1,10 +1,12 @@
 """The one build step pyproject.toml cannot express: ship files that live outside ``src/`` inside the package.
 
-* ``configs/`` (every config and grid) -> ``favit_probsparse/configs/``;
-* ``benchmarks/attention.py`` (what ``favit-ps reproduce attention`` runs) -> ``favit_probsparse/_scripts/``.
+* ``configs/`` (every config and grid) -> ``favit_probsparse/configs/``.
 
-``favit_probsparse.resources`` finds them there through ``importlib.resources``, so an installed package works
-without the checkout. An editable install skips the copy and reads them from the checkout instead.
+(The attention benchmark that ``favit-ps reproduce attention`` runs is a module of the package,
+``favit_probsparse.benchmarks.attention``; it needs no copy.)
+
+``favit_probsparse.resources`` finds it there through ``importlib.resources``, so an installed package works
+without the checkout. An editable install skips the copy and reads it from the checkout instead.
 Everything else is declared in pyproject.toml.
 """
 
@@ -18,7 +20,7 @@ from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
 # source (relative to the repository root) -> destination (relative to the package)
-SHIPPED = {"configs": "configs", "benchmarks/attention.py": "_scripts/attention.py"}
+SHIPPED = {"configs": "configs"}
 
 
 class BuildPyWithResources(build_py):

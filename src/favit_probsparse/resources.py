@@ -1,22 +1,21 @@
-"""The configs, grids and scripts the CLI names, found with or without the checkout.
+"""The configs and grids the CLI names, found with or without the checkout.
 
-A wheel carries the repository's ``configs/`` tree as ``favit_probsparse/configs`` and the attention benchmark as
-``favit_probsparse/_scripts/attention.py`` (the build step in ``setup.py``); they are read through
-:mod:`importlib.resources`. A source checkout (an editable install, or ``PYTHONPATH=src``) has no such copy, and
-the files are read where they live in the repository (``configs/``, ``benchmarks/``).
+A wheel carries the repository's ``configs/`` tree as ``favit_probsparse/configs`` (the build step in
+``setup.py``); it is read through :mod:`importlib.resources`. A source checkout (an editable install, or
+``PYTHONPATH=src``) has no such copy, and the files are read where they live in the repository (``configs/``).
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["config_dir", "config_path", "grid_names", "script_path"]
+__all__ = ["config_dir", "config_path", "grid_names", "grid_path", "resolve_config_args"]
 
 _CHECKOUT = Path(__file__).resolve().parents[2]  # the repository root when running from a source checkout
 _IS_CHECKOUT = (_CHECKOUT / "src" / "favit_probsparse" / "resources.py").is_file()
-_SCRIPTS = {"attention.py": "benchmarks/attention.py"}  # packaged name -> place in the checkout
 
 
 def _packaged(rel: str) -> Path | None:
@@ -58,6 +57,40 @@ def config_path(name: str | os.PathLike) -> Path:
     raise FileNotFoundError(f"config {name} not found: neither a file under {Path.cwd()} nor one in {root}")
 
 
+def grid_path(name: str | os.PathLike) -> Path:
+    """Resolve a grid: an existing file as given first, then a shipped grid by file name
+    (``configs/ablations/quick.yaml``, ``ablations/quick.yaml``) or by bare name (``quick``)."""
+    p = Path(name)
+    if p.is_file() or p.suffix:
+        return config_path(p)
+    return config_path(f"ablations/{p}.yaml")
+
+
+_CONFIG_FLAGS = ("--config", "-c")  # Lightning's CLI options that take a config file
+
+
+def _shipped_or_given(value: str) -> str:
+    if Path(value).exists():
+        return value
+    try:
+        return str(config_path(value))
+    except FileNotFoundError:  # not a shipped config either: Lightning's own error names it
+        return value
+
+
+def resolve_config_args(argv: Sequence[str]) -> list[str]:
+    """``argv`` with every ``--config X`` / ``--config=X`` / ``-c X`` whose ``X`` does not exist relative to the
+    current folder but names a shipped config (``configs/vision/favit_tiny_cifar10subset.yaml`` after a wheel
+    install, run from any folder) pointing at the shipped file; everything else unchanged."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg in _CONFIG_FLAGS and i + 1 < len(out):
+            out[i + 1] = _shipped_or_given(out[i + 1])
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + _shipped_or_given(arg.removeprefix("--config="))
+    return out
+
+
 def grid_names() -> list[str]:
     """Names of the shipped ablation grids (``configs/ablations/<name>.yaml`` with ``rows``; bases are not grids)."""
     import yaml
@@ -68,15 +101,3 @@ def grid_names() -> list[str]:
         if isinstance(raw, dict) and "rows" in raw:
             names.append(p.stem)
     return names
-
-
-def script_path(name: str) -> Path:
-    """A shipped script (``attention.py``: the attention benchmark), packaged or in the checkout."""
-    if name not in _SCRIPTS:
-        raise KeyError(f"no shipped script {name!r} (known: {', '.join(_SCRIPTS)})")
-    found = _packaged(f"_scripts/{name}")
-    if found is not None:
-        return found
-    if _IS_CHECKOUT and (_CHECKOUT / _SCRIPTS[name]).is_file():
-        return _CHECKOUT / _SCRIPTS[name]
-    raise FileNotFoundError(f"favit_probsparse/_scripts/{name} is missing from this install")

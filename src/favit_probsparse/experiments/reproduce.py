@@ -4,11 +4,12 @@
   32²) with several cross-window fusions on the real CIFAR-10 subset and prints the result table
   (``configs/ablations/quick.yaml`` through the ablation runner); the report goes to the git-ignored
   ``runs/quick/`` unless ``--out`` names another folder (``--out results`` updates the committed one).
-* ``attention``: the ProbSparse attention benchmark at short lengths (``benchmarks/attention.py`` has the full one).
+* ``attention``: the ProbSparse attention benchmark at short lengths (:mod:`favit_probsparse.benchmarks.attention`;
+  ``python benchmarks/attention.py`` runs the full one).
 * any other name: ``configs/ablations/<name>.yaml`` through the ablation runner (e.g. ``fusion_cifar10_subset``);
   a path to a grid file of your own works too.
 
-Configs, grids and the benchmark script are read from the installed package (:mod:`favit_probsparse.resources`),
+Configs and grids are read from the installed package (:mod:`favit_probsparse.resources`),
 so this works without the repository checkout. Before the runs start, the data every run of the grid uses is
 prepared once, in the foreground (``prepare_data`` of each distinct datamodule, with ``download=True`` unless the
 config sets it: downloads with a progress bar; the CIFAR subsets are built from the full download, see
@@ -19,51 +20,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import inspect
-import json
 from pathlib import Path
 
 from favit_probsparse import resources
+from favit_probsparse.experiments.runner import prepare_grid_data
+
+__all__ = ["main", "prepare_grid_data"]
 
 TARGETS = ("quick", "attention")
 
 
 def _grid_file(target: str) -> Path:
-    if Path(target).suffix:  # a file name: the user's own grid, or one of the shipped ones
-        return resources.config_path(target)
-    return resources.config_path(f"ablations/{target}.yaml")
-
-
-def prepare_grid_data(grid_file: Path) -> int:
-    """Run ``prepare_data()`` once for every distinct ``data`` section of the grid's runs; returns how many.
-
-    Downloads then happen here, in the foreground with their progress bars, and once, instead of inside the
-    first run's log."""
-    import yaml
-
-    from favit_probsparse.experiments.grid import apply_overrides, load_grid
-
-    grid = load_grid(grid_file)
-    base = yaml.safe_load(grid.base_config.read_text()) or {}
-    seen: set[str] = set()
-    for row in grid.rows:
-        data = apply_overrides(base, {**grid.base_overrides, **row.overrides}).get("data")
-        if not isinstance(data, dict) or "class_path" not in data:
-            continue
-        key = json.dumps(data, sort_keys=True, default=str)
-        if key in seen:
-            continue
-        seen.add(key)
-        module, _, cls_name = data["class_path"].rpartition(".")
-        cls = getattr(importlib.import_module(module), cls_name)
-        init_args = dict(data.get("init_args") or {})
-        if "download" in inspect.signature(cls).parameters:
-            # a reproduction fetches what it needs (ETTDataModule defaults to download=False) unless the config
-            # says otherwise; the runs then find the files where their own loaders look (the data root)
-            init_args.setdefault("download", True)
-        cls(**init_args).prepare_data()
-    return len(seen)
+    return resources.grid_path(target)
 
 
 def main(argv: list[str]) -> int:
@@ -77,13 +45,9 @@ def main(argv: list[str]) -> int:
     )
     a = p.parse_args(argv)
     if a.target == "attention":
-        import runpy
-        import sys
+        from favit_probsparse.benchmarks.attention import main as attention_main
 
-        bench = resources.script_path("attention.py")
-        sys.argv = [str(bench), "--lengths", "96", "336", "720", "--repeats", "10"]
-        runpy.run_path(str(bench), run_name="__main__")
-        return 0
+        return int(attention_main(["--lengths", "96", "336", "720", "--repeats", "10"]) or 0)
     try:
         grid = _grid_file(a.target)
     except FileNotFoundError as e:
@@ -94,7 +58,7 @@ def main(argv: list[str]) -> int:
     from favit_probsparse.data.vision import DatasetError
     from favit_probsparse.experiments.ablate import main as ablate_main
 
-    try:
+    try:  # (the ablation runner prepares again before its first run: a no-op once the data is there)
         prepare_grid_data(grid)
     except (DatasetError, RuntimeError, OSError) as e:  # download / dataset problems: the message names them
         raise SystemExit(f"favit-ps reproduce: preparing the data of {grid} failed: {e}") from None

@@ -57,6 +57,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -139,16 +140,14 @@ def window_candidates(
     of only the sampled rows/columns. ``L`` is ordered row-major over windows, ``P`` row-major inside a window,
     channels head-major.
     """
-    B, C, H, W = x.shape
+    H, W = x.shape[-2:]
     ws, d = window_size, dilation
     rows = _sample_index(H, ws, d, x.device)
     cols = _sample_index(W, ws, d, x.device)
     x = _strided_windows(x, 3, ws, d) if cols is None else x.index_select(3, cols).unflatten(3, (-1, ws))
     x = _strided_windows(x, 2, ws, d) if rows is None else x.index_select(2, rows).unflatten(2, (-1, ws))
-    # x: [B, C, nH, ws, nW, ws] -> [B, h, ws, ws, nH, nW, c] -> [B, h, P, L, c]
-    nh, nw = x.shape[2], x.shape[4]
-    x = x.unflatten(1, (num_heads, C // num_heads)).permute(0, 1, 4, 6, 3, 5, 2)
-    return x.reshape(B, num_heads, ws * ws, nh * nw, C // num_heads)
+    # P = (pr pc) positions inside a window, L = (nh nw) windows, channels head-major
+    return rearrange(x, "b (h c) nh pr nw pc -> b h (pr pc) (nh nw) c", h=num_heads)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -389,7 +388,7 @@ class FaSA(nn.Module):
                 [self._attend(q_b[:, :, i], k, v, self.scales[1 + i]) for i, (k, v) in enumerate(kvs)], dim=2
             )
         # output channels: [global Cg | branch 0 (h, c) | branch 1 (h, c)], as the official concatenation
-        o_l = o_l.permute(0, 3, 2, 1, 4).flatten(2)  # [B, N, nb·h·c]
+        o_l = rearrange(o_l, "b h nb n c -> b n (nb h c)")
         return self.proj_drop(self.proj(torch.cat([o_g.squeeze(1), o_l], dim=-1)))
 
 

@@ -420,4 +420,6 @@ class ImageClassifier(CheckpointMetadata, LightningModule):
         if img_size:
             out["gmacs"] = measure_gmacs(m, int(img_size))
             out["img_size"] = int(img_size)
+            if callable(getattr(m, "windows_per_branch", None)):  # FaViT: what the cross-window fusions fuse
+                out["windows"] = m.windows_per_branch(int(img_size))
         return out
