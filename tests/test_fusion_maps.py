@@ -34,6 +34,7 @@ from favit_probsparse.analysis.fusion_maps import (
 )
 from favit_probsparse.attention.fusion import build_fusion
 from favit_probsparse.models.favit import window_candidates
+from favit_probsparse.training.checkpoint import CheckpointError
 
 
 def _mirror(i: int, n: int) -> int:
@@ -280,7 +281,7 @@ def test_analyze_fusion_cli_end_to_end(tmp_path):
     }
     assert {tuple(t) for t in b["kept_tokens"][1][0]} == kept
     assert len(kept) <= 49
-    with pytest.raises(SystemExit, match="does not exist"):
+    with pytest.raises(CheckpointError, match=r"nope\.ckpt: no such file"):
         main(["fusion", "--ckpt", str(tmp_path / "nope.ckpt"), "--out", str(out)])
 
 
@@ -289,16 +290,16 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path):
 
     plain = tmp_path / "plain.ckpt"
     torch.save({"weights": torch.zeros(2)}, plain)
-    with pytest.raises(SystemExit, match="not a Lightning checkpoint"):
+    with pytest.raises(CheckpointError, match="not a Lightning checkpoint"):
         main(["fusion", "--ckpt", str(plain)])
     unsafe = tmp_path / "unsafe.ckpt"
     # any class outside torch's weights-only allow-list
     torch.save({"state_dict": {}, "hyper_parameters": {"x": argparse.Namespace(a=1)}}, unsafe)
-    with pytest.raises(SystemExit, match="weights_only=True"):
+    with pytest.raises(CheckpointError, match="outside the weights-only allow-list"):
         main(["fusion", "--ckpt", str(unsafe)])
     other = tmp_path / "other.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"seq_len": 96}}, other)
-    with pytest.raises(SystemExit, match="not an ImageClassifier checkpoint"):
+    with pytest.raises(CheckpointError, match="written by an incompatible version"):
         main(["fusion", "--ckpt", str(other)])
 
 

@@ -211,7 +211,8 @@ def test_analyze_cli_cross_terms_and_pos_decay(tmp_path):
         pred_len=SMALL["pred_len"],
     )
     ckpt = tmp_path / "m.ckpt"
-    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, ckpt)
+    meta = {"favit_probsparse": module.checkpoint_metadata()}  # what Lightning's save adds through the hook
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(), **meta}, ckpt)
     csv = tmp_path / "ETTh1.csv"
     _fake_etth1(csv)
     out = tmp_path / "ct"

@@ -41,39 +41,17 @@ def load_forecaster(ckpt_path: str | Path):
     return forecaster_from_checkpoint(ckpt_path)
 
 
-def _load_checkpoint(ckpt_path: str | Path) -> dict:
-    """A Lightning checkpoint as plain data (``weights_only=True``), with clear errors."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise SystemExit(f"error: checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling refused or a corrupt file: one line, not a stack trace
-        raise SystemExit(
-            f"error: cannot load checkpoint {path} with weights_only=True: {type(e).__name__}: {e}"
-        ) from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise SystemExit(f"error: {path} is not a Lightning checkpoint (no state_dict / hyper_parameters)")
-    return ckpt
-
-
 def load_classifier(ckpt_path: str | Path):
-    """``(ImageClassifier, datamodule hyper-parameters)`` from a Lightning checkpoint of an image classifier.
+    """``(ImageClassifier, datamodule hyper-parameters)`` from a Lightning checkpoint of an image classifier, read
+    by the project's one checkpoint loader (weights only; a damaged file, another task or an incompatible version
+    is a one-line named error).
 
     Evaluation weights (the EMA copy when the run evaluated with it) are what ``module._eval_model()`` returns.
     """
+    from favit_probsparse.training.checkpoint import rebuild_module
     from favit_probsparse.training.classification import ImageClassifier
 
-    ckpt = _load_checkpoint(ckpt_path)
-    hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
-    if "model_name" not in hp or hp.get("num_classes") is None:
-        raise SystemExit(
-            f"error: {ckpt_path} is not an ImageClassifier checkpoint with a known class count (hyper_parameters "
-            f"{sorted(hp)})"
-        )
-    module = ImageClassifier(**hp)
-    module.load_state_dict(ckpt["state_dict"], strict=True)
-    module.eval()
+    module, ckpt = rebuild_module(ckpt_path, task=ImageClassifier.TASK, expected=ImageClassifier)
     return module, dict(ckpt.get("datamodule_hyper_parameters") or {})
 
 
@@ -205,7 +183,9 @@ def run_cross_terms(args) -> int:
         if i >= args.batches:
             break
         bx, by, bxm, bym = (t.float() for t in batch)
-        dec = decoder_input(by, hp["label_len"], hp["pred_len"], dec_fill=hp.get("dec_fill", hp.get("padding", 0)))
+        dec = decoder_input(
+            by, hp["label_len"], hp["pred_len"], dec_fill=hp.get("dec_fill", hp.get("padding", 0))
+        )
         res = informer_cross_terms(module.model, bx, bxm, dec, bym)
         w = bx.shape[0]
         if results is None:

@@ -36,6 +36,7 @@ own randomness (drop path, Mixup) is reseeded per epoch by
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import random
@@ -52,6 +53,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torchvision.datasets import ImageFolder
 
 from favit_probsparse.paths import resolve_data_path
 
@@ -237,6 +239,13 @@ def _pad_crop(img_size: int, hflip: float):
     return tfs
 
 
+def default_eval_crop_pct(img_size: int, native_size: int | None, train_crop: str) -> float:
+    """Resize 256 / crop 224 style (0.875) only where training crops too (RandomResizedCrop of an upsampled
+    image); a plain resize (1.0) otherwise."""
+    upsampled = native_size is not None and img_size > native_size
+    return 0.875 if upsampled and train_crop == "rrc" else 1.0
+
+
 def build_transform(
     is_train: bool,
     img_size: int,
@@ -264,9 +273,7 @@ def build_transform(
         raise ValueError(f"train_crop must be 'rrc' or 'pad_crop', got {train_crop!r}")
     if not is_train:
         if eval_crop_pct is None:
-            # resize 256 / crop 224 style only where training crops too (RandomResizedCrop of an upsampled image)
-            upsampled = native_size is not None and img_size > native_size
-            eval_crop_pct = 0.875 if upsampled and train_crop == "rrc" else 1.0
+            eval_crop_pct = default_eval_crop_pct(img_size, native_size, train_crop)
         return create_transform(
             img_size,
             is_training=False,
@@ -316,8 +323,8 @@ def _list_classes(split_dir: Path) -> list[str]:
 def checked_image_folder(
     root: Path, split: str, transform=None, expected_classes: Sequence[str] | None = None
 ):
-    """``torchvision.datasets.ImageFolder`` on ``root/split`` with clear errors (missing/empty/class mismatch)."""
-    from torchvision.datasets import ImageFolder
+    """``torchvision.datasets.ImageFolder`` on ``root/split`` with clear errors (missing/empty/class mismatch, an
+    image the transform cannot take)."""
 
     split_dir = Path(root) / split
     if not Path(root).is_dir():
@@ -350,7 +357,22 @@ def checked_image_folder(
             f"extra {extra[:10] or 'nothing'} compared with the training split; both splits must "
             "hold the same class folders so that class indices agree"
         )
-    return ImageFolder(str(split_dir), transform=transform, loader=_checked_loader)
+    return _CheckedImageFolder(str(split_dir), transform=transform, loader=_checked_loader)
+
+
+class _CheckedImageFolder(ImageFolder):
+    """ImageFolder whose transform errors (e.g. an image smaller than the crop) name the image file."""
+
+    def __getitem__(self, index: int):
+        try:
+            return super().__getitem__(index)
+        except DatasetError:
+            raise
+        except (ValueError, RuntimeError, TypeError, IndexError) as e:
+            path, detail = self.samples[index][0], str(e)
+            with contextlib.suppress(OSError), Image.open(path) as im:
+                detail += f" (the image is {im.width}x{im.height})"
+            raise DatasetError(f"cannot transform image {path}: {detail}") from None
 
 
 def _read_idx(path: Path) -> np.ndarray:
