@@ -148,12 +148,7 @@ def forecast_after(grid_file: Path, seeds: list[int] | None = None, runs_dir: Pa
             continue
         config = run / "config.yaml"  # as the run saved it (the checkpoint's hyperparameters must match it)
         ckpt = run / "checkpoints" / "last.ckpt"
-        # LightningCLI warns when it sees both args= and a command line
-        argv, sys.argv = sys.argv, sys.argv[:1]
-        try:
-            cli = lightning_cli(["predict", "--config", str(config), "--ckpt_path", str(ckpt)])
-        finally:
-            sys.argv = argv
+        cli = lightning_cli(["predict", "--config", str(config), "--ckpt_path", str(ckpt)])
         writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ForecastWriter))
         out[row.name] = dict(writer.written)
     return out
