@@ -11,7 +11,10 @@ ETTH1 = ett_path("ETTh1")
 
 
 @pytest.mark.skipif(not ETTH1.exists(), reason=f"real data not present at {ETTH1}")
-def test_reproduce_fetches_ett_for_a_forecasting_grid(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "grid", ["ett_posenc", "quick_forecast"]
+)  # quick_forecast: the main job's forecasting half
+def test_reproduce_fetches_ett_for_a_forecasting_grid(tmp_path, monkeypatch, grid):
     """ETTDataModule defaults to download=False and the grid does not set it; the reproduction downloads anyway,
     from the pinned upstream commit (a file:// mirror of it here), into the data root where the runs look."""
     from favit_probsparse.experiments import reproduce
@@ -25,6 +28,6 @@ def test_reproduce_fetches_ett_for_a_forecasting_grid(tmp_path, monkeypatch):
     )
     monkeypatch.setenv("FAVIT_DATA", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)
-    assert reproduce.prepare_grid_data(reproduce._grid_file("ett_posenc")) >= 1
+    assert reproduce.prepare_grid_data(reproduce._grid_file(grid)) >= 1
     assert ett_path("ETTh1").read_bytes() == payload
     assert ett_path("ETTh1") == tmp_path / "data" / "ETT" / "ETTh1.csv"

@@ -206,6 +206,8 @@ def test_reproduce_quick_prepares_its_subset_before_the_runs(tmp_path, monkeypat
     _mirror(tmp_path, monkeypatch, serve)
     monkeypatch.setenv("FAVIT_DATA", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)
+    # the vision grid only (ETT's download for the forecasting grid: tests/test_reproduce_data.py)
+    monkeypatch.setitem(reproduce.TARGET_GRIDS, "quick", ("quick",))
     seen = {}
     monkeypatch.setattr(
         ablate,

@@ -32,7 +32,7 @@ from favit_probsparse.experiments.grid import (
     apply_overrides,
     config_hash,
     load_grid,
-    read_yaml,
+    read_config,
     redirect_outputs,
 )
 from favit_probsparse.experiments.records import (
@@ -79,13 +79,8 @@ def run_dir_of(grid: Grid, row: Row | str, seed: int, runs_dir: Path) -> Path:
 
 
 def _base_config(grid: Grid) -> dict:
-    cfg = read_yaml(grid.base_config) or {}
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{grid.base_config}: a config file is a YAML mapping")
-    if "base" in cfg:  # a per-setting file over a preset (configs/forecast/_base): merge the chain
-        from favit_probsparse.training import load_config
-
-        cfg = load_config(grid.base_config)
+    # a per-setting file over a preset (configs/forecast/_base) comes with its base: chain merged
+    cfg = read_config(grid.base_config)
     cfg.setdefault("trainer", {})
     if isinstance(cfg["trainer"], dict):
         cfg["trainer"].setdefault("enable_progress_bar", False)

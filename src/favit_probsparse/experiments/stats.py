@@ -16,7 +16,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from favit_probsparse.experiments.grid import Grid, apply_overrides, read_yaml
+from favit_probsparse.experiments.grid import Grid, apply_overrides, read_config
 from favit_probsparse.experiments.provenance import hardware_summary, utc_now
 from favit_probsparse.experiments.records import write_text
 from favit_probsparse.experiments.report import stat_cell
@@ -51,7 +51,7 @@ def _row_stats(cfg: dict) -> dict[str, Any]:
 
 def model_stats_table(grid: Grid, extra_overrides: dict | None = None) -> list[dict[str, Any]]:
     """Build each row's LightningModule (no data, no training) and collect its statistics."""
-    base = read_yaml(grid.base_config) or {}
+    base = read_config(grid.base_config)
     out = []
     for row in grid.rows:
         cfg = apply_overrides(base, {**grid.base_overrides, **(extra_overrides or {}), **row.overrides})
