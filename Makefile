@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 # torch/torchvision pinned to the wheels this project is developed and tested against (see README).
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The table is printed and written to runs/quick/ (git-ignored); `favit-ps reproduce quick --out results`
-# updates the committed results/quick.{md,json,png} on purpose.
+# Both halves (vision grid, forecasting grid + a forecast past the end of ETTh1): the tables are printed and
+# written to runs/quick/ and runs/quick-forecast/ (git-ignored); `favit-ps reproduce quick --out results`
+# updates the committed results/quick{,-forecast}.{md,json,png} on purpose.
 run: $(STAMP)
 	$(BIN)/favit-ps reproduce quick
 
@@ -37,3 +38,10 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) lightning_logs runs .pytest_cache
+
+# Everything that needs a GPU (CUDA tests, attention benchmark at B=32, FaViT throughput, one Informer epoch),
+# into one folder; ~8 minutes on one GPU. GPU_ARGS e.g. "--official-file PATH --data DIR" or "--dry-run".
+GPU_OUT  ?= results/gpu-check
+GPU_ARGS ?=
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py --out $(GPU_OUT) $(GPU_ARGS)

@@ -212,6 +212,9 @@ def test_stats_only_builds_every_row_without_training(tmp_path, capsys):
     p_max = float(lines["max"].split("|")[2])
     p_conv = float(lines["conv1x1"].split("|")[2])
     assert p_conv > p_max > 0  # the pointwise-conv fusion has parameters, max pooling none
+    # windows per branch at 16² with the 3×3 stride-2 stem, by hand: stage maps 8, 4, 2, 1; windows of span 7
+    # tile the first ceil(8/7)² = 4 times and the others once; the dilated spans (49, 25, 13) cover each map once
+    assert lines["max"].split("|")[5].strip() == "[[4, 1], [1, 1], [1, 1], [1]]"
     assert "ERROR" in lines["bad"] and "nope" in lines["bad"]
     assert not (tmp_path / "r").exists()  # nothing ran
 

@@ -19,6 +19,7 @@ from favit_probsparse.attention import (
     sample_key_index,
     sparsity_measure,
 )
+from favit_probsparse.attention import probsparse as pp
 
 F64 = torch.float64
 
@@ -108,17 +109,29 @@ def test_causal_sampling_never_samples_the_future():
 
 
 # ---- the sparsity measure -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dense_ratio", [0, 10**6])  # both ways to get the sampled scores (gather / dense)
+@pytest.mark.parametrize("path", ["sddmm", "dense", "gather"])  # the three ways to get the sampled scores
 @pytest.mark.parametrize("chunk_budget", [1, 2**22])  # 1 forces the smallest chunks
 @pytest.mark.parametrize("measure", ["official", "mean"])
-def test_measure_equals_naive_loop(measure, chunk_budget, dense_ratio, monkeypatch):
+def test_measure_equals_naive_loop(measure, chunk_budget, path, monkeypatch):
     monkeypatch.setattr("favit_probsparse.attention.probsparse._CHUNK_ELEMENTS", chunk_budget)
-    monkeypatch.setattr("favit_probsparse.attention.probsparse._DENSE_MEASURE_MAX_RATIO", dense_ratio)
     q, k, _ = rand_qkv(b=2, h=2, l_q=17, l_k=9, d=4)
     idx = sample_key_index(17, 9, 5, generator=torch.Generator().manual_seed(1))
-    got = sparsity_measure(q, k, idx, measure)
+    idx[3] = 4  # a row that samples one key five times: repeated CSR columns must all count
+    got = sparsity_measure(q, k, idx, measure, path=path)
     ref = naive_measure(q, k, idx, 9 if measure == "official" else 5)
     torch.testing.assert_close(got, ref, atol=1e-12, rtol=0)
+
+
+def test_measure_path_dispatch(monkeypatch):
+    # CPU float32/64: SDDMM; otherwise dense scores while L_K <= ratio * U, gathered keys beyond
+    q = torch.zeros(1, 1, 4, 2)
+    assert pp._measure_path(q, 1000, 10) == "sddmm"
+    assert pp._measure_path(q.bfloat16(), 400, 10) == "dense"
+    assert pp._measure_path(q.bfloat16(), 401, 10) == "gather"
+    monkeypatch.setattr(pp, "_DENSE_MEASURE_MAX_RATIO", 0)
+    assert pp._measure_path(q.bfloat16(), 11, 10) == "gather"
+    with pytest.raises(ValueError, match="unknown measure path"):
+        sparsity_measure(q, q, torch.zeros(4, 1, dtype=torch.long), path="magic")
 
 
 # ---- reduction to full attention -----------------------------------------------------------------------------
@@ -176,19 +189,44 @@ def test_cross_attention_lengths():
         torch.testing.assert_close(out, naive_probsparse(q, k, v, idx, u), atol=1e-10, rtol=0)
 
 
-def test_fast_equals_exact_outputs_and_gradients():
+def _outputs_and_grads(q, k, v, **kwargs):
+    qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+    out = probsparse_attention(qq, kk, vv, **kwargs)
+    (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+    return out.detach(), qq.grad, kk.grad, vv.grad
+
+
+@pytest.mark.parametrize(
+    ("causal", "masked_lazy", "with_mask"),
+    [(True, "cumsum", False), (True, "cummean", True), (False, "cumsum", False), (False, "cumsum", True)],
+)
+def test_fast_equals_exact_outputs_and_gradients(causal, masked_lazy, with_mask):
+    # the fast path's hand-written backward (CPU) against autograd over the official statements
     q, k, v = rand_qkv(b=2, h=2, l_q=33, l_k=33, d=8, dtype=torch.float32)
     idx = sample_key_index(
         33, 33, probsparse_counts(33, 33, 3)[0], generator=torch.Generator().manual_seed(0)
     )
-    grads = []
-    for impl in ("exact", "fast"):
-        qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
-        out = probsparse_attention(qq, kk, vv, factor=3, causal=True, index=idx, impl=impl)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        grads.append((out.detach(), qq.grad, kk.grad, vv.grad))
-    for a, b in zip(*grads):
+    mask = (torch.arange(33) % 5 != 2).view(1, 1, 1, 33) if with_mask else None
+    kwargs = dict(factor=3, causal=causal, masked_lazy=masked_lazy, index=idx, attn_mask=mask)
+    exact = _outputs_and_grads(q, k, v, impl="exact", **kwargs)
+    fast = _outputs_and_grads(q, k, v, impl="fast", **kwargs)
+    for a, b in zip(exact, fast):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_fast_cpu_function_equals_sdpa_route(monkeypatch):
+    # the CPU route (_RowsAttention) and the route used elsewhere (SDPA + autograd), float64
+    q, k, v = rand_qkv(b=2, h=2, l_q=40, l_k=40, d=5)
+    idx = sample_key_index(
+        40, 40, probsparse_counts(40, 40, 2)[0], generator=torch.Generator().manual_seed(1)
+    )
+    mask = torch.rand(2, 1, 40, 40, generator=torch.Generator().manual_seed(2)) > 0.3
+    kwargs = dict(factor=2, causal=True, index=idx, attn_mask=mask)
+    ours = _outputs_and_grads(q, k, v, **kwargs)
+    monkeypatch.setattr(pp, "_ROWS_FUNCTION_ON_CPU", False)
+    sdpa = _outputs_and_grads(q, k, v, **kwargs)
+    for a, b in zip(ours, sdpa):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("impl", ["fast", "exact"])
@@ -217,6 +255,27 @@ def test_user_mask_on_active_queries():
         )
     out = full_attention(q, k, v, attn_mask=keep.view(1, 1, 1, 12))
     torch.testing.assert_close(out, naive_softmax_attention(q, k[:, :, :8], v[:, :, :8]), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("impl", ["fast", "exact"])
+def test_fully_masked_active_row_is_zero_like_sdpa(impl):
+    # query row 2 may attend to no key: its output is 0 (as SDPA's), in both paths and in full attention;
+    # the other rows are unaffected and no gradient is NaN
+    q, k, v = rand_qkv(l_q=10, l_k=10)
+    keep = torch.ones(1, 1, 10, 10, dtype=torch.bool)
+    keep[..., 2, :] = False
+    keep[..., 7, 4:] = False
+    ref = naive_softmax_attention(q, k, v)
+    ref[:, :, 7] = naive_softmax_attention(q, k[:, :, :4], v[:, :, :4])[:, :, 7]
+    ref[:, :, 2] = 0.0
+    sparse = _outputs_and_grads(q, k, v, factor=1000, attn_mask=keep, impl=impl)  # u = L: all rows active
+    qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+    full = full_attention(qq, kk, vv, attn_mask=keep)
+    full.sum().backward()
+    for out, *grads in [sparse, (full.detach(), qq.grad, kk.grad, vv.grad)]:
+        torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
+        assert all(bool(torch.isfinite(g).all()) for g in grads)
+    assert float(sparse[1][:, :, 2].abs().max()) == 0.0  # the dead row's query gets no gradient
 
 
 def test_full_attention_causal_plus_user_mask():
@@ -338,12 +397,13 @@ def test_bad_shapes_raise_clear_errors(make, match, fn):
         fn(*make())
 
 
-@pytest.mark.parametrize("factor", [0, -1, float("nan")])
+@pytest.mark.parametrize("factor", [0, -1, float("nan"), float("inf"), -float("inf")])
 def test_bad_factor(factor):
+    # inf used to reach int(inf * ceil(ln L)) and raise OverflowError
     q, k, v = rand_qkv()
-    with pytest.raises(ValueError, match="factor"):
+    with pytest.raises(ValueError, match="factor must be finite and > 0"):
         probsparse_attention(q, k, v, factor=factor)
-    with pytest.raises(ValueError, match="factor"):
+    with pytest.raises(ValueError, match="factor must be finite and > 0"):
         ProbSparseAttention(factor=factor)
 
 

@@ -82,6 +82,10 @@ def test_reproduce_runs_the_named_grid_with_a_relative_path(monkeypatch):
     monkeypatch.chdir(repo)
     seen = {}
     monkeypatch.setattr(ablate, "main", lambda argv: seen.setdefault("argv", argv) and 0)
+    monkeypatch.setattr(
+        reproduce, "prepare_grid_data", lambda grid: 0
+    )  # no download (tests/test_vision_download.py)
+    monkeypatch.setattr(reproduce, "forecast_after", lambda grid, seeds: {})  # tests/test_reproduce_quick.py
     assert reproduce.main(["quick", "--seeds", "3"]) == 0
     assert seen["argv"] == ["configs/ablations/quick.yaml", "--seeds", "3"]
     with pytest.raises(SystemExit, match="no grid"):

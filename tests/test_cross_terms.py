@@ -16,7 +16,7 @@ from favit_probsparse.analysis.cross_terms import (
     term_metrics,
     toeplitz_fit,
 )
-from favit_probsparse.analysis.pos_decay import cosine_vs_distance, decay_tables, seed_estimator
+from favit_probsparse.analysis.pos_decay import cosine_vs_distance, decay_tables, report_estimator
 from favit_probsparse.posenc import alibi_bias, build_pos_encoding
 
 B, T, D, H = 3, 10, 16, 4
@@ -152,11 +152,11 @@ def test_toeplitz_fit():
     assert (r2_rand < 0.2).all()
 
 
-# ---------------------------------------------------------------- pos-decay study (seed's pos_embedding_decay.py)
-def test_seed_estimator_is_zero_mean_noise():
+# ---------------------------------------------------------------- pos-decay study (the report's pos_embedding_decay.py)
+def test_report_estimator_is_zero_mean_noise():
     pe = decay_tables(60, 64)["sinusoidal"]
-    ests = np.stack([seed_estimator(pe, 10, n_trials=100, seed=s)[0] for s in range(400)])
-    _, std = seed_estimator(pe, 10, n_trials=100)
+    ests = np.stack([report_estimator(pe, 10, n_trials=100, seed=s)[0] for s in range(400)])
+    _, std = report_estimator(pe, 10, n_trials=100)
     assert np.abs(ests.mean(0)).max() < 4 * std.max() / math.sqrt(400)  # E = 0
     assert np.allclose(ests.std(0), std, rtol=0.15)  # analytic noise level
 
@@ -164,7 +164,7 @@ def test_seed_estimator_is_zero_mean_noise():
 def test_cosine_vs_distance_sinusoidal_vs_legendre():
     tabs = decay_tables(100, 512)
     sin_hi, _, _ = cosine_vs_distance(tabs["sinusoidal"], slice(256, None))
-    assert sin_hi[1:].min() > 0.94  # seed §2.2: upper sinusoidal dims nearly identical across positions
+    assert sin_hi[1:].min() > 0.94  # the report §2.2: upper sinusoidal dims nearly identical across positions
     leg, _, _ = cosine_vs_distance(tabs["legendre A (midpoint, orthonormal)"])
     assert np.abs(leg[1:]).max() < 0.05
     assert np.abs(leg[1::2][:1]).max() < 1e-12  # adjacent rows exactly orthogonal on the midpoint grid

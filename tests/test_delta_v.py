@@ -1,4 +1,4 @@
-"""ΔV attention: docs/posenc.md §3.4 (T3.1-T3.7) and the seed's definition (seed report §2.1)."""
+"""ΔV attention: docs/posenc.md §3.4 (T3.1-T3.7) and the report's definition (report §2.1)."""
 
 from __future__ import annotations
 
@@ -70,8 +70,8 @@ def test_delta_v_is_order_sensitive():
             assert (f(x[:, p]) - f(x)[:, p]).abs().max() > 1e-2 * ref
 
 
-def test_seed_formula_for_one_query():
-    # seed §2.1: out_i = Σ_j A_ij v_j + Σ_j A_ij (v_j − v_{j−1}) with Δv_0 = 0 (replicate boundary)
+def test_report_formula_for_one_query():
+    # the report §2.1: out_i = Σ_j A_ij v_j + Σ_j A_ij (v_j − v_{j−1}) with Δv_0 = 0 (replicate boundary)
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 1, 5, 3, dtype=torch.float64) for _ in range(3))
     a = torch.softmax(q @ k.mT / 3**0.5, -1)

@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -233,7 +234,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
 
 # ------------------------------------------------------------------------------------------------- configs
 CONFIGS = sorted((ROOT / "configs" / "forecast").glob("*_ett*.yaml"))
-assert len(CONFIGS) == 31
+assert len(CONFIGS) == 32  # 31 protocol configs + quick_informer_etth1 (the main job's forecasting half)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -298,3 +299,47 @@ def test_multi_seed_runner(tmp_path):
         rec = json.loads((tmp_path / "runs" / "cfg" / "itr" / f"seed{seed}" / "metrics.json").read_text())
         assert rec["seed"] == seed and rec["hardware"]["cpu"] and rec["command"].startswith("favit-ps fit")
         assert 0 < rec["metrics"]["train_epoch_s"] <= rec["fit_s"]
+
+
+def test_any_network_gets_the_linked_shapes_and_rebuilds_from_its_hyperparameters(tmp_path):
+    """DLinear through the same forecaster: the data's shapes reach it, the saved init_args hold only arguments
+    DLinear accepts, and the saved class_path/init_args rebuild the same network."""
+    import inspect
+
+    from favit_probsparse.models.dlinear import DLinear
+    from favit_probsparse.training import lightning_cli
+    from favit_probsparse.training.forecast import build_network
+
+    csv = tmp_path / "s.csv"
+    n = 400
+    df = pd.DataFrame(
+        {"date": pd.date_range("2020-01-01", periods=n, freq="D"), "x": np.arange(n) * 1.0,
+         "y": np.sin(np.arange(n)), "z": np.cos(np.arange(n))}
+    )  # fmt: skip
+    df.to_csv(csv, index=False)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"""
+model:
+  class_path: favit_probsparse.training.forecast.Forecaster
+  init_args:
+    network: {{class_path: favit_probsparse.models.dlinear.DLinear, init_args: {{individual: true}}}}
+data:
+  class_path: favit_probsparse.data.timeseries.TimeSeriesDataModule
+  init_args: {{path: {csv}, features: MS, target: y, seq_len: 30, label_len: 10, pred_len: 7}}
+"""
+    )
+    cli = lightning_cli(["--config", str(cfg), "--trainer.logger", "false"], run=False)
+    net = cli.model.network
+    assert isinstance(net, DLinear)
+    saved = dict(cli.model.hparams["network"])
+    assert saved["class_path"] == "favit_probsparse.models.dlinear.DLinear"
+    args = saved["init_args"]
+    assert (args["enc_in"], args["c_out"], args["seq_len"], args["pred_len"]) == (3, 1, 30, 7)
+    assert args["individual"] is True and args["freq"] == "d"  # daily data -> Informer's time-feature code
+    assert set(args) <= set(inspect.signature(DLinear).parameters)
+    assert cli.model.hparams.features == "MS" and cli.model.hparams.label_len == 10
+    again = build_network(saved)
+    assert [p.shape for p in again.parameters()] == [p.shape for p in net.parameters()]
+    out = net(torch.randn(2, 30, 3), None, torch.randn(2, 17, 3), None)
+    assert out.shape == (2, 7, 1)

@@ -211,7 +211,8 @@ def test_analyze_cli_cross_terms_and_pos_decay(tmp_path):
         pred_len=SMALL["pred_len"],
     )
     ckpt = tmp_path / "m.ckpt"
-    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, ckpt)
+    meta = {"favit_probsparse": module.checkpoint_metadata()}  # what Lightning's save adds through the hook
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(), **meta}, ckpt)
     csv = tmp_path / "ETTh1.csv"
     _fake_etth1(csv)
     out = tmp_path / "ct"
@@ -242,7 +243,7 @@ def test_analyze_cli_cross_terms_and_pos_decay(tmp_path):
         == 0
     )
     for f in (
-        "pos_decay_seed_estimator.png",
+        "pos_decay_report_estimator.png",
         "pos_decay_gram.png",
         "pos_decay_cosine.png",
         "pos_decay_summary.csv",
@@ -263,5 +264,5 @@ def test_posenc_report_tables(tmp_path):
     (tmp_path / "posenc-ablation-etth1.json").write_text(json.dumps({"summary": summary}))
     text = tables(tmp_path)
     assert "Table 6" in text and "| nope | 0.950 ± 0.071 (0.900, 1.000)" in text
-    assert "+0.200 | +0.400 |" in text  # ours and the seed's change against vanilla
+    assert "+0.200 | +0.400 |" in text  # ours and the report's change against vanilla
     assert "Table 3" not in text  # no ETTm1 file

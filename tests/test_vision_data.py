@@ -91,6 +91,21 @@ def test_corrupt_image_names_the_file(tmp_path):
             pass
 
 
+def test_image_smaller_than_the_pad_crop_names_the_file(tmp_path):
+    root = write_toy_image_folder(
+        tmp_path / "toy", num_classes=2, train_per_class=1, test_per_class=1, size=16
+    )
+    small = root / "train" / "class_01" / "0000.png"
+    Image.new("RGB", (8, 8)).save(small)
+    dm = _dm(root, batch_size=1, train_crop="pad_crop", color_jitter=None)
+    dm.setup("fit")
+    with pytest.raises(
+        DatasetError, match=r"cannot transform image .*class_01/0000\.png: .*the image is 8x8"
+    ):
+        for _ in dm.train_dataloader():
+            pass
+
+
 def test_unknown_dataset_and_bad_options(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset"):
         ImageClassificationDataModule(dataset="mnist-ish")

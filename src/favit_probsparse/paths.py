@@ -3,7 +3,8 @@
 One setting: the environment variable ``FAVIT_DATA``. When it is unset, ``../shared/data`` (relative to the
 current directory, as laid out on the project's development machines) is used if it exists; otherwise a
 per-user cache folder (``$XDG_CACHE_HOME/favit-probsparse/data``, default ``~/.cache/favit-probsparse/data``),
-where loaders download real datasets on first use.
+where loaders download real datasets on first use (ETT, CIFAR) and build the quick job's CIFAR subsets
+(:data:`favit_probsparse.data.vision.KNOWN_SUBSETS`).
 """
 
 from __future__ import annotations

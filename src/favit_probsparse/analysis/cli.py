@@ -6,7 +6,13 @@
   logits. Writes per-layer heatmaps (heads × terms, batch-mean row-centred maps), a share bar chart,
   ``cross_terms.md`` (table: share of row-centred RMS, KL(softmax(S) ‖ softmax(S − T)) when the term is removed,
   correlation with the logits, p2p Toeplitz R²) and ``cross_terms.json``.
-* ``favit-ps analyze pos-decay --out DIR [--max-len 100 --d-model 512 --i 10 --trials 25000]``: the seed's
+* ``favit-ps analyze fusion --ckpt K [K ...] --images N [--out DIR] [--block 0] [--data-dir D]``: run ``N`` real
+  test images (the dataset of each checkpoint's data config) through trained FaViT classifiers and draw, for one
+  FaSA layer per stage, which windows and positions each branch's fused keys come from, the tokens a selecting
+  fusion keeps, and the attention of a few queries (see :mod:`.fusion_maps`). Writes ``sources.png``,
+  ``windows.png``, ``attention.png`` and ``fusion_maps.json`` per checkpoint, and ``compare.png`` (one row per
+  checkpoint) when several are given.
+* ``favit-ps analyze pos-decay --out DIR [--max-len 100 --d-model 512 --i 10 --trials 25000]``: the report's
   ``pos_embedding_decay`` study for sinusoidal versus Legendre tables (see :mod:`.pos_decay`).
 """
 
@@ -18,7 +24,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["load_forecaster", "main", "run_cross_terms", "write_cross_term_report"]
+__all__ = [
+    "load_classifier",
+    "load_forecaster",
+    "main",
+    "run_cross_terms",
+    "run_fusion",
+    "write_cross_term_report",
+]
 
 
 def load_forecaster(ckpt_path: str | Path):
@@ -28,13 +41,117 @@ def load_forecaster(ckpt_path: str | Path):
     return forecaster_from_checkpoint(ckpt_path)
 
 
+def load_classifier(ckpt_path: str | Path):
+    """``(ImageClassifier, datamodule hyper-parameters)`` from a Lightning checkpoint of an image classifier, read
+    by the project's one checkpoint loader (weights only; a damaged file, another task or an incompatible version
+    is a one-line named error).
+
+    Evaluation weights (the EMA copy when the run evaluated with it) are what ``module._eval_model()`` returns.
+    """
+    from favit_probsparse.training.checkpoint import rebuild_module
+    from favit_probsparse.training.classification import ImageClassifier
+
+    module, ckpt = rebuild_module(ckpt_path, task=ImageClassifier.TASK, expected=ImageClassifier)
+    return module, dict(ckpt.get("datamodule_hyper_parameters") or {})
+
+
+def _test_images(dm_hp: dict, n: int, data_dir: str | None, ckpt: str):
+    """``n`` evenly spaced images of the evaluation split (normalised), their display versions, labels, indices."""
+    from favit_probsparse.data.vision import DatasetError, ImageClassificationDataModule
+
+    if not dm_hp:
+        raise SystemExit(
+            f"error: {ckpt} records no datamodule hyper-parameters; cannot tell which images to use"
+        )
+    cls_path = dm_hp.get("_class_path", "ImageClassificationDataModule")
+    if not cls_path.endswith("ImageClassificationDataModule"):
+        raise SystemExit(f"error: {ckpt} was trained on {cls_path}, not an ImageClassificationDataModule")
+    dm_hp = {k: v for k, v in dm_hp.items() if not k.startswith("_")}
+    if data_dir is not None:
+        dm_hp["data_dir"] = data_dir
+    try:
+        dm = ImageClassificationDataModule(**{**dm_hp, "download": False})
+        dm.setup("test")
+    except DatasetError as e:
+        raise SystemExit(
+            f"error: {e} (checkpoint {ckpt}; --data-dir points at the dataset elsewhere)"
+        ) from None
+    ds = dm.val_set
+    if n < 1:
+        raise SystemExit(f"error: --images must be at least 1, got {n}")
+    n = min(n, len(ds))
+    idx = torch.linspace(0, len(ds) - 1, n).round().long().tolist()
+    xs, ys = zip(*(ds[i] for i in idx))
+    x = torch.stack(xs)
+    mean, std = torch.tensor(dm.mean).view(1, -1, 1, 1), torch.tensor(dm.std).view(1, -1, 1, 1)
+    return x, (x * std + mean).clamp(0, 1), list(ys), idx, dm
+
+
+def run_fusion(args) -> int:
+    from . import fusion_plots as fp
+    from .fusion_maps import analyze_model, describe
+
+    out = Path(args.out)
+    queries = [(args.queries[i], args.queries[i + 1]) for i in range(0, len(args.queries) - 1, 2)]
+    rows, first_images = [], None
+    report = {"images": args.images, "block": args.block, "queries_rel": queries, "checkpoints": []}
+    for k, ckpt in enumerate(args.ckpt):
+        module, dm_hp = load_classifier(ckpt)
+        model = module._eval_model()
+        x, shown, labels, idx, dm = _test_images(dm_hp, args.images, args.data_dir, ckpt)
+        try:
+            summaries = analyze_model(model, x, queries, args.block)
+        except ValueError as e:
+            raise SystemExit(f"error: {ckpt}: {e}") from None
+        fusion = getattr(model, "fusion", "?")
+        label = f"{k}: {fusion}" if len(args.ckpt) > 1 else fusion
+        sub = out / (f"{k}_{fusion}" if len(args.ckpt) > 1 else "")
+        title = (
+            f"fusion={fusion}, {dm.data_path.name} test images {idx}, {x.shape[-1]}², ckpt {Path(ckpt).name}"
+        )
+        fp.plot_sources(summaries, shown, sub / "sources.png", title, args.dpi)
+        fp.plot_windows(summaries, sub / "windows.png", title, args.dpi)
+        fp.plot_attention(summaries, shown, sub / "attention.png", title, args.dpi)
+        rows.append((label, summaries))
+        first_images = shown if first_images is None else first_images
+        report["checkpoints"].append(
+            {
+                "ckpt": str(ckpt),
+                "fusion": fusion,
+                "fusion_kwargs": getattr(model, "fusion_kwargs", {}),
+                "img_size": list(x.shape[-2:]),
+                "dataset": dm.data_path.name,
+                "image_indices": idx,
+                "labels": [int(y) for y in labels],
+                "branches": describe(summaries),
+            }
+        )
+        print(f"wrote {sub}/sources.png, windows.png, attention.png ({fusion}, {len(idx)} images)")
+    same = {(c["dataset"], tuple(c["img_size"]), tuple(c["image_indices"])) for c in report["checkpoints"]}
+    if len(rows) > 1 and len(same) > 1:
+        print("note: the checkpoints use different datasets or image sizes; no compare.png")
+    elif len(rows) > 1:
+        fp.plot_compare(rows, first_images, out / "compare.png", args.dpi)
+        print(f"wrote {out}/compare.png")
+    _write_json(out / "fusion_maps.json", report)
+    print(f"wrote {out}/fusion_maps.json")
+    return 0
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
 def _datamodule(args, hp):
     from favit_probsparse.data.ett import ETTDataModule
 
     if args.config:
-        import yaml
+        from favit_probsparse.training import load_config
 
-        cfg = yaml.safe_load(Path(args.config).read_text())
+        cfg = load_config(args.config)  # follows `base:` presets
         init = dict(cfg.get("data", {}).get("init_args", {}))
         return ETTDataModule(**init)
     return ETTDataModule(
@@ -66,7 +183,9 @@ def run_cross_terms(args) -> int:
         if i >= args.batches:
             break
         bx, by, bxm, bym = (t.float() for t in batch)
-        dec = decoder_input(by, hp["label_len"], hp["pred_len"], hp.get("padding", 0))
+        dec = decoder_input(
+            by, hp["label_len"], hp["pred_len"], dec_fill=hp.get("dec_fill", hp.get("padding", 0))
+        )
         res = informer_cross_terms(module.model, bx, bxm, dec, bym)
         w = bx.shape[0]
         if results is None:
@@ -232,6 +351,26 @@ def main(argv: list[str] | None = None) -> int:
     ct.add_argument("--batch-size", type=int, default=32)
     ct.add_argument("--dpi", type=int, default=55)
     ct.add_argument("--out", required=True)
+    fz = sub.add_parser(
+        "fusion", help="draw what each cross-window fusion of trained FaViTs keeps, on test images"
+    )
+    fz.add_argument(
+        "--ckpt", required=True, nargs="+", help="Lightning checkpoint(s) of FaViT ImageClassifiers"
+    )
+    fz.add_argument("--images", type=int, default=4, help="test images (evenly spaced over the test split)")
+    fz.add_argument("--out", default="fusion_maps", help="output folder")
+    fz.add_argument("--block", type=int, default=0, help="FaSA block drawn in every stage (-1: the last)")
+    fz.add_argument(
+        "--queries",
+        type=float,
+        nargs="+",
+        default=[0.3, 0.3, 0.6, 0.7],
+        help="query points as image-relative y x pairs in [0, 1)",
+    )
+    fz.add_argument(
+        "--data-dir", default=None, help="dataset folder, if not where the checkpoint's config says"
+    )
+    fz.add_argument("--dpi", type=int, default=80)
     pdc = sub.add_parser("pos-decay", help="E_W[p_iᵀ W p_j] and row-cosine plots, sinusoidal vs Legendre")
     pdc.add_argument("--out", required=True)
     pdc.add_argument("--max-len", type=int, default=100)
@@ -242,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cmd == "cross-terms":
         return run_cross_terms(args)
+    if args.cmd == "fusion":
+        if len(args.queries) < 2 or len(args.queries) % 2 or not all(0 <= v < 1 for v in args.queries):
+            parser.error("--queries takes pairs of image-relative coordinates y x in [0, 1)")
+        return run_fusion(args)
     from .pos_decay import make_pos_decay_plots
 
     paths = make_pos_decay_plots(args.out, args.max_len, args.d_model, args.i, args.trials, args.dpi)

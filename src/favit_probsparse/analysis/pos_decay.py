@@ -1,14 +1,14 @@
-"""The seed's ``pos_embedding_decay`` study, made exact, for sinusoidal versus Legendre tables.
+"""The report's ``pos_embedding_decay`` study, made exact, for sinusoidal versus Legendre tables.
 
-The seed script averages ``p_iᵀ W p_j`` over 25 000 random ``W ~ N(0, 1/d)`` and plots it against j. Because the
+The report's script averages ``p_iᵀ W p_j`` over 25 000 random ``W ~ N(0, 1/d)`` and plots it against j. Because the
 map is linear in W, that average equals ``p_iᵀ W̄ p_j`` with ``W̄`` the mean matrix, itself ``N(0, 1/(d·n))``: the
 expectation is **identically zero** and the plotted curve is Monte-Carlo noise with standard deviation
-``‖p_i‖‖p_j‖/sqrt(d·n)``. We therefore reproduce the seed's estimator (one draw of W̄, same distribution) with its
+``‖p_i‖‖p_j‖/sqrt(d·n)``. We therefore reproduce the report's estimator (one draw of W̄, same distribution) with its
 analytic ±2σ band, and add the quantities that do carry a decay:
 
 * ``p_iᵀ p_j`` (= E_W[(W p_i)ᵀ(W p_j)] for any W with E[WᵀW] = I, e.g. W ~ N(0, 1/d)), against j;
 * the cosine similarity of table rows against the distance |i − j| (mean over i), for all features and for the
-  upper half of the features (where the seed reports > 0.999 correlation for sinusoidal tables).
+  upper half of the features (where the report shows > 0.999 correlation for sinusoidal tables).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 from ..posenc import legendre_basis_b, legendre_table_a, sinusoidal_table
 
-__all__ = ["cosine_vs_distance", "decay_tables", "gram_row", "make_pos_decay_plots", "seed_estimator"]
+__all__ = ["cosine_vs_distance", "decay_tables", "gram_row", "make_pos_decay_plots", "report_estimator"]
 
 
 def decay_tables(max_len: int = 100, d_model: int = 512) -> dict[str, np.ndarray]:
@@ -36,10 +36,10 @@ def decay_tables(max_len: int = 100, d_model: int = 512) -> dict[str, np.ndarray
     }
 
 
-def seed_estimator(
+def report_estimator(
     pe: np.ndarray, i: int, n_trials: int = 25000, seed: int = 42
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The seed's Monte-Carlo mean of ``p_iᵀ W p_j`` over n_trials W ~ N(0, 1/d), for j > i, drawn exactly in
+    """The report's Monte-Carlo mean of ``p_iᵀ W p_j`` over n_trials W ~ N(0, 1/d), for j > i, drawn exactly in
     distribution with one mean matrix; returns (estimate, analytic standard deviation)."""
     d = pe.shape[1]
     rng = np.random.default_rng(seed)
@@ -91,8 +91,8 @@ def make_pos_decay_plots(
     fig, axes = plt.subplots(1, len(tables), figsize=(4 * len(tables), 3.2), sharex=True)
     j = np.arange(i + 1, max_len)
     for ax, (name, pe) in zip(axes, tables.items()):
-        est, std = seed_estimator(pe, i, n_trials)
-        ax.plot(j, est, "o-", ms=2, lw=0.8, label="seed estimator")
+        est, std = report_estimator(pe, i, n_trials)
+        ax.plot(j, est, "o-", ms=2, lw=0.8, label="report's estimator")
         ax.fill_between(j, -2 * std, 2 * std, color="grey", alpha=0.3, label="±2σ of noise (E = 0)")
         ax.axhline(0, color="k", lw=0.6)
         ax.set_title(name, fontsize=9)
@@ -100,12 +100,12 @@ def make_pos_decay_plots(
     axes[0].set_ylabel(r"mean over W of $p_i^T W p_j$")
     axes[0].legend(fontsize=7)
     fig.suptitle(
-        f"Seed's E_W[p_iᵀ W p_j] (i={i}, d={d_model}, {n_trials} W ~ N(0,1/d)): zero in expectation",
+        f"Report's E_W[p_iᵀ W p_j] (i={i}, d={d_model}, {n_trials} W ~ N(0,1/d)): zero in expectation",
         fontsize=10,
     )
     fig.tight_layout()
-    paths["seed_estimator"] = out / "pos_decay_seed_estimator.png"
-    fig.savefig(paths["seed_estimator"], dpi=dpi)
+    paths["report_estimator"] = out / "pos_decay_report_estimator.png"
+    fig.savefig(paths["report_estimator"], dpi=dpi)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.5, 3.6))

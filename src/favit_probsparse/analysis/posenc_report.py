@@ -1,9 +1,9 @@
-"""Tables for ``results/posenc-ablation.md``: our mean ± std beside the seed's numbers, per seed table.
+"""Tables for ``results/posenc-ablation.md``: our mean ± std beside the report's numbers, per report table.
 
 ``python -m favit_probsparse.analysis.posenc_report results/posenc`` prints the markdown tables built from the
 ablation runner's JSON files (``posenc-ablation-etth1.json``, ``posenc-ablation-ettm1.json``). Because the
 reduced budget shifts every row's level, each table also shows the change relative to the table's vanilla row
-(ours and the seed's), which is the comparison the seed's conclusions rest on.
+(ours and the report's), which is the comparison the report's conclusions rest on.
 """
 
 from __future__ import annotations
@@ -73,11 +73,11 @@ def tables(folder: str | Path) -> str:
             f"### {title}",
             "",
             "| row | ours MSE (mean ± std; per seed) | ours MAE | seed MSE / MAE | "
-            "ours ΔMSE vs vanilla | seed ΔMSE vs vanilla |",
+            "ours ΔMSE vs vanilla | report ΔMSE vs vanilla |",
             "|---|---|---|---|---|---|",
         ]
         _, base_ours = _fmt(d[base], "test_mse") if base in d else ("–", None)
-        base_seed = _ref(d[base]["reference"])[0] if base in d else None
+        base_rep = _ref(d[base]["reference"])[0] if base in d else None
         for r in rows:
             if r not in d:
                 continue
@@ -85,14 +85,14 @@ def tables(folder: str | Path) -> str:
             mse, mse_mean = _fmt(m, "test_mse")
             mae, _ = _fmt(m, "test_mae")
             rs, ra = _ref(m["reference"])
-            seed = f"{rs} / {ra}" if rs is not None else "– (our control)"
+            rep = f"{rs} / {ra}" if rs is not None else "– (our control)"
             dours = (
                 f"{mse_mean - base_ours:+.3f}"
                 if mse_mean is not None and base_ours is not None and r != base
                 else ""
             )
-            dseed = f"{rs - base_seed:+.3f}" if rs is not None and base_seed is not None and r != base else ""
-            out.append(f"| {m['label']} | {mse} | {mae.split(' (')[0]} | {seed} | {dours} | {dseed} |")
+            drep = f"{rs - base_rep:+.3f}" if rs is not None and base_rep is not None and r != base else ""
+            out.append(f"| {m['label']} | {mse} | {mae.split(' (')[0]} | {rep} | {dours} | {drep} |")
         out.append("")
     return "\n".join(out)
 

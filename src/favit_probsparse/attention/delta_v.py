@@ -1,6 +1,6 @@
-"""ΔV ("tangential space") attention — seed report §2.1, ``docs/posenc.md`` §3.
+"""ΔV ("tangential space") attention — report §2.1, ``docs/posenc.md`` §3.
 
-The seed's definition: the context of token i adds attention-weighted *value differences*,
+The report's definition: the context of token i adds attention-weighted *value differences*,
 
     out_i = Σ_j A_ij v_j + g · Σ_j A_ij (v_j − v_{j−1}),
 
@@ -16,8 +16,8 @@ Options (``docs/posenc.md`` §3.2):
 * ``momentum=True``: replace the tangent U = ΔV by its EMA ``M_t = β M_{t−1} + (1−β) U_t`` (M_{−1} = 0), β per head
   (``learn_beta``: β = sigmoid(b_h), learned), computed as a causal Toeplitz product.
 * ``tangent_logits`` (λ): add ``λ·scale·(ΔQ)(ΔK)ᵀ`` to the logits (the "full TSA" of ``docs/posenc.md`` §3.2; tied projections,
-  since D(XW) = (DX)W). λ = 0 (default) is the seed's value-only ΔV.
-* ``gate`` (g): fixed scalar (default 1, the seed's unweighted sum) or learned per head (``learn_gate``).
+  since D(XW) = (DX)W). λ = 0 (default) is the report's value-only ΔV.
+* ``gate`` (g): fixed scalar (default 1, the report's unweighted sum) or learned per head (``learn_gate``).
 
 With g = 0 and λ = 0 the output equals the inner attention's exactly. D and the EMA are causal, so under a causal
 mask y_{≤t} never depends on x_{>t}.
@@ -131,11 +131,11 @@ class DeltaVAttention(nn.Module):
         attention: inner operator (e.g. ``ProbSparseAttention(...)``); default ``FullAttention(causal, scale,
             dropout)``.
         causal, scale, dropout: for the default inner full attention.
-        gate: initial/fixed g (1.0 = the seed's plain sum). ``learn_gate=True`` learns one g per head (needs
+        gate: initial/fixed g (1.0 = the report's plain sum). ``learn_gate=True`` learns one g per head (needs
             ``n_heads``).
         momentum: use the EMA of ΔV (β = ``beta``; ``learn_beta=True`` learns β_h = sigmoid(b_h) per head).
         boundary: ``"replicate"`` | ``"zero"`` | ``"circular"``.
-        tangent_logits: λ of the tangent–tangent logit term (0 = value-only ΔV, the seed's).
+        tangent_logits: λ of the tangent–tangent logit term (0 = value-only ΔV, the report's).
         n_heads: needed for learned per-head gate/β.
     """
 

@@ -17,7 +17,7 @@ Operators (``build_fusion(name, ...)``, registry ``FUSIONS``):
     ``out[..., p, j] = mean(cand[..., p, :, :].flatten()[j·L:(j+1)·L])`` (it mixes windows *and* channels). It calls
     the same ``adaptive_avg_pool2d`` kernel on the same layout as the official code, so it is bit-compatible.
 ``max`` / ``mean``
-    Per channel over the ``L`` windows (``max`` is the paper's "max pooling (original)" row of the seed table).
+    Per channel over the ``L`` windows (``max`` is the paper's "max pooling (original)" row of report Table 1).
 ``conv1x1``
     A pointwise convolution over the ``7×7`` window grid whose input channels are the ``(window, channel)`` pairs:
     ``out[..., p, :] = W · cand[..., p, :, :].flatten() + b`` with ``W ∈ R^{c × L·c}`` shared across heads. It mixes
@@ -27,7 +27,7 @@ Operators (``build_fusion(name, ...)``, registry ``FUSIONS``):
     (``w ∈ R^{c × L}``); initialised to the mean. ``conv1x1`` and ``linear`` hold parameters whose shape depends on
     ``L``, so they are built for one input resolution and raise a clear error at another.
 ``probsparse``
-    Informer-style ProbSparse selection of the ``P`` most relevant candidates ("top-L² keys", seed report §1):
+    Informer-style ProbSparse selection of the ``P`` most relevant candidates ("top-L² keys", the report §1):
     score each query's sparsity ``M = max − mean`` of its dot products with a random sample of the ``P·L``
     candidates, keep the top ``u = factor·ceil(ln N)`` queries ``Q_s``, compute ``S = Q_s · candᵀ``
     (``u × P·L``), aggregate over the kept queries (``mean``; ``max`` as an option) into one score per candidate
@@ -35,7 +35,7 @@ Operators (``build_fusion(name, ...)``, registry ``FUSIONS``):
     ``7×7`` depthwise conv sees a consistent layout. Selection is not differentiable; gradients flow through the
     selected candidates.
 ``hierarchical``
-    Seed 002's "smart neighbourhood": inside every window, each of its ``P`` points is scored as a query against a
+    The report's log 002 "smart neighbourhood": inside every window, each of its ``P`` points is scored as a query against a
     random half of the window's points (``M = max − mean``); the top-``k`` points are kept (``topk``, default 4),
     averaged into one window representative, and the representatives are merged pairwise (mean) in a log-depth
     tree. Keys: the kept points (``use_points``, ``L·k`` keys, window-major) and/or the representatives with all
@@ -79,6 +79,8 @@ class CrossWindowFusion(nn.Module):
     """Base class: ``forward(cand [B, h, P, L, c], q [B, h, N, c] | None) -> [B, h, K, c]``."""
 
     needs_query: ClassVar[bool] = False
+    #: whether the operator draws random samples (then the model gives each branch of each block its own seed)
+    samples: ClassVar[bool] = False
     #: whether the output keeps the ``window_size × window_size`` layout (K == P), so a 2-D V-side conv applies
     keeps_grid: ClassVar[bool] = True
 
@@ -217,6 +219,8 @@ class LinearFusion(_LearnedFusion):
 
 class _SampledFusion(CrossWindowFusion):
     """Owns a per-device ``torch.Generator`` seeded from ``seed`` (reproducible, independent of the global RNG)."""
+
+    samples = True
 
     def __init__(self, head_dim: int, window_size: int = 7, num_windows: int | None = None, seed: int = 0):
         super().__init__(head_dim, window_size, num_windows)
@@ -360,7 +364,7 @@ def hierarchical_num_keys(num_windows: int, topk: int, use_points: bool, use_win
 
 
 class HierarchicalFusion(_SampledFusion):
-    """Seed 002's per-window ProbSparse points + log-depth tree of window representatives."""
+    """The report's log 002: per-window ProbSparse points + log-depth tree of window representatives."""
 
     keeps_grid = False
 

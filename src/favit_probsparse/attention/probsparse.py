@@ -21,21 +21,29 @@ Two implementations with identical results for the same sample:
 * ``impl="exact"``: the official algorithm, statement by statement (it materialises the ``[B, H, L_Q, U, D]``
   tensor of sampled keys, like the official code).
 * ``impl="fast"``: the sparsity measure is computed without autograd (it only feeds ``topk``, so no gradient
-  flows through it in either path) in query chunks whose gathered keys never exceed ``[B, H, L_Q, D]``; the
-  active queries run through ``scaled_dot_product_attention`` (Flash / memory-efficient kernels on GPU).
-  Peak memory is O(L·log L + L·D) per (batch, head) instead of O(L·U·D).
+  flows through it in either path): on CPU by one sampled dense-dense matmul (exactly the L_Q·U sampled dot
+  products), elsewhere from dense or gathered query chunks that never exceed ``[B, H, L_Q, D]``. The active
+  queries run, on CPU, through a small autograd function with a hand-written backward, and elsewhere through
+  ``scaled_dot_product_attention`` (Flash / memory-efficient kernels on GPU). Peak memory is
+  O(L·log L + L·D) per (batch, head) instead of O(L·U·D).
+
+Masks: an active query whose keys are all masked (``attn_mask`` all False / -inf on its row) outputs 0 with
+zero gradient, in both implementations, as ``scaled_dot_product_attention`` (and so :func:`full_attention`)
+does; a lazy query keeps its mean/cumsum output whatever the mask (as in the official code).
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "FullAttention",
@@ -51,11 +59,16 @@ __all__ = [
 Measure = Literal["official", "mean"]
 MaskedLazy = Literal["cumsum", "cummean"]
 Impl = Literal["fast", "exact"]
+MeasurePath = Literal["sddmm", "dense", "gather"]
 
 _MEASURES = ("official", "mean")
 _MASKED_LAZY = ("cumsum", "cummean")
 _IMPLS = ("fast", "exact")
+_MEASURE_PATHS = ("sddmm", "dense", "gather")
+_SDDMM_DTYPES = (torch.float32, torch.float64)  # sampled_addmm on CPU has no bfloat16/half kernel
+_ROWS_FUNCTION_DTYPES = (torch.float32, torch.float64)  # lower precisions keep SDPA (float accumulation)
 _CHUNK_ELEMENTS = 2**22  # element budget of one chunk's temporary in the fast sparsity measure
+_ROWS_FUNCTION_ON_CPU = True  # fast path on CPU: _RowsAttention (False: SDPA + autograd, for comparison)
 _DENSE_MEASURE_MAX_RATIO = 40  # fast measure: dense chunked scores while L_K <= ratio * U (CPU-calibrated)
 
 
@@ -113,8 +126,13 @@ def _validate_mask(attn_mask: Tensor | None, q: Tensor, k: Tensor) -> None:
 
 
 def _validate_factor(factor: float) -> None:
-    if isinstance(factor, bool) or not isinstance(factor, int | float) or not factor > 0:
-        raise ValueError(f"factor must be a positive number, got {factor!r}")
+    if (
+        isinstance(factor, bool)
+        or not isinstance(factor, int | float)
+        or not math.isfinite(factor)
+        or not factor > 0
+    ):
+        raise ValueError(f"factor must be finite and > 0, got {factor!r}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -154,26 +172,68 @@ def sample_key_index(
     return idx if device is None else idx.to(device, non_blocking=True)
 
 
-def sparsity_measure(q: Tensor, k: Tensor, index: Tensor, measure: Measure = "official") -> Tensor:
+def _measure_path(q: Tensor, l_k: int, n_samples: int) -> MeasurePath:
+    """How :func:`sparsity_measure` gets the sampled scores when ``path="auto"``."""
+    if q.device.type == "cpu" and q.dtype in _SDDMM_DTYPES:
+        return "sddmm"
+    return "dense" if l_k <= _DENSE_MEASURE_MAX_RATIO * n_samples else "gather"
+
+
+def _sampled_scores_sddmm(q: Tensor, k: Tensor, index: Tensor) -> Tensor:
+    """[B, H, L_Q, U] sampled scores by one sampled dense-dense matmul (SDDMM) over a CSR pattern with
+    exactly U entries per row, in the sample's own order (duplicates included): L_Q·U·D multiply-adds and no
+    gathered copy of the keys."""
+    b, h, l_q, d = q.shape
+    l_k = k.shape[2]
+    n = index.shape[1]
+    crow = torch.arange(0, l_q * n + 1, n, device=q.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        pattern = torch.sparse_csr_tensor(
+            crow.expand(b * h, -1),
+            index.reshape(1, -1).expand(b * h, -1),
+            q.new_zeros(b * h, l_q * n),
+            size=(b * h, l_q, l_k),
+            check_invariants=False,  # unsorted and repeated columns are what we want here
+        )
+        s = torch.sparse.sampled_addmm(
+            pattern, q.reshape(b * h, l_q, d), k.reshape(b * h, l_k, d).transpose(1, 2), beta=0.0
+        )
+    return s.values().view(b, h, l_q, n)
+
+
+def sparsity_measure(
+    q: Tensor, k: Tensor, index: Tensor, measure: Measure = "official", path: MeasurePath | None = None
+) -> Tensor:
     """M [B, H, L_Q] from the unscaled sampled scores, without building [B, H, L_Q, U, D].
 
-    No autograd (M only feeds ``topk``). Queries are processed in chunks so that one chunk's temporary holds
-    at most max(size of q, 2**22) elements. Two ways to get the sampled scores, same values up to rounding:
+    No autograd (M only feeds ``topk``). Three ways to get the sampled scores, same values up to rounding
+    (``path``; None picks one):
 
-    * ``L_K <= 40·U`` (short sequences): a chunk of dense scores q_chunk·Kᵀ [B, H, chunk, L_K], then gather
-      the sampled columns. More FLOPs than needed, but matrix-multiply speed beats a gather of
-      L_Q·U·D key elements until L_K/U grows (in the benchmark's forward+backward on one CPU thread, dense
-      still wins at L=1440, L_K/U=36; gather wins at L=5760, L_K/U=128; not yet calibrated on GPU).
-    * otherwise: gather the sampled keys of a query chunk [B, H, chunk, U, D] and contract over D.
+    * ``"sddmm"`` (default on CPU for float32/float64): :func:`torch.sparse.sampled_addmm` computes exactly
+      the L_Q·U sampled dot products, with no copy of the keys (~7x faster than ``"dense"`` at L=1440 on one
+      CPU thread).
+    * ``"dense"`` (elsewhere while ``L_K <= 40·U``): query chunks of dense scores q_chunk·Kᵀ [B, H, chunk, L_K],
+      then gather the sampled columns. More FLOPs than needed, at matrix-multiply speed.
+    * ``"gather"`` (elsewhere for longer keys): gather the sampled keys of a query chunk [B, H, chunk, U, D]
+      and contract over D.
+
+    ``"dense"`` and ``"gather"`` work in query chunks whose temporary holds at most max(size of q, 2**22)
+    elements; the 40 was calibrated on one CPU thread and is checked on GPU by ``make gpu-check``.
     """
     l_q, n_samples = index.shape
     b, h, l_k, d = k.shape
     divisor = l_k if measure == "official" else n_samples
-    dense = l_k <= _DENSE_MEASURE_MAX_RATIO * n_samples
-    per_query = b * h * (l_k if dense else n_samples * d)
-    chunk = max(1, math.ceil(l_q * d / (l_k if dense else n_samples * d)), _CHUNK_ELEMENTS // per_query)
-    out = q.new_empty(q.shape[:3])
+    path = path or _measure_path(q, l_k, n_samples)
+    _check_choice("measure path", path, _MEASURE_PATHS)
     with torch.no_grad():
+        if path == "sddmm":
+            s = _sampled_scores_sddmm(q, k, index)
+            return s.amax(-1) - s.sum(-1) / divisor
+        dense = path == "dense"
+        per_query = b * h * (l_k if dense else n_samples * d)
+        chunk = max(1, math.ceil(l_q * d / (l_k if dense else n_samples * d)), _CHUNK_ELEMENTS // per_query)
+        out = q.new_empty(q.shape[:3])
         k_t = k.transpose(-2, -1)
         k_rows = k.reshape(b * h, l_k, d)  # index_select on this is ~3x faster than k[:, :, index] on CPU
         for start in range(0, l_q, chunk):
@@ -258,7 +318,7 @@ def _probsparse_exact(q, k, v, index, u, scale, causal, measure, masked_lazy, at
         scores = scores.masked_fill(prob_mask, float("-inf"))
     if attn_mask is not None:
         scores = scores + _rows_mask(attn_mask, m_top, l_k, False, scores.dtype)
-    attn = torch.softmax(scores, dim=-1)
+    attn = _softmax_rows(scores, attn_mask is not None)
     context = _lazy_context(v, l_q, causal, masked_lazy).clone()
     context[torch.arange(b)[:, None, None], torch.arange(h)[None, :, None], m_top, :] = torch.matmul(
         attn, v
@@ -266,13 +326,81 @@ def _probsparse_exact(q, k, v, index, u, scale, causal, measure, masked_lazy, at
     return context
 
 
+def _softmax_rows(scores: Tensor, masked: bool) -> Tensor:
+    """Softmax over keys; a row whose keys are all masked (all -inf) gives 0, not NaN, as SDPA does (its
+    gradient is 0 too: the row is made finite before the softmax, not patched after it)."""
+    if not masked:
+        return torch.softmax(scores, dim=-1)
+    dead = scores.amax(-1, keepdim=True) == float("-inf")
+    return torch.softmax(scores.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
+
+
+class _RowsAttention(torch.autograd.Function):
+    """Forward and hand-written backward of the fast path after the top-u choice (CPU, float32/64).
+
+    The u active rows get softmax attention, the other rows the lazy context. Written out, the backward needs
+    four matmuls of [u, L] by [L, D] shapes and one pass over the output gradient for the lazy rows; autograd
+    over gather/SDPA/scatter/mean adds zero-filled [L, D] buffers, a clone of the output gradient and
+    gradient accumulations, which are most of the time at L ~ 300 on one CPU thread. The exact path (autograd
+    over the official statements) checks this backward in the tests.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, top, mask, scale, causal, masked_lazy):
+        b, h, l_q, d = q.shape
+        u = top.shape[-1]
+        q_reduce = torch.gather(q, 2, top.unsqueeze(-1).expand(b, h, u, d)) * scale
+        scores = q_reduce @ k.transpose(-2, -1)  # [B, H, u, L_K]
+        if mask is not None:
+            scores = scores + mask
+        attn = _softmax_rows(scores, mask is not None)
+        active = attn @ v  # [B, H, u, D_v]
+        out = _lazy_context(v, l_q, causal, masked_lazy).contiguous()  # a fresh tensor in every case
+        out.scatter_(2, top.unsqueeze(-1).expand(b, h, u, v.shape[-1]), active)
+        ctx.save_for_backward(q_reduce, k, v, top, attn, active)
+        ctx.scale, ctx.causal, ctx.masked_lazy, ctx.l_q = scale, causal, masked_lazy, l_q
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        q_reduce, k, v, top, attn, active = ctx.saved_tensors
+        b, h, u, d = q_reduce.shape
+        l_q, l_k = ctx.l_q, k.shape[2]
+        top_v = top.unsqueeze(-1).expand(b, h, u, v.shape[-1])
+        g_active = torch.gather(grad, 2, top_v)  # [B, H, u, D_v]
+        d_attn = g_active @ v.transpose(-2, -1)
+        # softmax backward; rowsum(d_attn * attn) = rowsum(g_active * active)
+        d_scores = attn * (d_attn - (g_active * active).sum(-1, keepdim=True))
+        dq = grad.new_zeros(b, h, l_q, d)
+        dq.scatter_(2, top.unsqueeze(-1).expand(b, h, u, d), (d_scores @ k) * ctx.scale)
+        dk = d_scores.transpose(-2, -1) @ q_reduce  # q_reduce is already scaled
+        dv = attn.transpose(-2, -1) @ g_active
+        if not ctx.causal:  # lazy rows output mean(V): each key gets (sum of the lazy rows' gradients) / L_K
+            dv += (grad.sum(2, keepdim=True) - g_active.sum(2, keepdim=True)) / l_k
+        else:  # lazy rows output cumsum(V) (or its running mean): a reverse cumulative sum of their gradients
+            g_lazy = grad.scatter(2, top_v, 0.0)
+            if ctx.masked_lazy == "cummean":
+                g_lazy /= torch.arange(1, l_q + 1, device=grad.device, dtype=grad.dtype).unsqueeze(-1)
+            dv += g_lazy.flip(2).cumsum(2).flip(2)
+        return dq, dk, dv, None, None, None, None, None
+
+
 def _probsparse_fast(q, k, v, index, u, scale, causal, measure, masked_lazy, attn_mask):
     b, h, _, d = q.shape
     l_k = k.shape[2]
     m = sparsity_measure(q, k, index, measure)
     top = m.topk(u, dim=-1, sorted=False).indices  # [B, H, u]
-    q_reduce = torch.gather(q, 2, top.unsqueeze(-1).expand(b, h, u, d))
     mask = _rows_mask(attn_mask, top, l_k, causal, q.dtype)
+    if (
+        q.device.type == "cpu"
+        and q.dtype in _ROWS_FUNCTION_DTYPES
+        and (mask is None or not mask.requires_grad)
+        and _ROWS_FUNCTION_ON_CPU
+    ):
+        return _RowsAttention.apply(q, k, v, top, mask, scale, causal, masked_lazy)
+    # elsewhere (GPU, bfloat16/half, a mask that needs a gradient): SDPA (Flash / memory-efficient kernels)
+    q_reduce = torch.gather(q, 2, top.unsqueeze(-1).expand(b, h, u, d))
     active = F.scaled_dot_product_attention(q_reduce, k, v, attn_mask=mask, scale=scale)  # [B, H, u, D_v]
     lazy = _lazy_context(v, q.shape[2], causal, masked_lazy)
     return lazy.scatter(2, top.unsqueeze(-1).expand(b, h, u, v.shape[-1]), active.to(lazy.dtype))
@@ -303,7 +431,8 @@ def probsparse_attention(
         causal: causal mask (decoder self-attention); needs L_Q == L_K.
         scale: score scale for the active queries, default 1/sqrt(D).
         attn_mask: optional extra mask broadcastable to [B, H, L_Q, L_K], bool (True = attend) or additive float.
-            It applies to the active queries; lazy queries keep the official mean/cumsum output.
+            It applies to the active queries; lazy queries keep the official mean/cumsum output. An active
+            query with every key masked outputs 0 (as SDPA does), not NaN.
         measure: ``"official"`` (max − sum/L_K) or ``"mean"`` (max − mean over the samples).
         masked_lazy: lazy-query output under ``causal``: ``"cumsum"`` (official) or ``"cummean"``.
         causal_sampling: sample only non-future keys for each query.
@@ -344,7 +473,8 @@ def full_attention(
     check_finite: bool = False,
 ) -> Tensor:
     """Softmax attention through ``scaled_dot_product_attention``; the causal mask is top-left aligned
-    (query i sees keys j <= i), as Informer's ``TriangularCausalMask``."""
+    (query i sees keys j <= i), as Informer's ``TriangularCausalMask``. A query whose keys are all masked
+    outputs 0 (SDPA's convention; ProbSparse's active queries do the same)."""
     _validate_qkv(q, k, v, check_finite)
     _validate_mask(attn_mask, q, k)
     if causal and attn_mask is not None:

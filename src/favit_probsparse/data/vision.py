@@ -12,13 +12,18 @@
   (the ImageNet-1K layout; ``train``/``val`` by default, ``test`` is tried when ``val`` is missing). The shared
   ``cifar10-subset`` folder is of this kind. Errors name the problem: a missing or empty folder, a class missing
   from one split, an image that cannot be decoded (the file is named).
+* ``dataset="imagefolder", data_dir="cifar10-subset"`` (or ``"cifar100-subset"``): the fixed real-image subsets the
+  quick reproduction trains on (:data:`KNOWN_SUBSETS`). When the folder is missing and ``download=True``,
+  ``prepare_data`` builds it: torchvision's CIFAR download (checksum-verified, with a progress bar) into the
+  ``cifar10``/``cifar100`` folder beside it, then the leading rows of each official batch written as PNGs
+  (:func:`build_known_subset`), the same images as the project's shared development copy.
 
 Data paths are resolved by :func:`favit_probsparse.paths.resolve_data_path`: relative names live under the data
 root (``$FAVIT_DATA``, else ``../shared/data`` when it exists, else a per-user cache folder).
 
 Transforms come from timm's ``create_transform``: RandAugment (``auto_augment="rand-m9-mstd0.5-inc1"``), random
 erasing (``re_prob=0.25``), bicubic interpolation, per-dataset mean/std. ``img_size`` either keeps the native
-resolution (32 for CIFAR) or upsamples (224, as the seed did; evaluation then resizes to 256 and center-crops
+resolution (32 for CIFAR) or upsamples (224, as the report did; evaluation then resizes to 256 and center-crops
 224, i.e. ``eval_crop_pct=0.875``). ``train_crop="rrc"`` is timm's RandomResizedCrop (ImageNet recipe);
 ``train_crop="pad_crop"`` is the CIFAR-style reflect-pad-and-random-crop, better for native 32x32 training.
 
@@ -31,11 +36,15 @@ own randomness (drop path, Mixup) is reseeded per epoch by
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import random
+import shutil
 import struct
+import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +53,20 @@ import torch
 from lightning.pytorch import LightningDataModule
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torchvision.datasets import ImageFolder
 
 from favit_probsparse.paths import resolve_data_path
 
 __all__ = [
     "DATASET_STATS",
     "FASHION_MNIST_SYSTEM_DIR",
+    "KNOWN_SUBSETS",
     "DatasetError",
     "EpochShuffleSampler",
     "FashionMNISTIDX",
     "ImageClassificationDataModule",
     "SeededSamples",
+    "build_known_subset",
     "build_transform",
     "checked_image_folder",
     "write_toy_image_folder",
@@ -93,6 +105,130 @@ class DatasetError(ValueError):
     """A dataset folder or file is missing, empty, corrupt or inconsistent."""
 
 
+@dataclass(frozen=True)
+class KnownSubset:
+    """A fixed subset of a torchvision dataset, materialised as an ImageFolder tree.
+
+    Args:
+        torchvision_cls: name of the class in ``torchvision.datasets`` that downloads the full dataset.
+        download_dir: folder, beside the subset, that the full dataset is downloaded into (the default
+            ``data_dir`` of the matching ``dataset=`` choice, so the download is shared with it).
+        num_classes: number of classes (every class occurs in both splits).
+        rows: per split, ``(first, count)`` ranges of indices into torchvision's concatenated arrays (training
+            batches in their official order, 10,000 rows each for CIFAR-10).
+    """
+
+    torchvision_cls: str
+    download_dir: str
+    num_classes: int
+    rows: dict[str, tuple[tuple[int, int], ...]]
+
+    def indices(self, split: str) -> list[int]:
+        return [i for first, n in self.rows[split] for i in range(first, first + n)]
+
+
+#: The real-image subsets the quick jobs use: the leading rows of each official CIFAR batch (the rows the
+#: project's shared development copy holds), so every machine trains on the same images.
+#: CIFAR-10: rows 0-1101, 0-1016, 0-1016, 0-1284, 0-1016 of data_batch_1..5 (5,438 images, 523-572 per class)
+#: and rows 0-1016 of test_batch (1,017); CIFAR-100: rows 0-1116 of train (1,117) and 0-915 of test (916).
+KNOWN_SUBSETS: dict[str, KnownSubset] = {
+    "cifar10-subset": KnownSubset(
+        "CIFAR10",
+        "cifar10",
+        10,
+        {
+            "train": ((0, 1102), (10000, 1017), (20000, 1017), (30000, 1285), (40000, 1017)),
+            "test": ((0, 1017),),
+        },
+    ),
+    "cifar100-subset": KnownSubset("CIFAR100", "cifar100", 100, {"train": ((0, 1117),), "test": ((0, 916),)}),
+}
+
+
+def _download_torchvision(cls, root: Path, train: bool):
+    """``cls(root, train, download=True)`` with errors that name the URL; a corrupt archive is removed."""
+    url = cls.url
+    try:
+        return cls(str(root), train=train, download=True)
+    except OSError as e:  # urllib.error.URLError is an OSError
+        archive = root / cls.filename
+        archive.unlink(missing_ok=True)  # a partial download must not look like a cached one
+        raise DatasetError(f"could not download {url} into {root}: {getattr(e, 'reason', e)}") from e
+    except (
+        RuntimeError
+    ) as e:  # torchvision: "File not found or corrupted." / "Dataset not found or corrupted."
+        from torchvision.datasets.utils import check_integrity
+
+        archive = root / cls.filename
+        if archive.is_file() and not check_integrity(str(archive), cls.tgz_md5):
+            archive.unlink()
+            msg = f"checksum mismatch for {url}: the downloaded archive's md5 is not {cls.tgz_md5}"
+        else:
+            extracted = root / cls.base_folder
+            if extracted.is_dir():
+                shutil.rmtree(extracted)
+            msg = f"{cls.__name__} files extracted from {url} into {extracted} failed their checksums"
+        raise DatasetError(f"{msg} ({e}); the corrupt files were removed, run again to retry") from e
+
+
+def build_known_subset(dest: str | os.PathLike, name: str | None = None) -> Path:
+    """Build the :data:`KNOWN_SUBSETS` entry ``name`` (default: ``dest``'s folder name) at ``dest``.
+
+    The full dataset is downloaded by torchvision (progress bar, md5 check) into ``dest.parent/<download_dir>``
+    unless already there; the subset's rows are written as ``{train,test}/<class>/<row index>.png`` in a
+    temporary folder beside ``dest`` that is renamed into place only when complete, so an interrupted or failed
+    build leaves nothing that looks like a dataset. Returns ``dest``; an existing ``dest`` is returned untouched.
+    """
+    from torchvision import datasets
+
+    dest = Path(dest)
+    name = name or dest.name
+    if name not in KNOWN_SUBSETS:
+        raise DatasetError(f"no known subset {name!r} (known: {', '.join(KNOWN_SUBSETS)})")
+    if dest.is_dir():
+        return dest
+    spec = KNOWN_SUBSETS[name]
+    cls = getattr(datasets, spec.torchvision_cls)
+    download_root = dest.parent / spec.download_dir
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[data] building {dest} from {cls.__name__} (download into {download_root} if needed)", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        for split in spec.rows:
+            ds = _download_torchvision(cls, download_root, train=split == "train")
+            idx = spec.indices(split)
+            if max(idx) >= len(ds):
+                raise DatasetError(
+                    f"{cls.__name__} {split} split in {download_root} has {len(ds)} images; the subset "
+                    f"{name} needs row {max(idx)}"
+                )
+            for i in idx:
+                folder = tmp / split / ds.classes[int(ds.targets[i])]
+                folder.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.asarray(ds.data[i], dtype=np.uint8)).save(folder / f"{i:05d}.png")
+            if len(_list_classes(tmp / split)) != spec.num_classes:
+                raise DatasetError(
+                    f"the {split} rows of subset {name} cover {len(_list_classes(tmp / split))} classes of "
+                    f"{cls.__name__}, expected {spec.num_classes}"
+                )
+        ranges = {s: ", ".join(f"{a}-{a + n - 1}" for a, n in r) for s, r in spec.rows.items()}
+        (tmp / "SOURCE.md").write_text(
+            f"# {name}\n\nBuilt by favit_probsparse.data.vision.build_known_subset from torchvision.datasets."
+            f"{cls.__name__} ({cls.url}, md5 {cls.tgz_md5}).\n"
+            + "".join(f"- {s}: rows {r} of torchvision's {s} arrays\n" for s, r in ranges.items())
+            + "Layout: {train,test}/<class>/<row index>.png, lossless PNG.\n"
+        )
+        try:
+            tmp.rename(dest)
+        except OSError:
+            if not dest.is_dir():  # another process finishing first is fine; anything else is not
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
 # --------------------------------------------------------------------------------------------- transforms
 def _pad_crop(img_size: int, hflip: float):
     from torchvision import transforms as T
@@ -101,6 +237,13 @@ def _pad_crop(img_size: int, hflip: float):
     if hflip > 0:
         tfs.append(T.RandomHorizontalFlip(hflip))
     return tfs
+
+
+def default_eval_crop_pct(img_size: int, native_size: int | None, train_crop: str) -> float:
+    """Resize 256 / crop 224 style (0.875) only where training crops too (RandomResizedCrop of an upsampled
+    image); a plain resize (1.0) otherwise."""
+    upsampled = native_size is not None and img_size > native_size
+    return 0.875 if upsampled and train_crop == "rrc" else 1.0
 
 
 def build_transform(
@@ -130,9 +273,7 @@ def build_transform(
         raise ValueError(f"train_crop must be 'rrc' or 'pad_crop', got {train_crop!r}")
     if not is_train:
         if eval_crop_pct is None:
-            # resize 256 / crop 224 style only where training crops too (RandomResizedCrop of an upsampled image)
-            upsampled = native_size is not None and img_size > native_size
-            eval_crop_pct = 0.875 if upsampled and train_crop == "rrc" else 1.0
+            eval_crop_pct = default_eval_crop_pct(img_size, native_size, train_crop)
         return create_transform(
             img_size,
             is_training=False,
@@ -182,8 +323,8 @@ def _list_classes(split_dir: Path) -> list[str]:
 def checked_image_folder(
     root: Path, split: str, transform=None, expected_classes: Sequence[str] | None = None
 ):
-    """``torchvision.datasets.ImageFolder`` on ``root/split`` with clear errors (missing/empty/class mismatch)."""
-    from torchvision.datasets import ImageFolder
+    """``torchvision.datasets.ImageFolder`` on ``root/split`` with clear errors (missing/empty/class mismatch, an
+    image the transform cannot take)."""
 
     split_dir = Path(root) / split
     if not Path(root).is_dir():
@@ -216,7 +357,22 @@ def checked_image_folder(
             f"extra {extra[:10] or 'nothing'} compared with the training split; both splits must "
             "hold the same class folders so that class indices agree"
         )
-    return ImageFolder(str(split_dir), transform=transform, loader=_checked_loader)
+    return _CheckedImageFolder(str(split_dir), transform=transform, loader=_checked_loader)
+
+
+class _CheckedImageFolder(ImageFolder):
+    """ImageFolder whose transform errors (e.g. an image smaller than the crop) name the image file."""
+
+    def __getitem__(self, index: int):
+        try:
+            return super().__getitem__(index)
+        except DatasetError:
+            raise
+        except (ValueError, RuntimeError, TypeError, IndexError) as e:
+            path, detail = self.samples[index][0], str(e)
+            with contextlib.suppress(OSError), Image.open(path) as im:
+                detail += f" (the image is {im.width}x{im.height})"
+            raise DatasetError(f"cannot transform image {path}: {detail}") from None
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -314,7 +470,7 @@ class ImageClassificationDataModule(LightningDataModule):
     Args:
         dataset: ``cifar10``, ``cifar100``, ``fashion_mnist`` or ``imagefolder``.
         data_dir: dataset folder (relative names live under the data root); default per dataset.
-        img_size: training/eval resolution (native 32 for CIFAR, or 224 as in the seed).
+        img_size: training/eval resolution (native 32 for CIFAR, or 224 as in the report).
         batch_size: per-process batch size.
         num_workers: DataLoader workers.
         train_split / val_split: ImageFolder sub-folders (``val_split`` falls back to ``test`` when missing).
@@ -327,7 +483,8 @@ class ImageClassificationDataModule(LightningDataModule):
         eval_crop_pct: eval center-crop fraction (default 0.875 when upsampling with ``rrc``, else 1.0).
         mean / std: normalization; default per dataset (``normalization`` names a preset instead).
         normalization: preset name from :data:`DATASET_STATS` (e.g. ``cifar10`` for ``cifar10-subset``).
-        download: allow torchvision downloads (CIFAR, Fashion-MNIST).
+        download: allow torchvision downloads (CIFAR, Fashion-MNIST, and the data of a missing
+            :data:`KNOWN_SUBSETS` folder, which ``prepare_data`` then builds).
         limit_train_per_class / limit_val_per_class: class-balanced subsets (smoke tests, quick runs).
         pin_memory: DataLoader pin_memory (default: when CUDA is available).
     """
@@ -380,7 +537,16 @@ class ImageClassificationDataModule(LightningDataModule):
         self.native_size = native if dataset != "imagefolder" else (native if normalization else None)
         self._num_classes = n_cls if dataset != "imagefolder" else None
         self.data_path = self._resolve_path(data_dir)
-        if dataset == "imagefolder":
+        # a missing known subset is built by prepare_data (a download); its class count is known beforehand
+        self._build_subset = (
+            dataset == "imagefolder"
+            and download
+            and self.data_path.name in KNOWN_SUBSETS
+            and not self.data_path.is_dir()
+        )
+        if self._build_subset:
+            self._num_classes = KNOWN_SUBSETS[self.data_path.name].num_classes
+        elif dataset == "imagefolder":
             self._check_imagefolder_root()
         self.train_set: Any = None
         self.val_set: Any = None
@@ -402,9 +568,14 @@ class ImageClassificationDataModule(LightningDataModule):
     def _check_imagefolder_root(self) -> None:
         root = self.data_path
         if not root.is_dir():
+            hint = (
+                f"; {root.name} is built from torchvision's download with download=true"
+                if root.name in KNOWN_SUBSETS
+                else ""
+            )
             raise DatasetError(
                 f"dataset folder {root} does not exist (data_dir={self.hparams.data_dir!r}; "
-                "relative paths are looked up under $FAVIT_DATA / ../shared/data)"
+                f"relative paths are looked up under $FAVIT_DATA / ../shared/data{hint})"
             )
         if not (root / self.hparams.train_split).is_dir():
             raise DatasetError(
@@ -455,12 +626,18 @@ class ImageClassificationDataModule(LightningDataModule):
 
     # ---------------------------------------------------------------- lightning hooks
     def prepare_data(self) -> None:
-        if self.dataset in ("cifar10", "cifar100"):
+        if self._build_subset and not self.data_path.is_dir():
+            build_known_subset(self.data_path)
+        elif self.dataset in ("cifar10", "cifar100"):
             from torchvision import datasets
 
             cls = datasets.CIFAR10 if self.dataset == "cifar10" else datasets.CIFAR100
-            self._torchvision(cls, train=True, prepare=True)
-            self._torchvision(cls, train=False, prepare=True)
+            if self.hparams.download:  # errors name the URL; a corrupt archive is removed
+                _download_torchvision(cls, self.data_path, train=True)
+                _download_torchvision(cls, self.data_path, train=False)
+            else:
+                self._torchvision(cls, train=True)
+                self._torchvision(cls, train=False)
         elif self.dataset == "fashion_mnist" and self._fashion_dir() is None:
             from torchvision import datasets
 
@@ -507,6 +684,7 @@ class ImageClassificationDataModule(LightningDataModule):
                 val.targets = val.ds.targets.numpy()
             self.classes = list(FASHION_MNIST_CLASSES)
         else:
+            self._check_imagefolder_root()
             train = checked_image_folder(self.data_path, h.train_split, t_train)
             val = checked_image_folder(
                 self.data_path, self._val_split_name(), t_eval, expected_classes=train.classes

@@ -16,6 +16,12 @@ out-of-memory in one run is recorded and the grid goes on. The merged config of 
 logger's ``save_dir`` and any ``ModelCheckpoint`` ``dirpath`` into that folder, and sets ``seed_everything`` to
 the seed.
 
+GRID is a file (relative to the current folder), else a grid shipped with the package, by name (``quick``) or
+by path (``configs/ablations/quick.yaml``, found through :mod:`favit_probsparse.resources` from any folder).
+Before the first run starts, the data of the runs about to start is prepared once, in the foreground
+(:func:`~favit_probsparse.experiments.runner.prepare_grid_data`: downloads with their progress bars). Ctrl-C or
+SIGTERM stops the current run, prints one line and exits with 128 + the signal number; the same command resumes.
+
 Each run folder ends with a result record, ``metrics.json`` (the done-marker) or ``failed.json``, and
 ``log.txt`` has its output. Re-running skips finished runs whose config is unchanged, re-runs failed or changed
 ones (``--force`` re-runs all), and rebuilds the report from every record present: ``--seeds 1`` after
@@ -42,10 +48,18 @@ import sys
 import threading
 from pathlib import Path
 
+from favit_probsparse import resources
 from favit_probsparse.experiments.grid import Grid, apply_overrides, load_grid, parse_set
 from favit_probsparse.experiments.provenance import hardware_summary
 from favit_probsparse.experiments.report import summarize, write_report
-from favit_probsparse.experiments.runner import RunResult, collect, raise_interrupt, run_grid
+from favit_probsparse.experiments.runner import (
+    RunResult,
+    collect,
+    prepare_grid_data,
+    raise_interrupt,
+    rows_to_run,
+    run_grid,
+)
 from favit_probsparse.experiments.stats import model_stats_table, write_stats_report
 
 __all__ = [
@@ -66,7 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="favit-ps ablate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("grid", help="grid YAML file (see favit_probsparse.experiments.grid)")
+    p.add_argument(
+        "grid",
+        help="grid YAML file (see favit_probsparse.experiments.grid), or a shipped grid's name (e.g. quick)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the grid's)")
     p.add_argument(
         "--out",
@@ -111,10 +128,26 @@ def with_sigterm_as_interrupt(fn, *args):
         signal.signal(signal.SIGTERM, previous)
 
 
+def interruptible(prog: str, fn, *args) -> int:
+    """``fn(*args)`` under :func:`with_sigterm_as_interrupt`; Ctrl-C or SIGTERM (the current run is stopped by
+    then) ends it with one line on stderr and the exit code 128 + the signal number, not a traceback."""
+    try:
+        return with_sigterm_as_interrupt(fn, *args)
+    except KeyboardInterrupt as e:
+        text = str(e)
+        signum = int(text.split()[-1]) if text.startswith("signal ") else int(signal.SIGINT)
+        print(
+            f"{prog}: stopped by {signal.Signals(signum).name}; finished runs are kept, the same command "
+            "resumes",
+            file=sys.stderr,
+        )
+        return 128 + signum
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = _parser().parse_args(argv)
-    return with_sigterm_as_interrupt(_main, a, argv)
+    return interruptible("favit-ps ablate", _main, a, argv)
 
 
 def finish_grid(
@@ -160,11 +193,30 @@ def finish_grid(
     return (1 if failed else 0), md_path, table, summarize(grid, results)
 
 
+def _prepare_data(grid: Grid, seeds: list[int], runs_dir: Path, a: argparse.Namespace, extra: dict) -> None:
+    """Prepare (download, build) the data of the runs about to start, once each, before the first run."""
+    todo = rows_to_run(grid, seeds, runs_dir, rows=a.rows, extra_overrides=extra, force=a.force)
+    if not todo:
+        return
+    try:
+        prepare_grid_data(grid, todo, extra)
+    # download / dataset problems (DatasetError is a ValueError; checksum, network, disk): the message names them
+    except (ValueError, RuntimeError, OSError) as e:
+        raise SystemExit(f"favit-ps ablate: preparing the data of {grid.path} failed: {e}") from None
+
+
 def _main(a: argparse.Namespace, argv: list[str]) -> int:
-    grid = load_grid(a.grid)
+    try:  # a file of the user's, else a shipped grid by name (`quick`) or path (`configs/ablations/quick.yaml`)
+        grid = load_grid(resources.grid_path(a.grid))
+    except FileNotFoundError as e:
+        raise SystemExit(
+            f"favit-ps ablate: {e} (shipped grids: {', '.join(resources.grid_names())})"
+        ) from None
     seeds = a.seeds if a.seeds is not None else grid.seeds
     extra = parse_set(a.set)
     runs_dir = Path(a.runs_dir)
+    if not (a.stats_only or a.dry_run or a.report_only):
+        _prepare_data(grid, seeds, runs_dir, a, extra)
     if a.stats_only:
         command = "favit-ps ablate " + " ".join(shlex.quote(x) for x in argv)
         out = Path(a.out) if a.out is not None else runs_dir / grid.name

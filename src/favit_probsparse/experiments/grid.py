@@ -59,6 +59,7 @@ __all__ = [
     "config_hash",
     "load_grid",
     "parse_set",
+    "read_config",
     "read_yaml",
     "redirect_outputs",
 ]
@@ -158,6 +159,19 @@ def read_yaml(path: str | os.PathLike) -> Any:
         raise ValueError(f"{where}: invalid YAML: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: invalid YAML: {e}") from None
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """A run config (a ``favit-ps fit`` YAML) with its ``base:`` chain merged, so that the grid's overrides and
+    the per-run ``config.yaml`` see the whole config (the chain's relative paths mean nothing in a run folder)."""
+    from favit_probsparse.training import load_config
+
+    raw = read_yaml(path)  # a syntax error names the file and line
+    if not isinstance(raw, dict):
+        if raw is None:
+            return {}
+        raise ValueError(f"{path}: a config file is a YAML mapping")
+    return load_config(path) if "base" in raw else raw
 
 
 def load_grid(path: str | os.PathLike) -> Grid:

@@ -15,7 +15,8 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from favit_probsparse.experiments.ablate import finish_grid, with_sigterm_as_interrupt
+from favit_probsparse import resources
+from favit_probsparse.experiments.ablate import finish_grid, interruptible
 from favit_probsparse.experiments.grid import NAME_RE, Grid, Metric, Row
 from favit_probsparse.experiments.runner import run_grid
 
@@ -45,10 +46,9 @@ def itr_grid(
     extra_metrics: Sequence[str] = ("test_mae",),
     threads: int | None = None,
 ) -> Grid:
-    """The one-row grid of ``--itr``: ``config`` as is (plus ``cli_args``), tested after fit."""
-    config = Path(config)
-    if not config.is_file():
-        raise FileNotFoundError(f"config {config} not found")
+    """The one-row grid of ``--itr``: ``config`` as is (plus ``cli_args``), tested after fit. A ``config`` that is
+    not a file under the current folder may name a shipped one (:func:`favit_probsparse.resources.config_path`)."""
+    config = resources.config_path(config)
     name = config.stem if NAME_RE.match(config.stem) else "itr"
     return Grid(
         name=name,
@@ -96,4 +96,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name}: {s['mean']:.4f} ± {s['std']:.4f} over {s['n']} seed(s)", flush=True)
         return rc
 
-    return with_sigterm_as_interrupt(_go)
+    return interruptible("favit-ps fit --itr", _go)

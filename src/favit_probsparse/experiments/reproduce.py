@@ -1,58 +1,154 @@
 """``favit-ps reproduce TARGET``: one-command reproductions.
 
-* ``quick`` (the README's main job, < 10 min on 2 CPU cores): trains and evaluates a small FaViT (CIFAR variant,
-  32²) with several cross-window fusions on the real CIFAR-10 subset and prints the result table
-  (``configs/ablations/quick.yaml`` through the ablation runner); the report goes to the git-ignored
-  ``runs/quick/`` unless ``--out`` names another folder (``--out results`` updates the committed one).
-* ``attention``: the ProbSparse attention benchmark at short lengths (``benchmarks/attention.py`` has the full one).
-* any other name: ``configs/ablations/<name>.yaml`` through the ablation runner (e.g. ``fusion_cifar10``).
+* ``quick`` (the README's main job, < 10 min on 2 CPU cores) shows both halves of the library, one grid each
+  through the ablation runner, and prints each result table:
+
+  1. ``configs/ablations/quick.yaml``: a small FaViT (CIFAR variant, 32²) with three cross-window fusions, one
+     epoch on the real CIFAR-10 subset;
+  2. ``configs/ablations/quick_forecast.yaml``: a small Informer with ProbSparse attention on ETTh1, then a
+     forecast past the end of ETTh1 from its run (``favit-ps predict``'s CSV + PNG in ``<run>/forecast/``).
+
+  Reports go to the git-ignored ``runs/<grid name>/`` unless ``--out`` names another folder (``--out results``
+  updates the committed ones).
+* ``attention``: the ProbSparse attention benchmark at short lengths (:mod:`favit_probsparse.benchmarks.attention`;
+  ``python benchmarks/attention.py`` runs the full one).
+* any other name: ``configs/ablations/<name>.yaml`` through the ablation runner (e.g. ``fusion_cifar10_subset``);
+  a path to a grid file of your own works too.
+
+A grid whose runs configure a :class:`~favit_probsparse.training.forecast.ForecastWriter` callback is followed by
+a forecast past the end of its data, from the first finished seed of each row (:func:`forecast_after`).
+
+Configs and grids are read from the installed package (:mod:`favit_probsparse.resources`),
+so this works without the repository checkout. Before the runs start, the data every run of the grid uses is
+prepared once, in the foreground, for every grid of the target before the first run (``prepare_data`` of each distinct datamodule, with ``download=True`` unless the
+config sets it: downloads with a progress bar; the CIFAR subsets are built from the full download, see
+:data:`favit_probsparse.data.vision.KNOWN_SUBSETS`; ETT comes from its pinned upstream commit).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from pathlib import Path
 
+from favit_probsparse import resources
+from favit_probsparse.experiments.runner import prepare_grid_data
+
+__all__ = ["forecast_after", "main", "prepare_grid_data"]
+
 TARGETS = ("quick", "attention")
+# a target that runs several grids, in order (any other name is one grid)
+TARGET_GRIDS: dict[str, tuple[str, ...]] = {"quick": ("quick", "quick_forecast")}
+RUNS_DIR = Path("runs")  # the ablation runner's default run folder
 
 
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[3]
+def _grid_file(target: str) -> Path:
+    return resources.grid_path(target)
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="favit-ps reproduce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("target", help="quick | attention | <grid name under configs/ablations/>")
+    p.add_argument("target", help="quick | attention | <grid name under configs/ablations/> | <grid file>")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the grid's seeds")
     p.add_argument(
         "--out", default=None, help="report folder (default: the git-ignored run folder runs/<grid name>)"
     )
     a = p.parse_args(argv)
     if a.target == "attention":
-        import runpy
-        import sys
+        from favit_probsparse.benchmarks.attention import main as attention_main
 
-        bench = _repo_root() / "benchmarks" / "attention.py"
-        sys.argv = [str(bench), "--lengths", "96", "336", "720", "--repeats", "10"]
-        runpy.run_path(str(bench), run_name="__main__")
-        return 0
-    grid = Path(a.target)
-    if not grid.suffix:
-        grid = _repo_root() / "configs" / "ablations" / f"{a.target}.yaml"
-    if not grid.exists():
-        raise SystemExit(f"favit-ps reproduce: no grid {grid} (targets: {', '.join(TARGETS)} or a grid name)")
+        return int(attention_main(["--lengths", "96", "336", "720", "--repeats", "10"]) or 0)
+    names = TARGET_GRIDS.get(a.target, (a.target,))
+    try:
+        grids = [_grid_file(n) for n in names]
+    except FileNotFoundError as e:
+        raise SystemExit(
+            f"favit-ps reproduce: no grid {a.target!r}: {e} (targets: {', '.join(TARGETS)}, a grid name "
+            f"({', '.join(resources.grid_names())}) or a grid file)"
+        ) from None
+    from favit_probsparse.data.vision import DatasetError
     from favit_probsparse.experiments.ablate import main as ablate_main
 
-    with contextlib.suppress(
-        ValueError
-    ):  # record a repo-relative command in the report when run from the repo
-        grid = grid.resolve().relative_to(Path.cwd().resolve())
-    args = [str(grid)]
-    if a.seeds:
-        args += ["--seeds", *map(str, a.seeds)]
-    if a.out:  # e.g. `--out results` to update the committed result note on purpose
-        args += ["--out", a.out]
-    return int(ablate_main(args) or 0)
+    # every download first, so a missing file stops the job before any training (the ablation runner prepares
+    # again before its first run: a no-op once the data is there)
+    for grid in grids:
+        try:
+            prepare_grid_data(grid)
+        except (DatasetError, RuntimeError, OSError) as e:
+            # a download or dataset problem: the message names it
+            raise SystemExit(f"favit-ps reproduce: preparing the data of {grid} failed: {e}") from None
+    rc = 0
+    for grid in grids:
+        with contextlib.suppress(ValueError):  # a repo-relative command in the report when run from the repo
+            grid = grid.resolve().relative_to(Path.cwd().resolve())
+        args = [str(grid)]
+        if a.seeds:
+            args += ["--seeds", *map(str, a.seeds)]
+        if a.out:  # e.g. `--out results` to update the committed result note on purpose
+            args += ["--out", a.out]
+        rc = max(rc, int(ablate_main(args) or 0))
+        try:
+            forecasts = forecast_after(grid, a.seeds)
+        except Exception as e:  # the tables above stand; the job still fails, with the reason in one line
+            print(
+                f"favit-ps reproduce: the forecast after {grid} failed: {type(e).__name__}: {e}",
+                file=sys.stderr,
+            )
+            rc = 1
+            continue
+        for row, written in forecasts.items():
+            files = " and ".join(str(_shown(p)) for p in written.values())
+            print(f"{row}: forecast past the end of the data written to {files}", flush=True)
+    return rc
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the current folder when it is inside it (the printed paths stay short)."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return Path(path)
+
+
+def _writes_forecasts(cfg: dict) -> bool:
+    callbacks = (cfg.get("trainer") or {}).get("callbacks") or []
+    return any(
+        isinstance(cb, dict) and str(cb.get("class_path", "")).endswith(".ForecastWriter") for cb in callbacks
+    )
+
+
+def forecast_after(grid_file: Path, seeds: list[int] | None = None, runs_dir: Path = RUNS_DIR) -> dict:
+    """If the grid's runs configure a ``ForecastWriter``: ``favit-ps predict`` with the run's config and last
+    checkpoint, for the first finished seed of each row; the writer puts ``forecast.csv`` and ``forecast.png``
+    (the steps after the end of the data, original units) in ``<run>/forecast/``. Returns {row: written paths}."""
+    from favit_probsparse.experiments.grid import load_grid, read_config
+    from favit_probsparse.experiments.records import DONE
+    from favit_probsparse.experiments.runner import run_dir_of
+
+    grid = load_grid(grid_file)
+    if not _writes_forecasts(read_config(grid.base_config)):
+        return {}
+    from favit_probsparse.training import lightning_cli
+    from favit_probsparse.training.forecast import ForecastWriter
+
+    out = {}
+    for row in grid.rows:
+        runs = [run_dir_of(grid, row, s, runs_dir) for s in (seeds or grid.seeds)]
+        run = next(
+            (r for r in runs if (r / DONE).is_file() and (r / "checkpoints" / "last.ckpt").is_file()), None
+        )
+        if run is None:
+            print(
+                f"[reproduce] {grid.name}/{row.name}: no finished run with a last.ckpt, no forecast",
+                flush=True,
+            )
+            continue
+        config = run / "config.yaml"  # as the run saved it (the checkpoint's hyperparameters must match it)
+        ckpt = run / "checkpoints" / "last.ckpt"
+        cli = lightning_cli(["predict", "--config", str(config), "--ckpt_path", str(ckpt)])
+        writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ForecastWriter))
+        out[row.name] = dict(writer.written)
+    return out

@@ -12,6 +12,9 @@ built from it merges runs made at different times (``--seeds 1`` after ``--seeds
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import json
 import math
 import os
 import re
@@ -28,7 +31,8 @@ from favit_probsparse.experiments.grid import (
     Row,
     apply_overrides,
     config_hash,
-    read_yaml,
+    load_grid,
+    read_config,
     redirect_outputs,
 )
 from favit_probsparse.experiments.records import (
@@ -40,9 +44,17 @@ from favit_probsparse.experiments.records import (
     write_record,
     write_text,
 )
-from favit_probsparse.training import load_config
 
-__all__ = ["RunResult", "collect", "raise_interrupt", "run_dir_of", "run_grid", "seeds_on_disk"]
+__all__ = [
+    "RunResult",
+    "collect",
+    "prepare_grid_data",
+    "raise_interrupt",
+    "rows_to_run",
+    "run_dir_of",
+    "run_grid",
+    "seeds_on_disk",
+]
 
 _SEED_DIR = re.compile(r"^seed(-?\d+)$")
 
@@ -67,11 +79,8 @@ def run_dir_of(grid: Grid, row: Row | str, seed: int, runs_dir: Path) -> Path:
 
 
 def _base_config(grid: Grid) -> dict:
-    cfg = read_yaml(grid.base_config) or {}
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{grid.base_config}: a config file is a YAML mapping")
-    # merge a `base:` chain here: the run folder's config.yaml must stand alone (relative bases would not resolve)
-    cfg = load_config(grid.base_config)
+    # a per-setting file over a preset (configs/forecast/_base) comes with its base: chain merged
+    cfg = read_config(grid.base_config)
     cfg.setdefault("trainer", {})
     if isinstance(cfg["trainer"], dict):
         cfg["trainer"].setdefault("enable_progress_bar", False)
@@ -337,3 +346,55 @@ def collect(
     kept = [r for r in results if r.seed in requested or r.status in ("done", "failed")]
     used = sorted({r.seed for r in kept})
     return kept, used
+
+
+def rows_to_run(
+    grid: Grid,
+    seeds: list[int],
+    runs_dir: Path,
+    rows: list[str] | None = None,
+    extra_overrides: dict | None = None,
+    force: bool = False,
+) -> list[str]:
+    """Names of the rows that :func:`run_grid` would start at least one run of (finished runs are skipped)."""
+    if force:
+        return [r.name for r in grid.rows if rows is None or r.name in rows]
+    plan = run_grid(
+        grid, seeds, runs_dir, rows=rows, extra_overrides=extra_overrides, dry_run=True, quiet=True
+    )
+    todo = {r.row for r in plan if r.status != "done"}
+    return [r.name for r in grid.rows if r.name in todo]
+
+
+def prepare_grid_data(
+    grid: Grid | str | os.PathLike, rows: list[str] | None = None, extra_overrides: dict | None = None
+) -> int:
+    """Run ``prepare_data()`` once for every distinct ``data`` section of the grid's runs (of ``rows``, default
+    all; with ``extra_overrides`` applied as the runs apply them); returns how many.
+
+    Downloads then happen here, in the foreground with their progress bars, and once, instead of inside the
+    first run's log. A datamodule that takes ``download`` gets ``download=True`` unless the config sets it
+    (``ETTDataModule`` defaults to False): a grid fetches what it needs, into the data root where the runs look.
+    """
+    if not isinstance(grid, Grid):
+        grid = load_grid(grid)
+    base = _base_config(grid)
+    seen: set[str] = set()
+    for row in grid.rows:
+        if rows is not None and row.name not in rows:
+            continue
+        cfg = apply_overrides(base, {**grid.base_overrides, **(extra_overrides or {}), **row.overrides})
+        data = cfg.get("data")
+        if not isinstance(data, dict) or "class_path" not in data:
+            continue
+        key = json.dumps(data, sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        module, _, cls_name = data["class_path"].rpartition(".")
+        cls = getattr(importlib.import_module(module), cls_name)
+        init_args = dict(data.get("init_args") or {})
+        if "download" in inspect.signature(cls).parameters:
+            init_args.setdefault("download", True)
+        cls(**init_args).prepare_data()
+    return len(seen)

@@ -16,7 +16,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from favit_probsparse.experiments.grid import Grid, apply_overrides, read_yaml
+from favit_probsparse.experiments.grid import Grid, apply_overrides, read_config
 from favit_probsparse.experiments.provenance import hardware_summary, utc_now
 from favit_probsparse.experiments.records import write_text
 from favit_probsparse.experiments.report import stat_cell
@@ -51,7 +51,7 @@ def _row_stats(cfg: dict) -> dict[str, Any]:
 
 def model_stats_table(grid: Grid, extra_overrides: dict | None = None) -> list[dict[str, Any]]:
     """Build each row's LightningModule (no data, no training) and collect its statistics."""
-    base = read_yaml(grid.base_config) or {}
+    base = read_config(grid.base_config)
     out = []
     for row in grid.rows:
         cfg = apply_overrides(base, {**grid.base_overrides, **(extra_overrides or {}), **row.overrides})
@@ -67,18 +67,22 @@ def model_stats_table(grid: Grid, extra_overrides: dict | None = None) -> list[d
 def write_stats_report(grid: Grid, stats: list[dict], out_dir: Path, command: str) -> tuple[Path, str]:
     """Write ``<out>/<name>-model-stats.md`` (params, GMACs per row, beside the reference)."""
     has_ref = any(e["reference"] is not None for e in stats)
-    header = ["Row", "Params (M)", "GMACs", "img size"] + ([grid.reference_label] if has_ref else [])
+    has_windows = any("windows" in e for e in stats)
+    header = ["Row", "Params (M)", "GMACs", "img size"]
+    header += (["windows per branch, stages 1-4"] if has_windows else []) + (
+        [grid.reference_label] if has_ref else []
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for e in stats:
         if "error" in e:
-            cells = [e["label"], f"ERROR: `{e['error'][:200]}`", "–", "–"]
+            cells = [e["label"], f"ERROR: `{e['error'][:200]}`", "–", "–"] + (["–"] if has_windows else [])
         else:
             cells = [
                 e["label"],
                 stat_cell(e.get("params_m"), 3),
                 stat_cell(e.get("gmacs"), 3),
                 str(e.get("img_size", "–")),
-            ]
+            ] + ([str(e.get("windows", "–"))] if has_windows else [])
         if has_ref:
             cells.append("–" if e["reference"] is None else str(e["reference"]))
         lines.append("| " + " | ".join(cells) + " |")
@@ -90,7 +94,9 @@ def write_stats_report(grid: Grid, stats: list[dict], out_dir: Path, command: st
         "",
         "Parameters of the network (EMA copies excluded); GMACs (multiply-accumulates, what vision papers call "
         "FLOPs) of one forward pass of one image, counted by torch's FLOP counter (matmuls, convolutions, "
-        "attention). Nothing is trained for this table.",
+        "attention). Nothing is trained for this table. Windows per branch: how many windows each FaSA window "
+        "branch (dilation 1, then the dilated one) fuses at each stage; a fusion has something to fuse only "
+        "where this is above 1.",
         "",
         *([grid.reference_note.strip(), ""] if grid.reference_note else []),
         f"- Command: `{command}`",

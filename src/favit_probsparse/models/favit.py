@@ -3,7 +3,7 @@
 Paper: H. Qin, D. Zhou, T. Xu, Z. Bian, J. Li, *Factorization Vision Transformer: Modeling Long Range Dependency
 with Local Window Cost*, IEEE TNNLS 2023 (arXiv:2312.08614). This is a clean reimplementation of the released
 code's architecture (github.com/q2479036243/FaViT @ f2c35b5, ``classification/favit.py``), traced in
-``/work/shared/reference/favit.md`` (§2, checklist §8):
+``docs/favit.md`` (§2, checklist §8):
 
 * PVTv2 skeleton: four stages, overlapping patch embeds (7×7/s4/p3, then 3×3/s2/p1; LayerNorm eps 1e-5), pre-norm
   blocks (LayerNorm eps 1e-6, DropPath with a linear rate over all blocks, no LayerScale), the conv MLP
@@ -35,13 +35,17 @@ Differences from the official code (none changes the ``fusion="official"`` outpu
   input must be at least ``8 · stem_stride`` pixels (32 for the ImageNet stem, 8 for the CIFAR stem); smaller
   inputs raise ``ValueError``.
 * Attention uses ``F.scaled_dot_product_attention`` (same scales as the official code: ``Cg^-0.5`` and ``c^-0.5``).
+* **Channels-last token maps** (:func:`nchw_view` / :func:`tokens`): every convolution sees a channels-last view of
+  the ``[B, H·W, C]`` tokens, so no transpose copies surround the convolutions; stage outputs (``forward_features``,
+  ``features_only``) are channels-last NCHW tensors (same values and shape as NCHW-contiguous ones).
+* **One attention call for both window branches** (same head width): the queries are viewed as ``h·2`` heads.
 * timm integration: ``stages``/``feature_info`` (so ``features_only=True`` works), ``forward_features`` /
   ``forward_head(pre_logits=...)``, a working ``reset_classifier``, ``no_weight_decay`` (empty: there is no
   positional embedding or token; timm's optimiser factory already skips norms and biases).
 
 Factories (``timm.create_model(name, fusion=..., num_classes=..., drop_path_rate=..., img_size=..., in_chans=...)``):
 ``favit_b0``–``favit_b3`` (ImageNet stem, 224²) and ``favit_b0_cifar``–``favit_b3_cifar`` (3×3 stride-1 stem for
-native 32² inputs; ``favit_b1_cifar`` is seed 002's "Small" ≈ 13 M configuration).
+native 32² inputs; ``favit_b1_cifar`` is the report's log-002 "Small" ≈ 13 M configuration).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -60,7 +65,15 @@ from torch import nn
 
 from favit_probsparse.attention.fusion import FUSIONS, CrossWindowFusion, build_fusion
 
-__all__ = ["FaSA", "FaViT", "checkpoint_filter_fn", "reflect_index", "window_candidates", "window_span"]
+__all__ = [
+    "FaSA",
+    "FaViT",
+    "checkpoint_filter_fn",
+    "reflect_index",
+    "window_candidates",
+    "window_span",
+    "windows_per_branch",
+]
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
@@ -127,16 +140,14 @@ def window_candidates(
     of only the sampled rows/columns. ``L`` is ordered row-major over windows, ``P`` row-major inside a window,
     channels head-major.
     """
-    B, C, H, W = x.shape
+    H, W = x.shape[-2:]
     ws, d = window_size, dilation
     rows = _sample_index(H, ws, d, x.device)
     cols = _sample_index(W, ws, d, x.device)
     x = _strided_windows(x, 3, ws, d) if cols is None else x.index_select(3, cols).unflatten(3, (-1, ws))
     x = _strided_windows(x, 2, ws, d) if rows is None else x.index_select(2, rows).unflatten(2, (-1, ws))
-    # x: [B, C, nH, ws, nW, ws] -> [B, h, ws, ws, nH, nW, c] -> [B, h, P, L, c]
-    nh, nw = x.shape[2], x.shape[4]
-    x = x.unflatten(1, (num_heads, C // num_heads)).permute(0, 1, 4, 6, 3, 5, 2)
-    return x.reshape(B, num_heads, ws * ws, nh * nw, C // num_heads)
+    # P = (pr pc) positions inside a window, L = (nh nw) windows, channels head-major
+    return rearrange(x, "b (h c) nh pr nw pc -> b h (pr pc) (nh nw) c", h=num_heads)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -154,6 +165,21 @@ class DepthwiseSeparableConv(nn.Module):
         return self.point_conv(self.depth_conv(x))
 
 
+def nchw_view(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """Tokens ``[B, H·W, C]`` as an NCHW tensor *without copying*: a channels-last view.
+
+    The whole model keeps its token maps in this layout (tokens row-major = NHWC), so every convolution runs on
+    oneDNN's channels-last path and hands back a channels-last result that :func:`tokens` turns back into tokens
+    for free: no ``transpose(1, 2).reshape`` copies between the linear layers and the convolutions.
+    """
+    return x.unflatten(1, (H, W)).permute(0, 3, 1, 2)
+
+
+def tokens(x: torch.Tensor) -> torch.Tensor:
+    """NCHW map -> tokens ``[B, H·W, C]`` (free for a channels-last map)."""
+    return x.permute(0, 2, 3, 1).flatten(1, 2)
+
+
 class DWConv(nn.Module):
     """Depthwise 3×3 over the token map (PVTv2 conv-MLP)."""
 
@@ -162,9 +188,7 @@ class DWConv(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        B, _N, C = x.shape
-        x = self.dwconv(x.transpose(1, 2).reshape(B, C, H, W))
-        return x.flatten(2).transpose(1, 2)
+        return tokens(self.dwconv(nchw_view(x, H, W)))
 
 
 class Mlp(nn.Module):
@@ -183,6 +207,40 @@ class Mlp(nn.Module):
 
 def _num_windows(n: int, span: int) -> int:
     return -(-n // span)
+
+
+def _conv_out(n: int, kernel: int, stride: int) -> int:
+    """Output length of a ``kernel``/``stride`` convolution padded by ``kernel // 2`` (the patch embeds)."""
+    return (n + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+def windows_per_branch(
+    img_size: int | Sequence[int],
+    stem_stride: int = 4,
+    stem_patch_size: int = 7,
+    sr_ratios: Sequence[int] = (8, 4, 2, 1),
+    window_size: int = 7,
+) -> list[list[int]]:
+    """Number of windows ``L`` each FaSA window branch fuses, per stage: ``[[L_dil1, L_dil_sr], ..., [L]]``.
+
+    Stage ``i``'s token map comes from the patch embeds (``stem_patch_size``/``stem_stride``, then 3×3 stride 2);
+    a branch with dilation ``d`` (1, and ``sr_ratio`` where ``sr_ratio > 1``) tiles it with windows of span
+    ``d·(window_size − 1) + 1``, padding the last one: ``L = ceil(H / span) · ceil(W / span)``. A fusion has
+    something to fuse only where ``L > 1``.
+    """
+    fh, fw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    out = []
+    for i, sr in enumerate(sr_ratios):
+        ps, st = (stem_patch_size, stem_stride) if i == 0 else (3, 2)
+        fh, fw = _conv_out(fh, ps, st), _conv_out(fw, ps, st)
+        dilations = [1] + ([sr] if sr > 1 else [])
+        out.append(
+            [
+                _num_windows(fh, window_span(window_size, d)) * _num_windows(fw, window_span(window_size, d))
+                for d in dilations
+            ]
+        )
+    return out
 
 
 class FaSA(nn.Module):
@@ -257,7 +315,7 @@ class FaSA(nn.Module):
                 span = window_span(window_size, d)
                 L = _num_windows(feat_size[0], span) * _num_windows(feat_size[1], span)
             kw = dict(fusion_kwargs)
-            if fusion in ("probsparse", "hierarchical"):
+            if FUSIONS[fusion].samples:  # one random stream per branch of every block
                 kw["seed"] = base_seed + fusion_seed_offset + i
             fz = build_fusion(fusion, c, window_size, L, **kw)
             self.fusions.append(fz)
@@ -283,47 +341,55 @@ class FaSA(nn.Module):
             return F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=scale)[..., :c]
         return F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=scale)
 
+    def _branch_kv(self, i: int, kv_l: torch.Tensor, q_i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``[B, h, K, c]`` of window branch ``i`` from its slice of the shared K/V source."""
+        B, h = kv_l.shape[0], self.num_heads
+        c, cb, d = self.head_dims[i], self.single_dim[i + 1], self.dilations[i]
+        cand = window_candidates(kv_l[:, i * cb : (i + 1) * cb], h, self.window_size, d)  # [B,h,P,L,c]
+        fz: CrossWindowFusion = self.fusions[i]
+        kv = fz(cand, q_i if fz.needs_query else None)  # [B,h,K,c]
+        k, v = self.single_heads[i](self.fcs[i](kv)).chunk(2, dim=-1)
+        K = v.shape[2]
+        v_t = v.transpose(2, 3).reshape(B, cb, K)  # channels head-major
+        if fz.keeps_grid:
+            lc = self.local_convs[i](v_t.unflatten(2, (self.window_size, self.window_size))).flatten(2)
+        else:
+            lc = self.local_convs[i](v_t)
+        return k, v + lc.unflatten(1, (h, c)).transpose(2, 3)
+
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        B, N, C = x.shape
-        h = self.num_heads
+        h, nb = self.num_heads, len(self.dilations)
         cg = self.single_dim[0]
         q = self.q(x)
+        xs = nchw_view(x, H, W)  # channels-last view of the token map
 
         # global branch: one head, keys from the spatially reduced first Cg input channels
-        q_g = q[:, :, :cg].unsqueeze(1)  # [B,1,N,Cg]
-        x_g = x[:, :, :cg].transpose(1, 2).reshape(B, cg, H, W)
-        x_g = self.sr(x_g)
+        x_g = self.sr(xs[:, :cg])
         hg, wg = x_g.shape[-2:]
-        x_g = self.norm(x_g.flatten(2).transpose(1, 2))
-        k_g, v_g = self.kv_g(x_g).unsqueeze(1).chunk(2, dim=-1)  # [B,1,Ng,Cg] each
-        v_g = v_g + self.local_conv_g(v_g.transpose(-1, -2).reshape(B, cg, hg, wg)).flatten(2).transpose(
-            1, 2
-        ).unsqueeze(1)
-        outs = [self._attend(q_g, k_g, v_g, self.scales[0]).squeeze(1)]  # [B,N,Cg]
+        k_g, v_g = self.kv_g(self.norm(tokens(x_g))).chunk(2, dim=-1)  # [B,Ng,Cg] each
+        v_g = v_g + tokens(self.local_conv_g(nchw_view(v_g, hg, wg)))
+        o_g = self._attend(q[:, :, :cg].unsqueeze(1), k_g.unsqueeze(1), v_g.unsqueeze(1), self.scales[0])
 
-        # window branches: shared dw+pw K/V source over the remaining Cl channels
-        q_l = q[:, :, cg:].unflatten(2, (h, -1))  # [B,N,h,Cl/h]; branch i takes a slice *within* each head
-        x_l = x[:, :, cg:].transpose(1, 2).reshape(B, C - cg, H, W)
-        kv_l = self.kv_l(x_l)
-        q_off = kv_off = 0
-        for i, (c, cb, d) in enumerate(zip(self.head_dims, self.single_dim[1:], self.dilations)):
-            q_i = q_l[..., q_off : q_off + c].transpose(1, 2)  # [B,h,N,c]
-            cand = window_candidates(kv_l[:, kv_off : kv_off + cb], h, self.window_size, d)  # [B,h,P,L,c]
-            q_off += c
-            kv_off += cb
-            fz: CrossWindowFusion = self.fusions[i]
-            kv = fz(cand, q_i if fz.needs_query else None)  # [B,h,K,c]
-            k_i, v_i = self.single_heads[i](self.fcs[i](kv)).chunk(2, dim=-1)
-            K = v_i.shape[2]
-            v_t = v_i.transpose(2, 3).reshape(B, cb, K)  # channels head-major
-            if fz.keeps_grid:
-                lc = self.local_convs[i](v_t.unflatten(2, (self.window_size, self.window_size))).flatten(2)
-            else:
-                lc = self.local_convs[i](v_t)
-            v_i = v_i + lc.unflatten(1, (h, c)).transpose(2, 3)
-            o = self._attend(q_i, k_i, v_i, self.scales[i + 1])  # [B,h,N,c]
-            outs.append(o.transpose(1, 2).reshape(B, N, cb))
-        return self.proj_drop(self.proj(torch.cat(outs, dim=-1)))
+        # window branches: shared dw+pw K/V source over the remaining Cl channels. Within each head of the
+        # official ``q_l.reshape(B, N, h, Cl/h)`` branch i takes channels [i·c, (i+1)·c); the branches have the
+        # same width c, so viewing q_l as h·nb heads of width c (head index = head·nb + branch) puts every branch
+        # into one attention call without a copy.
+        kv_l = self.kv_l(xs[:, cg:])  # channels-last [B, Cl, H, W]
+        c = self.head_dims[0]
+        q_l = q[:, :, cg:].unflatten(2, (h * nb, c)).transpose(1, 2)  # [B, h·nb, N, c]
+        q_b = q_l.unflatten(1, (h, nb))  # [B, h, nb, N, c]
+        kvs = [self._branch_kv(i, kv_l, q_b[:, :, i]) for i in range(nb)]
+        if len({k.shape[2] for k, _ in kvs}) == 1:  # same key count: one call for all branches
+            k_l = torch.stack([k for k, _ in kvs], dim=2).flatten(1, 2)  # [B, h·nb, K, c]
+            v_l = torch.stack([v for _, v in kvs], dim=2).flatten(1, 2)
+            o_l = self._attend(q_l, k_l, v_l, self.scales[1]).unflatten(1, (h, nb))  # [B,h,nb,N,c]
+        else:  # hierarchical fusion: K depends on the branch's window count
+            o_l = torch.stack(
+                [self._attend(q_b[:, :, i], k, v, self.scales[1 + i]) for i, (k, v) in enumerate(kvs)], dim=2
+            )
+        # output channels: [global Cg | branch 0 (h, c) | branch 1 (h, c)], as the official concatenation
+        o_l = rearrange(o_l, "b h nb n c -> b n (nb h c)")
+        return self.proj_drop(self.proj(torch.cat([o_g.squeeze(1), o_l], dim=-1)))
 
 
 class Block(nn.Module):
@@ -365,7 +431,7 @@ class OverlapPatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = self.proj(x)
         H, W = x.shape[-2:]
-        return self.norm(x.flatten(2).transpose(1, 2)), H, W
+        return self.norm(tokens(x)), H, W
 
 
 class FaViTStage(nn.Module):
@@ -388,15 +454,13 @@ class FaViTStage(nn.Module):
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B = x.shape[0]
         x, H, W = self.downsample(x)
         for blk in self.blocks:
             if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
                 x = torch.utils.checkpoint.checkpoint(blk, x, H, W, use_reentrant=False)
             else:
                 x = blk(x, H, W)
-        x = self.norm(x)
-        return x.transpose(1, 2).reshape(B, -1, H, W)
+        return nchw_view(self.norm(x), H, W)  # channels-last NCHW
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -431,7 +495,8 @@ class FaViT(nn.Module):
             for ``probsparse``.
         drop_rate, attn_drop_rate, drop_path_rate: dropout (MLP and projection), attention dropout, stochastic depth
             (linearly increasing over all blocks).
-        global_pool: ``"avg"`` (mean over tokens).
+        global_pool: ``"avg"`` (mean over tokens) or ``""`` (no pooling: ``forward`` returns per-position logits
+            ``[B, num_classes, H/32, W/32]``, timm's convention for an unpooled head).
     """
 
     def __init__(
@@ -478,6 +543,7 @@ class FaViT(nn.Module):
         self.embed_dims = list(embed_dims)
         self.num_features = self.head_hidden_size = embed_dims[-1]
         self.stem_stride = stem_stride
+        self.window_size = window_size
         self.sr_ratios = list(sr_ratios)
         # smallest input: every stage's map must be at least sr_ratio wide for the global branch's SR conv
         self.min_input_size = stem_stride * max(s * 2**i for i, s in enumerate(sr_ratios))
@@ -572,17 +638,34 @@ class FaViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        return self.stages(x)
+        # channels-last from the stem on (see nchw_view); the stage outputs are channels-last NCHW maps
+        return self.stages(x.contiguous(memory_format=torch.channels_last))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``[B, C, H, W]`` features -> ``[B, num_classes]`` logits (``global_pool="avg"``), or with
+        ``global_pool=""`` (no pooling, timm's convention) the head applied at every position:
+        ``[B, num_classes, H, W]`` (``pre_logits``: the feature map itself)."""
         if self.global_pool == "avg":
             x = x.mean(dim=(2, 3))
-        return x if pre_logits else self.head(x)
+            return x if pre_logits else self.head(x)
+        return x if pre_logits else self.head(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
     # --- reporting ---------------------------------------------------------------------------------------------
+    def windows_per_branch(self, img_size: int | Sequence[int] | None = None) -> list[list[int]]:
+        """Windows each FaSA window branch fuses per stage at ``img_size`` (default: the build size); see
+        :func:`windows_per_branch`."""
+        conv = self.stages[0].downsample.proj
+        return windows_per_branch(
+            self.img_size if img_size is None else img_size,
+            stem_stride=conv.stride[0],
+            stem_patch_size=conv.kernel_size[0],
+            sr_ratios=self.sr_ratios,
+            window_size=self.window_size,
+        )
+
     @torch.no_grad()
     def fusion_summary(self, img_size: int | Sequence[int] | None = None, batch: int = 1) -> dict[str, Any]:
         """Parameters and MACs of the cross-window fusion operators (and keys per branch) at ``img_size``."""
@@ -683,7 +766,17 @@ default_cfgs = generate_default_cfgs(
 
 
 def _create_favit(variant: str, pretrained: bool = False, **kwargs: Any) -> FaViT:
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    n = len(kwargs.get("depths", _ARCHS["b0"]["depths"]))
+    out_indices = kwargs.pop("out_indices", tuple(range(n)))
+    idx = (
+        () if isinstance(out_indices, int) else tuple(out_indices)
+    )  # an int (timm: the last n) is timm's to check
+    bad = [i for i in idx if not -n <= i < n]
+    if bad:
+        raise ValueError(
+            f"{variant}: out_indices {tuple(idx)} has {bad} out of range; FaViT has {n} stages, so choose stage "
+            f"indices in 0..{n - 1} (or -{n}..-1)"
+        )
     return build_model_with_cfg(
         FaViT,
         variant,
@@ -731,7 +824,7 @@ def favit_b0_cifar(pretrained: bool = False, **kwargs: Any) -> FaViT:
 
 @register_model
 def favit_b1_cifar(pretrained: bool = False, **kwargs: Any) -> FaViT:
-    """FaViT-B1 widths/depths, CIFAR stem: seed 002's "Small" ≈ 13 M configuration."""
+    """FaViT-B1 widths/depths, CIFAR stem: the report's log-002 "Small" ≈ 13 M configuration."""
     return _create_favit("favit_b1_cifar", pretrained, **_args("b1", True, kwargs))
 
 

@@ -1,4 +1,4 @@
-"""Term selection for position injection inside attention (seed Tables 5-6, ``docs/posenc.md`` §2.4).
+"""Term selection for position injection inside attention (report Tables 5-6, ``docs/posenc.md`` §2.4).
 
 With content ``x`` and positions ``p`` projected separately (``q_x = x W_Q + b_Q``, ``q_p = p W_Q``, same for k),
 the logits of a selected set of terms ``τ ∈ {c2c, c2p, p2c, p2p}`` are ``Σ_τ q_a(τ) · k_b(τ)`` with (a, b) =
@@ -8,7 +8,7 @@ operator (full, ProbSparse, ΔV) unchanged; ``q'`` is multiplied by sqrt(#terms)
 1/sqrt(D') scale equals the original 1/sqrt(d_h) of each term. ``"all"`` is computed as ``(q_x+q_p)·(k_x+k_p)``,
 identical to plain attention on ``x + p``.
 
-Named sets: ``all`` (4 terms), ``cross`` (c2p + p2c: the seed's Table 5 "cross terms only"), ``pospos`` (p2p:
+Named sets: ``all`` (4 terms), ``cross`` (c2p + p2c: the report's Table 5 "cross terms only"), ``pospos`` (p2p:
 Table 6), ``content`` (c2c only: position enters no logit), ``no_cross`` (c2c + p2p: TUPE-like), ``no_pospos``
 (c2c + c2p + p2c), or terms joined with ``+`` (e.g. ``"c2c+p2p"``).
 """

@@ -100,32 +100,14 @@ def _merge(a: dict, b: dict) -> dict:
 def lightning_cli(args: Sequence[str], run: bool = True):
     """Lightning's CLI with this project's settings: any LightningModule / LightningDataModule named by
     ``class_path`` in the config, config files overwritten on re-runs, optimizers from the module itself, config
-    files with a ``base:`` key expanded (:func:`expand_config_args`), and, for forecasting, the data module's
-    shapes linked into the forecaster and its network (:data:`FORECAST_LINKS`).
+    files with a ``base:`` key expanded (:func:`expand_config_args`), for forecasting the data module's shapes
+    linked into the forecaster and its network (:data:`FORECAST_LINKS`), and the checkpoint rules of
+    :mod:`favit_probsparse.training.project_cli` (safe loading, no option dropped silently).
 
     ``run=True``: ``args`` starts with a subcommand (fit/validate/test/predict) and it runs; ``run=False``:
     only parse and instantiate (``cli.trainer``, ``cli.model``, ``cli.datamodule``)."""
-    from lightning.pytorch import LightningDataModule, LightningModule
-
-    from favit_probsparse.training.checkpoints import FreshRunCLI  # refuses a fit over another run's ckpts
+    from favit_probsparse.training.project_cli import project_cli
 
     args = expand_config_args(args)
-    link = _forecasting(args)
-
-    class _CLI(FreshRunCLI):
-        def add_arguments_to_parser(self, parser) -> None:
-            super().add_arguments_to_parser(parser)
-            if link:
-                for source, target in FORECAST_LINKS:
-                    parser.link_arguments(source, target, apply_on="instantiate")
-
-    return _CLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=list(args),
-        run=run,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-    )
+    links = FORECAST_LINKS if _forecasting(args) else ()
+    return project_cli(args, run=run, links=links)

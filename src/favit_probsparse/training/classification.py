@@ -9,8 +9,8 @@ Recipe (all switchable in the config):
 
 * AdamW, no weight decay on norms, biases and the model's ``no_weight_decay()`` names;
   ``lr = lr_base * global_batch / base_batch_size`` (512 as in DeiT/FaViT; ``base_batch_size: null`` uses ``lr``
-  as given, as seed 002 did);
-* per-step cosine schedule with linear warm-up and the seed's cool-down (``warmup_epochs``, ``cooldown_epochs``,
+  as given, as the report's log 002 did);
+* per-step cosine schedule with linear warm-up and the report's cool-down (``warmup_epochs``, ``cooldown_epochs``,
   ``min_lr``, ``warmup_lr``);
 * label smoothing, Mixup/CutMix (timm ``Mixup``; off when both alphas are 0), EMA of weights (timm ``ModelEmaV3``;
   evaluation uses the EMA weights when ``ema_eval``), drop path (``drop_path_rate`` is passed to the model);
@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import nn
 
+from favit_probsparse.training.checkpoint import CheckpointMetadata
 from favit_probsparse.training.optim import param_groups_weight_decay, scaled_lr, warmup_cosine_cooldown
 
 __all__ = ["ImageClassifier", "build_timm_model", "count_params", "measure_gmacs"]
@@ -104,7 +105,7 @@ def _datamodule_attr(trainer, name: str, default=None):
     return getattr(dm, name, default) if dm is not None else default
 
 
-class ImageClassifier(LightningModule):
+class ImageClassifier(CheckpointMetadata, LightningModule):
     """Image classifier over a timm model (see the module docstring for the recipe).
 
     Args:
@@ -125,6 +126,8 @@ class ImageClassifier(LightningModule):
         reseed_each_epoch: reseed the generators at each epoch start (resumable, seed-determined runs).
         check_input_size: try a forward at setup with the datamodule's ``img_size`` (clear error if unusable).
     """
+
+    TASK = "image-classification"
 
     def __init__(
         self,
@@ -160,6 +163,9 @@ class ImageClassifier(LightningModule):
         self._own_rng: list = []
         self._epoch_t0 = self._epoch_t1 = None
         self._epoch_images = 0
+        self.data_info: dict[
+            str, Any
+        ] = {}  # class names, input size, mean/std: saved in checkpoints, exported
         if num_classes is not None:
             self._build(int(num_classes))
 
@@ -215,8 +221,41 @@ class ImageClassifier(LightningModule):
                 "classes; set model.init_args.num_classes to match (or leave it null)"
             )
         img_size = _datamodule_attr(self.trainer, "img_size")
+        self._record_data_info()
         if self.hparams.check_input_size and img_size:
             self._check_input_size(int(img_size))
+
+    def _record_data_info(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None:
+            return
+        h = getattr(dm, "hparams", {})
+        info = {
+            "dataset": getattr(dm, "dataset", None),
+            "data_dir": str(h.get("data_dir")) if h.get("data_dir") is not None else None,
+            "classes": list(getattr(dm, "classes", None) or []),
+            "img_size": getattr(dm, "img_size", None),
+            "mean": list(getattr(dm, "mean", ()) or ()),
+            "std": list(getattr(dm, "std", ()) or ()),
+            "interpolation": h.get("interpolation"),
+            "crop_pct": h.get("eval_crop_pct"),
+        }
+        if info["crop_pct"] is None and info["img_size"] and h.get("train_crop"):
+            from favit_probsparse.data.vision import default_eval_crop_pct
+
+            info["crop_pct"] = default_eval_crop_pct(
+                int(info["img_size"]), getattr(dm, "native_size", None), h.get("train_crop")
+            )
+        self.data_info = {k: v for k, v in info.items() if v not in (None, [], "")}
+
+    # ------------------------------------------------------------------ export (favit-ps export)
+    def export_network(self) -> nn.Module:
+        """The network an export holds: the EMA weights when the run kept them (what evaluation used)."""
+        return self._eval_model()
+
+    def export_config(self) -> dict[str, Any]:
+        """What :func:`favit_probsparse.training.export.export_checkpoint` writes besides the weights."""
+        return {"task": self.TASK, "model_name": self.hparams.model_name, "data": dict(self.data_info)}
 
     def _check_input_size(self, img_size: int) -> None:
         model = self.model
@@ -381,4 +420,6 @@ class ImageClassifier(LightningModule):
         if img_size:
             out["gmacs"] = measure_gmacs(m, int(img_size))
             out["img_size"] = int(img_size)
+            if callable(getattr(m, "windows_per_branch", None)):  # FaViT: what the cross-window fusions fuse
+                out["windows"] = m.windows_per_branch(int(img_size))
         return out

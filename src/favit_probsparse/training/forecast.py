@@ -1,5 +1,5 @@
-"""Forecasting training/evaluation: one LightningModule around any forecasting network, and multi-seed (``--itr``) runs:
-:mod:`favit_probsparse.experiments.repeat`.
+"""Forecasting training/evaluation: one LightningModule around any forecasting network (multi-seed ``--itr`` runs:
+:mod:`favit_probsparse.experiments.repeat`), and the writer of forecasts past the end of the data.
 
 Official Informer2020 training protocol (``docs/informer.md`` §1.6): Adam(lr 1e-4, no weight decay, no clipping),
 MSE loss on ``batch_y[:, -pred_len:, f_dim:]`` (``f_dim = -1`` for MS), ``lradj type1`` (epochs 1-2 at lr0, then
@@ -38,6 +38,7 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import nn
 
 from favit_probsparse.models.informer import decoder_input
+from favit_probsparse.training.checkpoint import CheckpointMetadata, class_path, rebuild_module
 
 __all__ = [
     "METRICS",
@@ -48,6 +49,8 @@ __all__ = [
     "build_network",
     "forecaster_from_checkpoint",
     "lr_lambda",
+    "plot_forecast",
+    "write_forecast",
 ]
 
 METRICS = ("mae", "mse", "rmse", "mape", "mspe")
@@ -135,31 +138,11 @@ def build_network(spec: dict) -> nn.Module:
 
 
 def forecaster_from_checkpoint(path: str | Path, map_location: str = "cpu") -> Forecaster:
-    """A :class:`Forecaster` with a checkpoint's weights, in eval mode (``weights_only=True``).
-
-    Reads the ``network`` class_path/init_args saved by ``favit-ps``/:meth:`Forecaster.from_config`, and also
-    checkpoints of the former ``InformerForecaster`` (Informer's arguments flat in the hyperparameters)."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    hp = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
-    own = set(inspect.signature(Forecaster).parameters) - {"network"}
-    kwargs = {k: v for k, v in hp.items() if k in own}
-    spec = hp.get("network")
-    if not (isinstance(spec, dict) and "init_args" in spec):
-        from favit_probsparse.models.informer import Informer
-
-        if isinstance(spec, dict):
-            raise ValueError(
-                f"{path}: the checkpoint names the network class {spec.get('class_path')} but not its arguments "
-                "(a forecaster built in Python); use Forecaster.load_from_checkpoint(path, network=...)"
-            )
-        names = set(inspect.signature(Informer).parameters)
-        spec = {
-            "class_path": "favit_probsparse.models.informer.Informer",
-            "init_args": {k: v for k, v in hp.items() if k in names},
-        }
-    module = Forecaster.from_config(spec, **kwargs)
-    module.load_state_dict(ckpt["state_dict"], strict=True)
-    return module.eval()
+    """A :class:`Forecaster` with a checkpoint's weights, in eval mode, read by
+    :func:`favit_probsparse.training.checkpoint.load_checkpoint` (weights only; a checkpoint of another task, a
+    damaged file or an incompatible version is a one-line named error)."""
+    module, _ = rebuild_module(path, task=Forecaster.TASK, expected=Forecaster)
+    return module
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -178,7 +161,7 @@ def _accepted(cls) -> set[str] | None:
     return {p.name for p in params}
 
 
-class Forecaster(LightningModule):
+class Forecaster(CheckpointMetadata, LightningModule):
     """The official Informer training protocol around any forecasting network.
 
     The network is an object (in a config: ``network: {class_path: ..., init_args: ...}``) whose
@@ -194,7 +177,7 @@ class Forecaster(LightningModule):
         label_len, pred_len: decoder start-token length and horizon; linked from the data (None: the network's
             attributes of the same name).
         learning_rate, lradj: Adam lr and schedule (type1 = official default).
-        padding: 0 = zeros (official default) or 1 = ones for the decoder's unknown steps.
+        dec_fill: the official `--padding` flag: 0 = zeros (default) or 1 = ones for the decoder's unknown steps.
         seed: per-epoch reseeding of dropout/ProbSparse sampling (None: the global seed at construction, i.e.
             ``seed_everything``); eval_seed: RNG for validation/test.
         save_predictions: folder to write test ``pred.pt``/``true.pt`` (scaled) after testing.
@@ -207,6 +190,10 @@ class Forecaster(LightningModule):
     Python records only the network's class; reload it with ``load_from_checkpoint(path, network=...)``.
     """
 
+    TASK = "time-series-forecasting"
+
+    TASK = "time-series-forecasting"
+
     def __init__(
         self,
         network: nn.Module,
@@ -215,7 +202,7 @@ class Forecaster(LightningModule):
         pred_len: int | None = None,
         learning_rate: float = 1e-4,
         lradj: str = "type1",
-        padding: int = 0,
+        dec_fill: int = 0,
         seed: int | None = None,
         eval_seed: int = 2021,
         save_predictions: str | None = None,
@@ -254,6 +241,7 @@ class Forecaster(LightningModule):
         self.test_results: dict[str, float] = {}
         self.train_epoch_seconds: list[float] = []  # wall time of each training epoch, validation excluded
         self._epoch_t0: float | None = None
+        self.data_info: dict = {}  # columns, frequencies, scaler statistics: saved in checkpoints, exported
         # the data's scaler for the predicted channels (set in setup from the datamodule)
         self.register_buffer("_mean", torch.zeros(0), persistent=False)
         self.register_buffer("_std", torch.ones(0), persistent=False)
@@ -261,6 +249,20 @@ class Forecaster(LightningModule):
     @property
     def network(self) -> nn.Module:
         return self.model
+
+    @classmethod
+    def from_checkpoint_hparams(cls, hparams: dict) -> Forecaster:
+        """Rebuild from a checkpoint's hyper-parameters: the network from its saved ``class_path``/``init_args``
+        (used by :func:`favit_probsparse.training.checkpoint.rebuild_module`)."""
+        hp = {k: v for k, v in hparams.items() if not k.startswith("_")}
+        own = set(inspect.signature(cls).parameters) - {"network"}
+        spec = hp.get("network")
+        if not (isinstance(spec, dict) and "init_args" in spec):
+            raise ValueError(
+                f"the checkpoint names the network class {(spec or {}).get('class_path')} but not its arguments "
+                "(a forecaster built in Python); use Forecaster.load_from_checkpoint(path, network=...)"
+            )
+        return cls.from_config(spec, **{k: v for k, v in hp.items() if k in own})
 
     @classmethod
     def from_config(cls, network: dict, **kwargs) -> Forecaster:
@@ -327,6 +329,55 @@ class Forecaster(LightningModule):
         self.check_data(dm)
         if hasattr(dm, "scaler"):
             self.set_scaler(dm.scaler.mean, dm.scaler.std)
+        self._record_data_info(dm)
+
+    def _record_data_info(self, dm) -> None:
+        """The data facts an export needs (saved in checkpoints through :class:`CheckpointMetadata`)."""
+        info: dict = {}
+        for key in ("date_column", "columns", "target", "features", "freq", "data_freq", "timeenc", "embed"):
+            try:
+                value = getattr(dm, key, None)
+            except (ValueError, OSError):  # a property that needs the data
+                value = None
+            if value is not None:
+                info[key] = list(value) if isinstance(value, list | tuple) else value
+        if getattr(dm, "_opts", {}).get("scale", True) and getattr(dm, "scaler", None) is not None:
+            info["scaler"] = {
+                "mean": np.asarray(dm.scaler.mean).tolist(),
+                "std": np.asarray(dm.scaler.std).tolist(),
+            }
+        name = getattr(dm, "name", None) or getattr(dm, "source", None)
+        if name is not None:
+            info["name"] = Path(str(name)).name if "/" in str(name) else str(name)
+        self.data_info = info
+
+    # ------------------------------------------------------------------------------------------------ export
+    def export_network(self) -> nn.Module:
+        return self.model
+
+    def export_config(self) -> dict:
+        """Network class_path + init_args, windows, decoder padding and the data facts (columns, frequency,
+        scaler): what :func:`favit_probsparse.training.export.from_pretrained` needs to rebuild and run it."""
+        hp = self.hparams
+        spec = dict(hp.get("network") or {})
+        if "init_args" not in spec:
+            raise ValueError(
+                "the forecaster's network arguments are unknown (built in Python without from_config); "
+                "build it with Forecaster.from_config to export it"
+            )
+        seq_len = spec["init_args"].get("seq_len", getattr(self.model, "seq_len", None))
+        return {
+            "task": self.TASK,
+            "network": {
+                "class_path": spec.get("class_path", class_path(type(self.model))),
+                "init_args": spec["init_args"],
+            },
+            "windows": {"seq_len": seq_len, "label_len": hp.label_len, "pred_len": hp.pred_len},
+            "features": hp.features,
+            "decoder_fill": hp.dec_fill,
+            "eval_seed": hp.eval_seed,
+            "data": dict(self.data_info),
+        }
 
     def set_scaler(self, mean, std) -> None:
         """The z-score statistics of the predicted channels (the last ``c_out`` of the data's)."""
@@ -371,7 +422,7 @@ class Forecaster(LightningModule):
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, batch_x, batch_y, batch_x_mark, batch_y_mark):
         hp = self.hparams
-        dec_inp = decoder_input(batch_y, hp.label_len, hp.pred_len, hp.padding)
+        dec_inp = decoder_input(batch_y, hp.label_len, hp.pred_len, dec_fill=hp.dec_fill)
         return self.model(batch_x, batch_x_mark, dec_inp, batch_y_mark)
 
     def _step(self, batch):

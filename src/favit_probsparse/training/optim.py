@@ -6,7 +6,7 @@
 * :func:`scaled_lr`: the linear scaling rule ``lr = base_lr * global_batch / base_batch`` (DeiT/FaViT: 512).
 * :func:`warmup_cosine_cooldown`: per-step multiplier for ``LambdaLR``: linear warm-up from ``warmup_lr`` to the
   peak, cosine decay to ``min_lr``, then ``cooldown`` steps held at ``min_lr`` (timm's ``cooldown_epochs``, as
-  the seed report's "10 warm-up and 10 cool-down epochs").
+  the report's "10 warm-up and 10 cool-down epochs").
 """
 
 from __future__ import annotations

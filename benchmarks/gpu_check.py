@@ -1,0 +1,233 @@
+"""Everything that needs a GPU, in one command (``make gpu-check``), into one folder.
+
+    python benchmarks/gpu_check.py --out results/gpu-check            # on a machine with one CUDA GPU
+    python benchmarks/gpu_check.py --out gpu-check-plan --dry-run     # anywhere: parse, plan, write the skeleton
+    python benchmarks/gpu_check.py --out DIR --official-file ~/FaViT/classification/favit.py --data ~/data
+
+Steps (each a subprocess with its own time limit; about 8 minutes in all on one GPU):
+
+1. ``env``: GPU, driver, torch and CUDA versions (``nvidia-smi``, ``torch.cuda``).
+2. ``cuda-tests``: the tests marked ``cuda`` (CUDA code paths: fast == exact ProbSparse, the sparsity-measure
+   dispatch on both sides of ``_DENSE_MEASURE_MAX_RATIO``, FaViT's SDPA head-dim padding, masked rows).
+3. ``attention``: ``benchmarks/attention.py`` at B=32 (ProbSparse official/exact/fast vs SDPA).
+4. ``favit``: the FaViT throughput table (``benchmarks/favit.py --device cuda``; ours, PVTv2, and the
+   official code when ``--official-file`` is given). ``--favit-args`` passes more options through.
+5. ``informer``: one Informer epoch with the fast recipe (bf16-mixed, BitsDropout) on ETTh1.
+
+``DIR/summary.md`` lists each step's command, status, wall time and output files; ``DIR/summary.json`` the same
+as data. A step that fails or runs out of time is recorded and the next one runs. ``--dry-run`` does
+everything except run the steps. This is a script that reports; it asserts nothing about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# ---- the one Informer line (update it here when the forecaster configs change) --------------------------------
+INFORMER_CMD = (
+    "{python} -m favit_probsparse.cli fit --config configs/forecast/informer_etth1_M_96_48_24.yaml "
+    "--trainer.max_epochs 1 --trainer.precision bf16-mixed --model.init_args.dropout_impl bits "
+    "--trainer.accelerator gpu --trainer.devices 1 --trainer.logger false "
+    "--trainer.default_root_dir {out}/informer"
+)
+
+# step name -> time limit in seconds (sum 450 s, under the 8-minute budget with start-up and the env step)
+LIMITS = {"env": 30, "cuda-tests": 90, "attention": 120, "favit": 150, "informer": 90}
+
+
+def _q(path: Path | str) -> str:
+    return shlex.quote(str(path))
+
+
+def plan(a: argparse.Namespace, out: Path) -> list[dict]:
+    """The steps: name, shell command, log file and output files (paths relative to ``out``)."""
+    py = _q(sys.executable)
+    favit = f"{py} benchmarks/favit.py --device cuda --markdown {_q(out / 'favit.md')} --json {_q(out / 'favit.json')}"
+    if a.official_file:
+        favit += f" --official-file {_q(a.official_file)}"
+    if a.favit_args:
+        favit += " " + a.favit_args
+    steps = [
+        {
+            "name": "env",
+            "cmd": f"nvidia-smi > {_q(out / 'env.txt')} 2>&1; {py} benchmarks/gpu_check.py --_env >> {_q(out / 'env.txt')}",
+            "outputs": ["env.txt"],
+        },
+        {
+            "name": "cuda-tests",
+            "cmd": f"{py} -m pytest -m cuda -p no:xdist -q -rs tests --junitxml {_q(out / 'cuda-tests.xml')}",
+            "outputs": ["cuda-tests.xml"],
+        },
+        {
+            "name": "attention",
+            "cmd": f"{py} benchmarks/attention.py --device cuda --batch {a.attention_batch} "
+            f"--markdown {_q(out / 'attention.md')}",
+            "outputs": ["attention.md"],
+        },
+        {"name": "favit", "cmd": favit, "outputs": ["favit.md", "favit.json"]},
+        {
+            "name": "informer",
+            "cmd": INFORMER_CMD.format(python=py, out=_q(out)),
+            "outputs": ["informer/"],
+        },
+    ]
+    skip = set(a.skip or ())
+    for s in steps:
+        s["log"] = f"{s['name']}.log"
+        s["limit_s"] = LIMITS[s["name"]]
+        s["status"] = "skipped (--skip)" if s["name"] in skip else "planned"
+    return steps
+
+
+def _favit_supports(flag: str) -> bool:
+    """Whether benchmarks/favit.py knows ``flag`` (it is being extended; absent flags are dropped, not fatal)."""
+    try:
+        text = (REPO / "benchmarks" / "favit.py").read_text()
+    except OSError:
+        return False
+    return f'"{flag}"' in text
+
+
+def _ett_csv(data: str | None) -> Path:
+    """Where the Informer step will look for ETTh1 (``favit_probsparse.data.ett.ett_path``'s rule, without
+    importing the data stack in a dry run)."""
+    sys.path.insert(0, str(REPO / "src"))
+    from favit_probsparse.paths import data_root
+
+    return (Path(data).expanduser() if data else data_root()) / "ETT" / "ETTh1.csv"
+
+
+def _print_env() -> int:
+    import torch
+
+    print("torch", torch.__version__, "CUDA", torch.version.cuda, "cuDNN", torch.backends.cudnn.version())
+    if not torch.cuda.is_available():
+        print("no CUDA device visible to torch")
+        return 1
+    props = torch.cuda.get_device_properties(0)
+    print(
+        torch.cuda.get_device_name(0),
+        f"{props.total_memory / 2**30:.0f} GiB",
+        f"sm_{props.major}{props.minor}",
+    )
+    return 0
+
+
+def write_summary(out: Path, steps: list[dict], header: str) -> None:
+    lines = [
+        "# GPU check",
+        "",
+        header,
+        "",
+        "| step | status | wall s | limit s | outputs | log | command |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in steps:
+        wall = f"{s['wall_s']:.1f}" if "wall_s" in s else ""
+        cmd = s["cmd"].replace("|", "\\|")
+        lines.append(
+            f"| {s['name']} | {s['status']} | {wall} | {s['limit_s']} | {', '.join(s['outputs'])} | "
+            f"{s['log']} | `{cmd}` |"
+        )
+    for name, text in (
+        ("summary.md", "\n".join(lines) + "\n"),
+        ("summary.json", json.dumps(steps, indent=1)),
+    ):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="folder for every table, log and the summary (created)")
+    p.add_argument("--dry-run", action="store_true", help="plan and write the summary skeleton; run nothing")
+    p.add_argument("--official-file", default=None, help="the official FaViT classification/favit.py")
+    p.add_argument(
+        "--favit-args", default="", help="extra options for benchmarks/favit.py, one quoted string"
+    )
+    p.add_argument("--attention-batch", type=int, default=32)
+    p.add_argument("--data", default=None, help="data root holding ETT/ETTh1.csv (default: FAVIT_DATA rules)")
+    p.add_argument("--skip", nargs="*", choices=list(LIMITS), default=[], help="steps to leave out")
+    p.add_argument("--_env", action="store_true", help=argparse.SUPPRESS)  # internal: print versions
+    if "--_env" in (sys.argv[1:] if argv is None else argv):
+        return _print_env()
+    a = p.parse_args(argv)
+    if a.official_file and not Path(a.official_file).is_file():
+        p.error(f"--official-file {a.official_file}: no such file")
+    if a.attention_batch < 1:
+        p.error(f"--attention-batch must be >= 1, got {a.attention_batch}")
+    try:
+        shlex.split(a.favit_args)
+    except ValueError as e:
+        p.error(f"--favit-args {a.favit_args!r}: {e}")
+
+    out = Path(a.out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if a.official_file and not _favit_supports("--official-file"):
+        print("note: benchmarks/favit.py has no --official-file yet; running without it", file=sys.stderr)
+        a.official_file = None
+    steps = plan(a, out)
+    csv = _ett_csv(a.data)
+    if not csv.is_file():
+        informer = next(s for s in steps if s["name"] == "informer")
+        if informer["status"] == "planned":
+            informer["status"] = f"skipped (no {csv}; pass --data DIR holding ETT/ETTh1.csv)"
+    header = (
+        f"Command: `{' '.join(shlex.quote(x) for x in [sys.executable, *sys.argv])}`; "
+        f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; host GPU: see env.txt."
+    )
+    if a.dry_run:
+        for s in steps:
+            if s["status"] == "planned":
+                s["status"] = "not run (dry run)"
+        write_summary(out, steps, header + " Dry run: nothing was executed.")
+        print(f"dry run: plan written to {out / 'summary.md'}")
+        return 0
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    if a.data:
+        env["FAVIT_DATA"] = str(Path(a.data).expanduser().resolve())
+    failed = 0
+    for s in steps:
+        if s["status"] != "planned":
+            continue
+        print(f"[gpu-check] {s['name']} (limit {s['limit_s']} s): {s['cmd']}", file=sys.stderr)
+        t0 = time.perf_counter()
+        with open(out / s["log"], "w") as log:
+            proc = subprocess.Popen(
+                s["cmd"],
+                shell=True,
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            try:
+                rc = proc.wait(timeout=s["limit_s"])
+                s["status"] = "ok" if rc == 0 else f"failed (exit {rc})"
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # the shell and everything it started
+                proc.wait()
+                s["status"] = f"timed out after {s['limit_s']} s"
+        s["wall_s"] = time.perf_counter() - t0
+        failed += s["status"] != "ok"
+        write_summary(out, steps, header)  # after every step, so a killed run still leaves its table
+    print((out / "summary.md").read_text())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
