@@ -239,6 +239,48 @@ def test_fit_on_a_linear_series_continues_it_in_original_units(tmp_path):
     np.testing.assert_allclose(out["y"].to_numpy(), want, atol=0.05)
 
 
+def test_another_file_is_forecast_with_the_training_scaler(tmp_path):
+    """A trained model forecasting another file of the same layout keeps its training data's scaler. The other file
+    here is the last 120 rows of the training series, whose own train slice has a different mean and std: the
+    forecast of its (identical) last window must equal the training series' forecast, from the Python API and
+    through a checkpoint with ``trainer.predict``; the reference is a float64 map by hand."""
+    from lightning.pytorch import Trainer
+
+    from favit_probsparse.training.forecast import Forecaster
+
+    torch.manual_seed(0)
+    n, seq, pred = 400, 8, 4
+    t = np.arange(n)
+    full = pd.DataFrame({"date": pd.date_range("2022-01-01", periods=n, freq="h"), "y": 50 + 0.2 * t})
+    tail = full.iloc[-120:].reset_index(drop=True)
+    kw = dict(features="S", target="y", seq_len=seq, label_len=0, pred_len=pred, batch_size=16)
+    dm = TimeSeriesDataModule.from_frame(full, **kw)
+    model = Forecaster(_LinearMap(seq, pred), features="S", learning_rate=1e-2, lradj="constant")
+    trainer = Trainer(max_epochs=2, logger=False, default_root_dir=tmp_path, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    mean, std = dm.scaler.mean[-1], dm.scaler.std[-1]
+    own = TimeSeriesDataModule.from_frame(tail, **kw)
+    own.setup("predict")
+    assert abs(own.scaler.mean[-1] - mean) > 10  # the tail's own scaler really differs
+
+    w = model.model.proj.weight.detach().double().numpy()
+    b = model.model.proj.bias.detach().double().numpy()
+    last = (full["y"].to_numpy()[-seq:] - mean) / std
+    want = (w @ last + b) * std + mean  # the map by hand, in original units
+    np.testing.assert_allclose(model.forecast(full, **kw)["y"].to_numpy(), want, rtol=1e-5)
+    np.testing.assert_allclose(model.forecast(tail, **kw)["y"].to_numpy(), want, rtol=1e-5)
+
+    ckpt = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(ckpt)
+    fresh = Forecaster(_LinearMap(seq, pred), features="S")
+    other = TimeSeriesDataModule.from_frame(tail, **kw)
+    out = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False).predict(
+        fresh, datamodule=other, ckpt_path=str(ckpt), weights_only=True
+    )
+    np.testing.assert_allclose(out[0]["original"][0, :, -1].numpy(), want, rtol=1e-5)
+
+
 def test_training_loss_nan_stops_the_run_with_a_named_error(tmp_path, capsys):
     """Values of 1e25 with scaling off overflow the float32 MSE: the CLI stops with one line and exit code 1."""
     from favit_probsparse.cli import main

@@ -568,6 +568,22 @@ class TimeSeriesDataModule(LightningDataModule):
         y_mark = torch.from_numpy(time_features(dec_dates, self.time_freq, self.timeenc))
         return _LastWindow(x, y, x_mark, y_mark)
 
+    def use_scaler(self, mean, std) -> None:
+        """Scale with given statistics (a trained model's, fitted on its training data) instead of the ones fitted
+        on this data's train slice: a model forecasting another file of the same layout must see its inputs, and
+        give its outputs, in the units it was trained in."""
+        self._load()
+        mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+        if mean.shape != np.shape(self.scaler.mean) or std.shape != mean.shape:
+            raise DataError(
+                f"{self.source}: the model's scaler has {mean.size} channels, this data {np.size(self.scaler.mean)} "
+                f"({self._columns}); give the columns the model was trained on"
+            )
+        self.scaler = StandardScaler(mean=mean, std=std)
+        if self._opts["scale"]:
+            self.scaled = self.scaler.transform(self.raw)
+        self.datasets = {}  # rebuilt from the newly scaled values on the next loader request
+
     # ------------------------------------------------------------------------------------------------ frames
     def inverse_transform(self, values):
         """Scaled -> original units (last dim: all columns, or the last ``C`` ones, e.g. the target)."""

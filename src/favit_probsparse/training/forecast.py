@@ -38,7 +38,7 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import nn
 
 from favit_probsparse.models.informer import decoder_input
-from favit_probsparse.training.checkpoint import CheckpointMetadata, class_path, rebuild_module
+from favit_probsparse.training.checkpoint import META_KEY, CheckpointMetadata, class_path, rebuild_module
 
 __all__ = [
     "METRICS",
@@ -284,7 +284,8 @@ class Forecaster(CheckpointMetadata, LightningModule):
         A DataFrame goes through ``TimeSeriesDataModule.from_frame(data, **data_kwargs)`` with this forecaster's
         ``features``/``label_len``/``pred_len`` and the network's ``seq_len``; give the other data options
         (``date_column``, ``target``, ``columns``, ``freq``, ``split``...) as at training time. The scaler is the
-        one the data module fits on the frame's train slice."""
+        training data's (from the fit or the checkpoint), so another file of the same layout is forecast in the
+        units the model learned; a forecaster that never saw data uses the frame's own train-slice scaler."""
         from favit_probsparse.data.timeseries import TimeSeriesDataModule
 
         hp = self.hparams
@@ -303,7 +304,7 @@ class Forecaster(CheckpointMetadata, LightningModule):
             dm = data
         dm.setup("predict")
         self.check_data(dm)
-        self.set_scaler(dm.scaler.mean, dm.scaler.std)
+        self._use_training_scaler(dm)
         batch = next(iter(dm.predict_dataloader()))
         batch = [t.to(self.device) for t in batch]
         was_training = self.training
@@ -330,6 +331,27 @@ class Forecaster(CheckpointMetadata, LightningModule):
         if hasattr(dm, "scaler"):
             self.set_scaler(dm.scaler.mean, dm.scaler.std)
         self._record_data_info(dm)
+
+    def _use_training_scaler(self, dm) -> None:
+        """Scale ``dm`` with the training data's statistics when they are known (else keep its own)."""
+        known = (self.data_info or {}).get("scaler")
+        if known and hasattr(dm, "use_scaler"):
+            dm.use_scaler(known["mean"], known["std"])
+        if hasattr(dm, "scaler"):
+            self.set_scaler(dm.scaler.mean, dm.scaler.std)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        # Lightning restores a checkpoint after setup(), which recorded the data at hand: evaluating or
+        # forecasting other data must still use the training data's scaler, saved in the checkpoint
+        trained = ((checkpoint.get(META_KEY) or {}).get("data") or {}).get("scaler")
+        if not trained:
+            return
+        self.data_info = {**(self.data_info or {}), "scaler": trained}
+        trainer = self._trainer
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        if dm is not None and not trainer.training:
+            self._use_training_scaler(dm)
 
     def _record_data_info(self, dm) -> None:
         """The data facts an export needs (saved in checkpoints through :class:`CheckpointMetadata`)."""
