@@ -41,8 +41,13 @@ INFORMER_CMD = (
     "--trainer.default_root_dir {out}/informer"
 )
 
-# step name -> time limit in seconds (sum 450 s, under the 8-minute budget with start-up and the env step)
-LIMITS = {"env": 30, "cuda-tests": 90, "attention": 120, "favit": 150, "informer": 90}
+# step name -> time limit in seconds (sum 480 s: the 8-minute budget; the cuda tests include torch.compile)
+LIMITS = {"env": 20, "cuda-tests": 150, "attention": 90, "favit": 140, "informer": 80}
+
+# the FaViT table on a GPU: the setting (224², batch 128) in float32 and bf16 autocast
+FAVIT_GPU_ARGS = (
+    "--batch 128 --bf16 --rounds 8 --rounds-large 5 --warmup 2 --fusions official max probsparse hierarchical"
+)
 
 
 def _q(path: Path | str) -> str:
@@ -65,7 +70,7 @@ def plan(a: argparse.Namespace, out: Path) -> list[dict]:
         },
         {
             "name": "cuda-tests",
-            "cmd": f"{py} -m pytest -m cuda -p no:xdist -q -rs tests --junitxml {_q(out / 'cuda-tests.xml')}",
+            "cmd": f"{py} -m pytest -m cuda -p no:xdist -q -rs --continue-on-collection-errors tests --junitxml {_q(out / 'cuda-tests.xml')}",
             "outputs": ["cuda-tests.xml"],
         },
         {
@@ -154,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="plan and write the summary skeleton; run nothing")
     p.add_argument("--official-file", default=None, help="the official FaViT classification/favit.py")
     p.add_argument(
-        "--favit-args", default="", help="extra options for benchmarks/favit.py, one quoted string"
+        "--favit-args",
+        default=FAVIT_GPU_ARGS,
+        help=f"options for benchmarks/favit.py, one quoted string (default: {FAVIT_GPU_ARGS!r})",
     )
     p.add_argument("--attention-batch", type=int, default=32)
     p.add_argument("--data", default=None, help="data root holding ETT/ETTh1.csv (default: FAVIT_DATA rules)")
