@@ -49,7 +49,9 @@ def test_paired_differences_match_a_paired_t_test():
 def _csv(path, rows):
     path.parent.mkdir(parents=True, exist_ok=True)
     header = ["epoch", "step", "train/loss_epoch", "val/acc1"]
-    lines = [",".join(header)] + [",".join("" if r.get(h) is None else str(r[h]) for h in header) for r in rows]
+    lines = [",".join(header)] + [
+        ",".join("" if r.get(h) is None else str(r[h]) for h in header) for r in rows
+    ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -111,6 +113,8 @@ def test_grid_baseline_must_be_a_row(tmp_path):
     base = tmp_path / "base.yaml"
     base.write_text("trainer: {}\n")
     g = tmp_path / "g.yaml"
-    g.write_text(json.dumps({"base_config": str(base), "metric": "m", "baseline": "x", "rows": [{"name": "a"}]}))
+    g.write_text(
+        json.dumps({"base_config": str(base), "metric": "m", "baseline": "x", "rows": [{"name": "a"}]})
+    )
     with pytest.raises(ValueError, match="baseline 'x' is not a row name"):
         load_grid(g)
