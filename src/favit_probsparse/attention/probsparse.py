@@ -208,15 +208,18 @@ def _sampled_scores_sddmm(q: Tensor, k: Tensor, index: Tensor) -> Tensor:
 
 
 def _max_minus_sum(s: Tensor, divisor: int) -> Tensor:
-    """``max − sum / divisor`` over the last dim (the samples), as two ATen calls: ``amax`` and one
-    ``addmv`` (``max − s · (1/divisor)``) instead of sum, divide and subtract.
+    """``max − sum / divisor`` over the last dim (the samples).
 
-    On CPU, ATen's max over a contiguous last dim is vectorised in blocks of 32 floats; for fewer samples
-    (U = 25 at L = 96, 30 at L = 336) it runs scalar code, and padding the rows with -inf up to 32 (which
-    cannot change the max) halves its time."""
+    On CPU in float32/64: two ATen calls, ``amax`` and one ``addmv`` (``max − s · (1/divisor)``), instead of
+    sum, divide and subtract; and ATen's max over a contiguous last dim is vectorised in blocks of 32 floats
+    and runs scalar code for fewer samples (U = 25 at L = 96, 30 at L = 336), so the rows are padded with -inf
+    up to 32 first (which cannot change the max; it halves that time). Elsewhere (GPU, bfloat16: 1/divisor
+    would be rounded to the low precision) the plain formula."""
     n = s.shape[-1]
+    if s.device.type != "cpu" or s.dtype not in _SDDMM_DTYPES:
+        return s.amax(-1) - s.sum(-1) / divisor
     rows = s.reshape(-1, n)
-    if s.device.type == "cpu" and n < 32 and n % 8:
+    if n < 32 and n % 8:
         mx = F.pad(rows, (0, 32 - n), value=float("-inf")).amax(-1)
     else:
         mx = rows.amax(-1)
