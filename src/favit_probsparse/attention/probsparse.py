@@ -192,14 +192,38 @@ def _sampled_scores_sddmm(q: Tensor, k: Tensor, index: Tensor) -> Tensor:
         pattern = torch.sparse_csr_tensor(
             crow.expand(b * h, -1),
             index.reshape(1, -1).expand(b * h, -1),
-            q.new_zeros(b * h, l_q * n),
+            q.new_zeros(b * h, l_q * n),  # zeros, not empty: the kernel computes beta * value + dot
             size=(b * h, l_q, l_k),
             check_invariants=False,  # unsorted and repeated columns are what we want here
         )
-        s = torch.sparse.sampled_addmm(
-            pattern, q.reshape(b * h, l_q, d), k.reshape(b * h, l_k, d).transpose(1, 2), beta=0.0
+        # out=pattern writes the values in place; otherwise the pattern (indices and values) is copied first
+        torch.sparse.sampled_addmm(
+            pattern,
+            q.reshape(b * h, l_q, d),
+            k.reshape(b * h, l_k, d).transpose(1, 2),
+            beta=0.0,
+            out=pattern,
         )
-    return s.values().view(b, h, l_q, n)
+    return pattern.values().view(b, h, l_q, n)
+
+
+def _max_minus_sum(s: Tensor, divisor: int) -> Tensor:
+    """``max − sum / divisor`` over the last dim (the samples).
+
+    On CPU in float32/64: two ATen calls, ``amax`` and one ``addmv`` (``max − s · (1/divisor)``), instead of
+    sum, divide and subtract; and ATen's max over a contiguous last dim is vectorised in blocks of 32 floats
+    and runs scalar code for fewer samples (U = 25 at L = 96, 30 at L = 336), so the rows are padded with -inf
+    up to 32 first (which cannot change the max; it halves that time). Elsewhere (GPU, bfloat16: 1/divisor
+    would be rounded to the low precision) the plain formula."""
+    n = s.shape[-1]
+    if s.device.type != "cpu" or s.dtype not in _SDDMM_DTYPES:
+        return s.amax(-1) - s.sum(-1) / divisor
+    rows = s.reshape(-1, n)
+    if n < 32 and n % 8:
+        mx = F.pad(rows, (0, 32 - n), value=float("-inf")).amax(-1)
+    else:
+        mx = rows.amax(-1)
+    return torch.addmv(mx, rows, s.new_full((n,), 1.0 / divisor), alpha=-1).view(s.shape[:-1])
 
 
 def sparsity_measure(
@@ -228,8 +252,7 @@ def sparsity_measure(
     _check_choice("measure path", path, _MEASURE_PATHS)
     with torch.no_grad():
         if path == "sddmm":
-            s = _sampled_scores_sddmm(q, k, index)
-            return s.amax(-1) - s.sum(-1) / divisor
+            return _max_minus_sum(_sampled_scores_sddmm(q, k, index), divisor)
         dense = path == "dense"
         per_query = b * h * (l_k if dense else n_samples * d)
         chunk = max(1, math.ceil(l_q * d / (l_k if dense else n_samples * d)), _CHUNK_ELEMENTS // per_query)
@@ -248,7 +271,7 @@ def sparsity_measure(
                 s = (q[:, :, start:stop].unsqueeze(-2) @ k_sample.transpose(-2, -1)).squeeze(
                     -2
                 )  # [B, H, chunk, U]
-            out[:, :, start:stop] = s.amax(-1) - s.sum(-1) / divisor
+            out[:, :, start:stop] = _max_minus_sum(s, divisor)
     return out
 
 
@@ -343,61 +366,90 @@ class _RowsAttention(torch.autograd.Function):
     over gather/SDPA/scatter/mean adds zero-filled [L, D] buffers, a clone of the output gradient and
     gradient accumulations, which are most of the time at L ~ 300 on one CPU thread. The exact path (autograd
     over the official statements) checks this backward in the tests.
+
+    At L ~ 300 the whole step is ~0.07 GFLOP, so the number of ATen calls matters as much as the FLOPs:
+    everything runs on [B·H, L, D] views of contiguous inputs, with ``bmm``/``baddbmm`` (no 4-d ``matmul``
+    reshapes), the active rows addressed as rows of a [B·H·L, D] view (``index_select`` / ``index_copy_``
+    copy whole rows, where a 4-d ``gather``/``scatter`` reads one index per element), the lazy rows' share of
+    dV fused into its matmul (``baddbmm``), and ATen's fused softmax backward.
     """
 
     @staticmethod
     def forward(ctx, q, k, v, top, mask, scale, causal, masked_lazy):
         b, h, l_q, d = q.shape
-        u = top.shape[-1]
-        q_reduce = torch.gather(q, 2, top.unsqueeze(-1).expand(b, h, u, d)) * scale
-        scores = q_reduce @ k.transpose(-2, -1)  # [B, H, u, L_K]
+        l_k, d_v, u = k.shape[2], v.shape[-1], top.shape[-1]
+        bh = b * h
+        # the active queries as rows of q viewed as [B·H·L_Q, D]
+        rows = (top.reshape(bh, u) + torch.arange(0, bh * l_q, l_q, device=q.device).unsqueeze(1)).view(-1)
+        q_reduce = q.reshape(-1, d).index_select(0, rows).view(bh, u, d)
+        k3, v3 = k.reshape(bh, l_k, d), v.reshape(bh, l_k, d_v)
+        # baddbmm with beta=0 ignores its input: a matmul that applies the scale (alpha) without another call
+        scores = torch.baddbmm(q.new_empty(()), q_reduce, k3.transpose(1, 2), beta=0, alpha=scale)
         if mask is not None:
-            scores = scores + mask
+            scores.view(b, h, u, l_k).add_(mask)
         attn = _softmax_rows(scores, mask is not None)
-        active = attn @ v  # [B, H, u, D_v]
+        active = torch.bmm(attn, v3)  # [B·H, u, D_v]
         out = _lazy_context(v, l_q, causal, masked_lazy).contiguous()  # a fresh tensor in every case
-        out.scatter_(2, top.unsqueeze(-1).expand(b, h, u, v.shape[-1]), active)
-        ctx.save_for_backward(q_reduce, k, v, top, attn, active)
-        ctx.scale, ctx.causal, ctx.masked_lazy, ctx.l_q = scale, causal, masked_lazy, l_q
+        out.view(-1, d_v).index_copy_(0, rows, active.view(-1, d_v))
+        ctx.save_for_backward(q_reduce, k3, v3, rows, attn)
+        ctx.scale, ctx.causal, ctx.masked_lazy, ctx.shape = scale, causal, masked_lazy, (b, h, l_q)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        q_reduce, k, v, top, attn, active = ctx.saved_tensors
-        b, h, u, d = q_reduce.shape
-        l_q, l_k = ctx.l_q, k.shape[2]
-        top_v = top.unsqueeze(-1).expand(b, h, u, v.shape[-1])
-        g_active = torch.gather(grad, 2, top_v)  # [B, H, u, D_v]
-        d_attn = g_active @ v.transpose(-2, -1)
-        # softmax backward; rowsum(d_attn * attn) = rowsum(g_active * active)
-        d_scores = attn * (d_attn - (g_active * active).sum(-1, keepdim=True))
-        dq = grad.new_zeros(b, h, l_q, d)
-        dq.scatter_(2, top.unsqueeze(-1).expand(b, h, u, d), (d_scores @ k) * ctx.scale)
-        dk = d_scores.transpose(-2, -1) @ q_reduce  # q_reduce is already scaled
-        dv = attn.transpose(-2, -1) @ g_active
+        q_reduce, k3, v3, rows, attn = ctx.saved_tensors
+        b, h, l_q = ctx.shape
+        bh, u, d = q_reduce.shape
+        l_k, d_v = k3.shape[1], v3.shape[-1]
+        g = grad.reshape(bh, l_q, d_v)
+        g_active = g.reshape(-1, d_v).index_select(0, rows).view(bh, u, d_v)
+        d_attn = torch.bmm(g_active, v3.transpose(1, 2))  # [B·H, u, L_K]
+        # softmax backward attn * (d_attn - rowsum(d_attn * attn)) in one kernel (the one autograd uses);
+        # rows that _softmax_rows zeroed (all keys masked) have attn = 0 and get 0
+        d_scores = torch._softmax_backward_data(d_attn, attn, -1, attn.dtype)
+        unused = grad.new_empty(())  # baddbmm input with beta=0: matmuls scaled by alpha
+        dq = grad.new_zeros(bh * l_q, d)
+        dq_active = torch.baddbmm(unused, d_scores, k3, beta=0, alpha=ctx.scale)
+        dq.index_copy_(0, rows, dq_active.view(-1, d))
+        dk = torch.baddbmm(unused, d_scores.transpose(1, 2), q_reduce, beta=0, alpha=ctx.scale)
         if not ctx.causal:  # lazy rows output mean(V): each key gets (sum of the lazy rows' gradients) / L_K
-            dv += (grad.sum(2, keepdim=True) - g_active.sum(2, keepdim=True)) / l_k
+            g_lazy = g.sum(1, keepdim=True).sub_(g_active.sum(1, keepdim=True))  # [B·H, 1, D_v]
+            dv_lazy, beta = g_lazy.expand(bh, l_k, d_v), 1.0 / l_k
         else:  # lazy rows output cumsum(V) (or its running mean): a reverse cumulative sum of their gradients
-            g_lazy = grad.scatter(2, top_v, 0.0)
+            g_lazy = g.clone(memory_format=torch.contiguous_format)
+            g_lazy.view(-1, d_v).index_fill_(0, rows, 0.0)
             if ctx.masked_lazy == "cummean":
                 g_lazy /= torch.arange(1, l_q + 1, device=grad.device, dtype=grad.dtype).unsqueeze(-1)
-            dv += g_lazy.flip(2).cumsum(2).flip(2)
-        return dq, dk, dv, None, None, None, None, None
+            dv_lazy, beta = g_lazy.flip(1).cumsum(1).flip(1), 1.0
+        dv = torch.baddbmm(dv_lazy, attn.transpose(1, 2), g_active, beta=beta)  # lazy part + attn^T @ g
+        return (
+            dq.view(b, h, l_q, d),
+            dk.view(b, h, l_k, d),
+            dv.view(b, h, l_k, d_v),
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def _probsparse_fast(q, k, v, index, u, scale, causal, measure, masked_lazy, attn_mask):
     b, h, _, d = q.shape
     l_k = k.shape[2]
+    rows_function = (
+        q.device.type == "cpu"
+        and q.dtype in _ROWS_FUNCTION_DTYPES
+        and (attn_mask is None or not attn_mask.requires_grad)
+        and _ROWS_FUNCTION_ON_CPU
+    )
+    if rows_function:  # one copy of strided inputs (e.g. heads split from [B, L, H·D]) serves every step
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     m = sparsity_measure(q, k, index, measure)
     top = m.topk(u, dim=-1, sorted=False).indices  # [B, H, u]
     mask = _rows_mask(attn_mask, top, l_k, causal, q.dtype)
-    if (
-        q.device.type == "cpu"
-        and q.dtype in _ROWS_FUNCTION_DTYPES
-        and (mask is None or not mask.requires_grad)
-        and _ROWS_FUNCTION_ON_CPU
-    ):
+    if rows_function:
         return _RowsAttention.apply(q, k, v, top, mask, scale, causal, masked_lazy)
     # elsewhere (GPU, bfloat16/half, a mask that needs a gradient): SDPA (Flash / memory-efficient kernels)
     q_reduce = torch.gather(q, 2, top.unsqueeze(-1).expand(b, h, u, d))
