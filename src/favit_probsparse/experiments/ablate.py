@@ -180,6 +180,7 @@ def finish_grid(
         chart=chart,
         command_note=command_note,
         runs_label=(Path(runs_dir) / grid.name).as_posix(),
+        runs_dir=Path(runs_dir) / grid.name,
     )
     print(
         f"\n{grid.title or grid.name}\n\n{table}\n\nwritten: {md_path} (+ .json{', .png' if chart else ''})"

@@ -24,6 +24,10 @@ Grid file (YAML)::
     timeout_s: 3600                     # optional per-run wall limit
     reference_label: report Table 1     # optional: name of the reference column
     reference_note: ...                 # optional: how the reference relates to our numbers
+    baseline: max                       # optional: a row name; the report adds each row's paired difference
+                                        # to it over common seeds (mean, 95 % t interval, paired t-test)
+    curves:                             # optional: per-epoch metrics read from each run's CSV log, drawn as
+      - {name: val/acc1, scale: 100, label: Val top-1 (%)}   # <name>-curves.png with a per-epoch table
     env: {OMP_NUM_THREADS: "1"}         # optional environment defaults for the runs (the caller's env wins)
     rows:
       - name: max                       # folder-safe id (runs/<grid>/<row>/seed<k>/)
@@ -127,6 +131,8 @@ class Grid:
     reference_note: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     cli_args: list[str] = field(default_factory=list)
+    baseline: str | None = None
+    curves: list[Metric] = field(default_factory=list)
 
 
 GRID_KEYS = {
@@ -145,6 +151,8 @@ GRID_KEYS = {
     "reference_note",
     "env",
     "rows",
+    "baseline",
+    "curves",
 }
 
 
@@ -224,6 +232,9 @@ def load_grid(path: str | os.PathLike) -> Grid:
     test_ckpt = str(raw.get("test_ckpt", "last"))
     if test_ckpt not in ("last", "best"):
         raise ValueError(f"{path}: test_ckpt must be 'last' or 'best'")
+    baseline = raw.get("baseline")
+    if baseline is not None and str(baseline) not in names:
+        raise ValueError(f"{path}: baseline {baseline!r} is not a row name (rows: {names})")
     seeds = raw.get("seeds", [0])
     try:
         seeds = [int(s) for s in (seeds if isinstance(seeds, list) else [seeds])]
@@ -246,6 +257,8 @@ def load_grid(path: str | os.PathLike) -> Grid:
         reference_label=str(raw.get("reference_label", "reference")),
         reference_note=raw.get("reference_note"),
         env={str(k): str(v) for k, v in (raw.get("env") or {}).items()},
+        baseline=None if baseline is None else str(baseline),
+        curves=[Metric.parse(m, f"{path}: curves") for m in raw.get("curves") or []],
     )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from favit_probsparse.experiments.grid import Grid, Metric
+from favit_probsparse.experiments.paired import learning_curves, paired_differences, paired_table
 from favit_probsparse.experiments.provenance import git_commit, hardware_summary, utc_now
 from favit_probsparse.experiments.records import summarize_values, write_json, write_text
 from favit_probsparse.experiments.runner import RunResult
@@ -143,10 +144,12 @@ def write_report(
     chart: bool = True,
     command_note: str | None = None,
     runs_label: str | None = None,
+    runs_dir: Path | None = None,
 ) -> tuple[Path, str]:
     """Write ``<out>/<name>.md`` (+ ``.json``, ``.png``); returns the markdown path and the table text.
 
     ``runs_label``: how the report names the folder of the runs (default ``runs/<grid name>``).
+    ``runs_dir``: the folder holding ``<row>/seed<k>/`` (needed for the grid's ``curves``).
     """
     out_dir = Path(out_dir)
     runs_label = runs_label or f"runs/{grid.name}"
@@ -174,6 +177,14 @@ def write_report(
             md += ["", spread]
     if footnotes:
         md += ["", "Failed runs:", *footnotes]
+    pairs = _paired_section(grid, results, summary) if grid.baseline else None
+    if pairs:
+        md += ["", *pairs[0]]
+    curves = _curves(grid, results, Path(runs_dir)) if grid.curves and runs_dir is not None else None
+    if curves:
+        md += ["", *_curves_section(grid, curves)]
+        if chart:
+            _curves_chart(grid, curves, out_dir / f"{grid.name}-curves.png")
     if grid.reference_note:
         md += ["", grid.reference_note.strip()]
     grid_src = f"`{grid.path}`; base config: " if grid.path else "base config: "
@@ -204,6 +215,8 @@ def write_report(
         "git_commit": commit,
         "metric": m.name,
         "summary": summary,
+        "paired": pairs[1] if pairs else None,
+        "curves": curves,
         "runs": [
             {
                 "row": r.row,
@@ -221,6 +234,131 @@ def write_report(
     if chart:
         _chart(grid, summary, out_dir / f"{grid.name}.png")
     return md_path, table
+
+
+def _paired_section(
+    grid: Grid, results: list[RunResult], summary: list[dict]
+) -> tuple[list[str], list] | None:
+    m = grid.metric
+    values: dict[str, dict[int, float]] = {}
+    for row in grid.rows:
+        vals = {
+            r.seed: r.metrics[m.name] * m.scale
+            for r in results
+            if r.row == row.name and r.status == "done" and r.metrics.get(m.name) is not None
+        }
+        if vals:
+            values[row.name] = vals
+    if grid.baseline not in values or len(values) < 2:
+        return None
+    labels = {e["row"]: e["label"] for e in summary}
+    pairs = paired_differences(values, grid.baseline, m.mode)
+    base_label = labels.get(grid.baseline, grid.baseline)
+    apart = [labels.get(e["row"], e["row"]) for e in pairs if e["verdict"] in ("better", "worse")]
+    lines = [
+        f"### Paired differences to {base_label}",
+        "",
+        f"Each row minus {base_label} on the same seed (same data order and augmentation), in {m.title}; "
+        "95 % Student-t interval of the mean difference and the two-sided paired t-test. "
+        '"Distinguishable" means the interval excludes 0; no correction for the number of rows is made.',
+        "",
+        paired_table(pairs, labels, base_label, m.digits),
+        "",
+        (
+            "Distinguishable from " + base_label + " at this scale: " + ", ".join(apart) + "."
+            if apart
+            else f"No row is distinguishable from {base_label} at this scale."
+        ),
+    ]
+    return lines, pairs
+
+
+def _curves(grid: Grid, results: list[RunResult], runs_dir: Path) -> dict[str, dict[str, dict]]:
+    """metric -> row -> {epoch: summary over seeds} from the finished runs' CSV logs."""
+    out: dict[str, dict[str, dict]] = {}
+    for c in grid.curves:
+        per_row: dict[str, dict] = {}
+        for row in grid.rows:
+            by_epoch: dict[int, list[float]] = {}
+            for r in results:
+                if r.row != row.name or r.status != "done":
+                    continue
+                for ep, v in learning_curves(runs_dir / row.name / f"seed{r.seed}", c.name).items():
+                    by_epoch.setdefault(ep, []).append(v * c.scale)
+            if by_epoch:
+                per_row[row.name] = {ep: summarize_values(v) for ep, v in sorted(by_epoch.items())}
+        if per_row:
+            out[c.name] = per_row
+    return out
+
+
+def _curves_section(grid: Grid, curves: dict[str, dict[str, dict]]) -> list[str]:
+    labels = {r.name: r.label for r in grid.rows}
+    lines = []
+    for c in grid.curves:
+        per_row = curves.get(c.name)
+        if not per_row:
+            continue
+        epochs = sorted({ep for v in per_row.values() for ep in v})
+        d = c.digits
+        lines += [
+            f"### {c.title} per epoch (mean over seeds)",
+            "",
+            "| Row | " + " | ".join(f"epoch {ep}" for ep in epochs) + " | last − previous |",
+            "|---|" + "---|" * (len(epochs) + 1),
+        ]
+        for row, v in per_row.items():
+            cells = [f"{v[ep]['mean']:.{d}f}" if ep in v else "–" for ep in epochs]
+            last = [v[ep]["mean"] for ep in epochs if ep in v][-2:]
+            gain = f"{last[1] - last[0]:+.{d}f}" if len(last) == 2 else "–"
+            lines.append(f"| {labels.get(row, row)} | " + " | ".join(cells) + f" | {gain} |")
+        lines.append("")
+    return lines
+
+
+def _curves_chart(grid: Grid, curves: dict[str, dict[str, dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [c for c in grid.curves if curves.get(c.name)]
+    labels = {r.name: r.label for r in grid.rows}
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.2 * len(shown), 4.0), squeeze=False)
+    for ax, c in zip(axes[0], shown):
+        for row, v in curves[c.name].items():
+            eps = sorted(v)
+            mu = [v[e]["mean"] for e in eps]
+            sd = [0.0 if math.isnan(v[e]["std"]) else v[e]["std"] for e in eps]
+            (line,) = ax.plot(eps, mu, marker="o", ms=3, label=labels.get(row, row))
+            ax.fill_between(
+                eps,
+                [a - b for a, b in zip(mu, sd)],
+                [a + b for a, b in zip(mu, sd)],
+                alpha=0.12,
+                color=line.get_color(),
+            )
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(c.title)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{grid.title or grid.name}: mean ± std over seeds", fontsize=9)
+    fig.tight_layout()
+    _save_fig(fig, path)
+
+
+def _save_fig(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        plt.close(fig)
 
 
 def _chart(grid: Grid, summary: list[dict], path: Path) -> None:
@@ -280,12 +418,4 @@ def _chart(grid: Grid, summary: list[dict], path: Path) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-        plt.close(fig)
+    _save_fig(fig, path)

@@ -12,7 +12,6 @@ built from it merges runs made at different times (``--seeds 1`` after ``--seeds
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import math
@@ -44,6 +43,7 @@ from favit_probsparse.experiments.records import (
     write_record,
     write_text,
 )
+from favit_probsparse.imports import import_class
 
 __all__ = [
     "RunResult",
@@ -391,8 +391,7 @@ def prepare_grid_data(
         if key in seen:
             continue
         seen.add(key)
-        module, _, cls_name = data["class_path"].rpartition(".")
-        cls = getattr(importlib.import_module(module), cls_name)
+        cls = import_class(data["class_path"], what="data.class_path")
         init_args = dict(data.get("init_args") or {})
         if "download" in inspect.signature(cls).parameters:
             init_args.setdefault("download", True)

@@ -12,7 +12,6 @@ then calls the module's ``model_stats(**kwargs)`` (parameters, GMACs, ...) or co
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,13 @@ from favit_probsparse.experiments.provenance import hardware_summary, utc_now
 from favit_probsparse.experiments.records import write_text
 from favit_probsparse.experiments.report import stat_cell
 from favit_probsparse.experiments.worker import model_stats_of
+from favit_probsparse.imports import import_class
 
 __all__ = ["model_stats_table", "write_stats_report"]
 
 
 def _class_of(spec: dict, what: str):
-    path = str(spec.get("class_path", ""))
-    mod_name, _, cls_name = path.rpartition(".")
-    if not mod_name:
-        raise ValueError(f"{what}.class_path is missing or not a dotted path: {path!r}")
-    return getattr(importlib.import_module(mod_name), cls_name)
+    return import_class(spec.get("class_path"), what=f"{what}.class_path")
 
 
 def _row_stats(cfg: dict) -> dict[str, Any]:

@@ -302,21 +302,17 @@ def rebuild_module(path: str | os.PathLike, task: str | None = None, expected: t
     """The LightningModule a checkpoint was written by, with its weights, in eval mode.
 
     Only classes of this package are imported (the class path is read from the checkpoint)."""
-    import importlib
+    from favit_probsparse.imports import import_class
 
     ckpt = load_checkpoint(path, expected=expected, task=task)
     name = ckpt[META_KEY]["module"]
-    if not name.startswith("favit_probsparse."):
-        raise CheckpointError(
-            f"checkpoint {path}: module {name} is not part of favit_probsparse; refusing to import it"
-        )
-    mod_name, _, cls_name = name.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(mod_name), cls_name)
-    except (ImportError, AttributeError) as e:
-        raise CheckpointError(
-            f"checkpoint {path}: written by an incompatible version ({name} no longer exists)"
-        ) from e
+    cls = import_class(
+        name,
+        allowed=("favit_probsparse.",),
+        error=CheckpointError,
+        what=f"checkpoint {path}: module",
+        missing_hint="no longer exists: the checkpoint was written by an incompatible version",
+    )
     if expected is not None and not issubclass(cls, expected):
         cls = expected  # a parent-class checkpoint loaded into the requested subclass
     hp = {k: v for k, v in (ckpt.get("hyper_parameters") or {}).items() if not k.startswith("_")}

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib
 import json
 import os
 import tempfile
@@ -34,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from favit_probsparse.imports import import_class
 from favit_probsparse.training.checkpoint import META_KEY, CheckpointError, rebuild_module
 
 __all__ = [
@@ -260,16 +260,9 @@ def load_export_weights(folder: str | os.PathLike, config: dict | None = None) -
 
 def _import_network(class_path: str) -> type[nn.Module]:
     # only this package's networks (and torch's) are imported from a config file
-    if not class_path.startswith(("favit_probsparse.", "torch.nn.")):
-        raise ExportError(
-            f"network class {class_path!r} is not part of favit_probsparse; refusing to import it"
-        )
-    mod_name, _, cls_name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(mod_name), cls_name)
-    except (ImportError, AttributeError) as e:
-        raise ExportError(f"network class {class_path!r} does not exist in this version ({e})") from None
-    return cls
+    return import_class(
+        class_path, allowed=("favit_probsparse.", "torch.nn."), error=ExportError, what="network class"
+    )
 
 
 class ExportedForecaster(nn.Module):

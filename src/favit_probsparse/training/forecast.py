@@ -130,10 +130,9 @@ def _time_feature_width(network: nn.Module) -> int | None:
 
 def build_network(spec: dict) -> nn.Module:
     """Instantiate ``{"class_path": "pkg.mod.Class", "init_args": {...}}`` (plain keyword arguments)."""
-    import importlib
+    from favit_probsparse.imports import import_class
 
-    mod, _, name = spec["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(mod), name)
+    cls = import_class(spec.get("class_path"), what="network class_path")
     return cls(**(spec.get("init_args") or {}))
 
 
