@@ -29,7 +29,13 @@ resolution (32 for CIFAR) or upsamples (224, as the report did; evaluation then 
 
 Shuffling is reproducible and resumable: the training order depends only on (seed, epoch) and every sample's
 augmentation only on (seed, epoch, index) (:class:`EpochShuffleSampler`, :class:`SeededSamples`), whatever the
-number of workers, so a run resumed from a checkpoint sees the same batches as an uninterrupted one. The model's
+number of workers, so a run resumed from a checkpoint sees the same batches as an uninterrupted one.
+
+Small ImageFolder splits (the CIFAR subsets) are decoded once into memory at setup (``cache_images``,
+:class:`DecodedImageFolder`) instead of being read and decoded by PIL every epoch; the CIFAR-style pad-crop and flip
+then run on uint8 tensors. Both draw the same random numbers and give the same pixels as the file/PIL path, so the
+samples are bit-identical (measured on the quick job: the data part of a training epoch went from about 40 % of the
+step to a few %; see results/favit-benchmark.md, "Quick job epoch"). The model's
 own randomness (drop path, Mixup) is reseeded per epoch by
 :class:`favit_probsparse.training.classification.ImageClassifier`.
 """
