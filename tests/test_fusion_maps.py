@@ -281,6 +281,13 @@ def test_analyze_fusion_cli_end_to_end(tmp_path):
     }
     assert {tuple(t) for t in b["kept_tokens"][1][0]} == kept
     assert len(kept) <= 49
+    # distinct tokens read = the kept tokens counted by hand; the Markdown table states them per branch
+    counts = [len(h) for img in b["kept_tokens"] for h in img]
+    assert [v for img in b["tokens_read"] for v in img] == counts
+    md = (out / "fusion_maps.md").read_text()
+    assert (
+        f"| 32×32 | 25 | 49 | {min(counts)} / {sum(counts) / len(counts):.1f} / {max(counts)} | 1024 |" in md
+    )
     with pytest.raises(CheckpointError, match=r"nope\.ckpt: no such file"):
         main(["fusion", "--ckpt", str(tmp_path / "nope.ckpt"), "--out", str(out)])
 

@@ -24,7 +24,10 @@ def test_t_interval_by_hand():
     assert p == pytest.approx(0.013236, abs=1e-5)
     # edge cases: one value has no interval; constant differences have no spread
     assert math.isnan(t_interval([2.0])[1])
-    assert t_interval([0.5, 0.5, 0.5])[1:] == (0.5, 0.5, 0.0)
+    m, lo, hi, p = t_interval([0.5, 0.5, 0.5])
+    assert (m, lo, hi) == (0.5, 0.5, 0.5) and math.isnan(p)
+    same = paired_differences({"max": {0: 1.0, 1: 2.0}, "a": {0: 1.1, 1: 2.1}}, "max")[0]
+    assert same["verdict"] == "equal differences: no test"  # not "better": two equal gaps are no evidence
 
 
 def test_paired_differences_match_a_paired_t_test():
@@ -117,4 +120,30 @@ def test_grid_baseline_must_be_a_row(tmp_path):
         json.dumps({"base_config": str(base), "metric": "m", "baseline": "x", "rows": [{"name": "a"}]})
     )
     with pytest.raises(ValueError, match="baseline 'x' is not a row name"):
+        load_grid(g)
+
+
+def test_row_seeds_limit_a_row_to_its_own_seeds(tmp_path):
+    from favit_probsparse.experiments.runner import run_grid
+
+    base = tmp_path / "base.yaml"
+    base.write_text("trainer: {}\n")
+    g = tmp_path / "g.yaml"
+    g.write_text(
+        json.dumps(
+            {
+                "base_config": str(base),
+                "metric": "m",
+                "rows": [{"name": "main"}, {"name": "side", "seeds": [0, 1]}],
+            }
+        )
+    )
+    grid = load_grid(g)
+    assert grid.rows[1].seeds == [0, 1] and grid.rows[0].seeds is None
+    planned = run_grid(grid, [0, 1, 2], tmp_path / "runs", dry_run=True, quiet=True)
+    assert sorted((r.row, r.seed) for r in planned) == [
+        ("main", 0), ("main", 1), ("main", 2), ("side", 0), ("side", 1)
+    ]  # fmt: skip
+    g.write_text(g.read_text().replace("[0, 1]", '"x"'))
+    with pytest.raises(ValueError, match="row 'side' seeds must be integers"):
         load_grid(g)

@@ -134,14 +134,39 @@ def run_fusion(args) -> int:
         fp.plot_compare(rows, first_images, out / "compare.png", args.dpi)
         print(f"wrote {out}/compare.png")
     _write_json(out / "fusion_maps.json", report)
-    print(f"wrote {out}/fusion_maps.json")
+    _write_text(out / "fusion_maps.md", tokens_read_table(report))
+    print(f"wrote {out}/fusion_maps.json, fusion_maps.md")
     return 0
 
 
+def tokens_read_table(report: dict) -> str:
+    """Markdown: per checkpoint and window branch, the windows fused, the keys made and how many distinct tokens
+    of the stage map those keys read (min / mean / max over images and heads)."""
+    lines = [
+        "| checkpoint | fusion | layer | branch (dilation) | map | windows L | keys K | distinct tokens read "
+        "(min / mean / max) | of H·W |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in report["checkpoints"]:
+        for b in c["branches"]:
+            n = [v for img in b["tokens_read"] for v in img]
+            h, w = b["feat_hw"]
+            lines.append(
+                f"| {'/'.join(Path(c['ckpt']).parts[-4:])} | {c['fusion']} | {b['layer']} | "
+                f"{b['branch']} ({b['dilation']}) | {h}×{w} | {b['num_windows']} | {b['num_keys']} | "
+                f"{min(n)} / {sum(n) / len(n):.1f} / {max(n)} | {h * w} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def _write_json(path: Path, obj) -> None:
+    _write_text(path, json.dumps(obj, indent=1))
+
+
+def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.write_text(text)
     tmp.replace(path)
 
 

@@ -339,6 +339,8 @@ def describe(summaries: Sequence[dict]) -> list[dict]:
                 "window_share": [[round(float(v), 5) for v in row] for row in share],
                 "query_tokens": [[t // W, t % W] for t in s["query_tokens"]],
                 "kept_tokens": kept,
+                # distinct real tokens the keys read, per image and head (padding copies count once)
+                "tokens_read": (s["weight_map"].flatten(2) > 0).sum(-1).tolist(),
             }
         )
     return out

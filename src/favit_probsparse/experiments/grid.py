@@ -35,6 +35,7 @@ Grid file (YAML)::
         overrides:                      # dotted keys, merged over base_config + base_overrides
           model.init_args.model_kwargs.fusion: max
         reference: 68.9                 # optional paper/report number shown beside ours (any text or number)
+        seeds: [0, 1, 2]                # optional: this row runs only these of the requested seeds
 
 Dotted keys address the YAML tree of the config (``model.init_args.model_kwargs.fusion``); an integer segment
 indexes a list (``trainer.callbacks.0.init_args.monitor``); missing dict levels are created; the value is any
@@ -77,6 +78,7 @@ class Row:
     label: str
     overrides: dict[str, Any] = field(default_factory=dict)
     reference: Any = None
+    seeds: list[int] | None = None  # this row runs only these of the requested seeds (None: all)
 
 
 @dataclass
@@ -210,7 +212,7 @@ def load_grid(path: str | os.PathLike) -> Grid:
     for i, r in enumerate(raw["rows"]):
         if not isinstance(r, dict) or "name" not in r:
             raise ValueError(f"{path}: row {i} needs a 'name'")
-        bad = set(r) - {"name", "label", "overrides", "reference"}
+        bad = set(r) - {"name", "label", "overrides", "reference", "seeds"}
         if bad:
             raise ValueError(f"{path}: row {r['name']!r} has unknown keys {sorted(bad)}")
         name = str(r["name"])
@@ -219,8 +221,20 @@ def load_grid(path: str | os.PathLike) -> Grid:
         ov = r.get("overrides") or {}
         if not isinstance(ov, dict):
             raise ValueError(f"{path}: row {name!r} overrides must be a mapping of dotted keys")
+        row_seeds = r.get("seeds")
+        if row_seeds is not None:
+            try:
+                row_seeds = [int(x) for x in (row_seeds if isinstance(row_seeds, list) else [row_seeds])]
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: row {name!r} seeds must be integers, got {r['seeds']!r}") from None
         rows.append(
-            Row(name=name, label=str(r.get("label", name)), overrides=ov, reference=r.get("reference"))
+            Row(
+                name=name,
+                label=str(r.get("label", name)),
+                overrides=ov,
+                reference=r.get("reference"),
+                seeds=row_seeds,
+            )
         )
     names = [r.name for r in rows]
     dup = sorted({n for n in names if names.count(n) > 1})

@@ -34,8 +34,8 @@ def t_interval(diffs: list[float], level: float = 0.95) -> tuple[float, float, f
         return mean, math.nan, math.nan, math.nan
     sd = statistics.stdev(diffs)
     se = sd / math.sqrt(n)
-    if se == 0.0:  # every pair differs by the same amount: no spread to test against
-        return mean, mean, mean, (1.0 if mean == 0.0 else 0.0)
+    if se == 0.0:  # every pair differs by the same amount: no spread, so no t-test (nan), interval a point
+        return mean, mean, mean, math.nan
     q = float(stats.t.ppf(0.5 + level / 2, n - 1))
     p = float(2 * stats.t.sf(abs(mean) / se, n - 1))
     return mean, mean - q * se, mean + q * se, p
@@ -74,6 +74,8 @@ def paired_differences(
         ties = sum(d == 0 for d in diffs)
         if math.isnan(low):
             verdict = "one pair: no interval"
+        elif math.isnan(p):
+            verdict = "equal differences: no test"
         elif low > 0 or high < 0:
             verdict = "better" if sign * mean > 0 else "worse"
         else:

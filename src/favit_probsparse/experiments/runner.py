@@ -293,6 +293,8 @@ def run_grid(
     t_start = time.time()
     for seed in seeds:
         for row in selected:
+            if row.seeds is not None and seed not in row.seeds:
+                continue  # the row's own, shorter seed list (e.g. 3 seeds for secondary rows)
             over_budget = budget_s is not None and time.time() - t_start > budget_s
             if report_only or over_budget:
                 res = _run_one(
