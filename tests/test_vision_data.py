@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import random
 import struct
 from pathlib import Path
 
@@ -14,8 +15,11 @@ from PIL import Image
 from favit_probsparse.data.vision import (
     FASHION_MNIST_SYSTEM_DIR,
     DatasetError,
+    DecodedImageFolder,
     FashionMNISTIDX,
     ImageClassificationDataModule,
+    SeededSamples,
+    _mix_seed,
     build_transform,
     write_toy_image_folder,
 )
@@ -80,30 +84,120 @@ def test_class_mismatch_between_splits(tmp_path):
         _dm(root).setup("fit")
 
 
-def test_corrupt_image_names_the_file(tmp_path):
+@pytest.mark.parametrize("cache", [False, True])
+def test_corrupt_image_names_the_file(tmp_path, cache):
     root = write_toy_image_folder(tmp_path / "toy", num_classes=2, train_per_class=2, test_per_class=1)
     bad = root / "train" / "class_01" / "0001.png"
     bad.write_bytes(b"this is not a png")
-    dm = _dm(root, batch_size=4)
-    dm.setup("fit")
+    dm = _dm(root, batch_size=4, cache_images=cache)
+    # the decoded cache reads every file at setup, the folder path when the image is first used
     with pytest.raises(DatasetError, match=r"cannot decode image .*class_01/0001\.png"):
+        dm.setup("fit")
         for _ in dm.train_dataloader():
             pass
 
 
-def test_image_smaller_than_the_pad_crop_names_the_file(tmp_path):
+@pytest.mark.parametrize("cache", [False, True])
+def test_image_smaller_than_the_pad_crop_names_the_file(tmp_path, cache):
     root = write_toy_image_folder(
         tmp_path / "toy", num_classes=2, train_per_class=1, test_per_class=1, size=16
     )
     small = root / "train" / "class_01" / "0000.png"
     Image.new("RGB", (8, 8)).save(small)
-    dm = _dm(root, batch_size=1, train_crop="pad_crop", color_jitter=None)
+    dm = _dm(root, batch_size=1, train_crop="pad_crop", color_jitter=None, cache_images=cache)
     dm.setup("fit")
+    assert isinstance(dm.train_set, DecodedImageFolder) == cache
     with pytest.raises(
         DatasetError, match=r"cannot transform image .*class_01/0000\.png: .*the image is 8x8"
     ):
         for _ in dm.train_dataloader():
             pass
+
+
+class _Epoch:
+    """Stands in for the trainer: the datamodule reads the epoch, world size and rank from it."""
+
+    def __init__(self, epoch: int):
+        self.current_epoch, self.world_size, self.global_rank = epoch, 1, 0
+
+
+def _epoch_batches(dm, epoch: int):
+    dm.trainer = _Epoch(epoch)
+    return list(dm.train_dataloader())
+
+
+@pytest.mark.parametrize(
+    "aug",
+    [
+        dict(train_crop="pad_crop", auto_augment=None, color_jitter=None),  # the tensor path
+        dict(train_crop="rrc", auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25),  # PIL from the cache
+    ],
+    ids=["pad_crop", "rrc-randaugment"],
+)
+def test_decoded_cache_gives_the_samples_of_the_files(tmp_path, aug):
+    root = write_toy_image_folder(tmp_path / "toy", num_classes=3, train_per_class=6, test_per_class=2)
+    kw = dict(batch_size=5, img_size=16, **aug)
+    files, cached = _dm(root, cache_images=False, **kw), _dm(root, **kw)  # the default caches a small set
+    files.setup("fit")
+    cached.setup("fit")
+    assert isinstance(cached.train_set, DecodedImageFolder) and not isinstance(
+        files.train_set, DecodedImageFolder
+    )
+    assert (cached.train_set.tensor_transform is not None) == (aug["train_crop"] == "pad_crop")
+    for epoch in (0, 2):
+        torch.manual_seed(123)
+        a = _epoch_batches(files, epoch)
+        after_files = torch.rand(2)
+        torch.manual_seed(123)
+        b = _epoch_batches(cached, epoch)
+        assert torch.equal(after_files, torch.rand(2))  # the caller's generator is left as it was
+        assert len(a) == len(b) == 3
+        for (xa, ya), (xb, yb) in zip(a, b):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    for (xa, ya), (xb, yb) in zip(files.val_dataloader(), cached.val_dataloader()):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_seeded_sample_is_the_transform_under_its_own_seed(tmp_path):
+    """Reference by hand: item (epoch, i) is the PIL pipeline applied to the file with every generator seeded
+    from (seed, epoch, i), whichever samples were fetched before it and in which batch."""
+    root = write_toy_image_folder(tmp_path / "toy", num_classes=2, train_per_class=4, test_per_class=1)
+    dm = _dm(root, train_crop="pad_crop", color_jitter=None)
+    dm.setup("fit")
+    assert dm.train_set.tensor_transform is not None  # the cached tensor path, against PIL on the files
+    t_pil = dm.transform(True)
+    seeded = SeededSamples(dm.train_set, seed=5)
+    n = len(seeded)
+    for epoch, i in ((0, 3), (1, 3), (4, 6)):
+        s = _mix_seed(5, epoch, i)
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+        path, label = dm.train_set.samples[i]
+        expected = t_pil(Image.open(path).convert("RGB"))
+        got = seeded.__getitems__([epoch * n + (i + 1) % n, epoch * n + i])[1]
+        assert torch.equal(got[0], expected) and got[1] == label
+        assert torch.equal(seeded[epoch * n + i][0], expected)
+
+
+def test_tensor_input_only_where_it_matches_the_pil_transform():
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    t = build_transform(
+        True,
+        32,
+        mean,
+        std,
+        native_size=32,
+        train_crop="pad_crop",
+        auto_augment=None,
+        color_jitter=None,
+        tensor_input=True,
+    )
+    assert t(torch.zeros(3, 32, 32, dtype=torch.uint8)).dtype == torch.float32
+    for bad in (dict(auto_augment="rand-m9-mstd0.5-inc1"), dict(color_jitter=0.4), dict(native_size=28)):
+        args = {**dict(native_size=32, train_crop="pad_crop", auto_augment=None, color_jitter=None), **bad}
+        with pytest.raises(ValueError, match="tensor_input needs"):
+            build_transform(True, 32, mean, std, tensor_input=True, **args)
 
 
 def test_unknown_dataset_and_bad_options(tmp_path):
