@@ -333,6 +333,21 @@ def test_report_merges_seeds_and_stays_out_of_results(tmp_path, monkeypatch, cap
     assert raw["seeds"] == [1] and raw["runs"][0]["status"] == "not run"
 
 
+def test_report_only_rows_leaves_other_rows_out(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = tmp_path / "base.yaml"
+    base.write_text("trainer: {}\n")
+    grid = _grid(tmp_path / "g.yaml", base, [{"name": "a"}, {"name": "b"}, {"name": "never"}])
+    _fake_record(grid, Path("runs"), "a", 0, 0.50)
+    _fake_record(grid, Path("runs"), "b", 0, 0.60)
+    assert main([str(grid), "--report-only", "--rows", "a", "b", "--no-chart"]) == 0
+    raw = json.loads((Path("runs") / "tiny-grid" / "tiny-grid.json").read_text())
+    assert [e["row"] for e in raw["summary"]] == ["a", "b"]  # the never-run row is not listed as "not run"
+    assert main([str(grid), "--report-only", "--no-chart"]) == 0  # without --rows: every row
+    raw = json.loads((Path("runs") / "tiny-grid" / "tiny-grid.json").read_text())
+    assert [e["row"] for e in raw["summary"]] == ["a", "b", "never"]
+
+
 def test_itr_seeds_validation():
     from favit_probsparse.experiments.repeat import itr_seeds
 

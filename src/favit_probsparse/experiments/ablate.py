@@ -160,12 +160,14 @@ def finish_grid(
     chart: bool = True,
     command_note: str | None = None,
     ran: list[RunResult] | None = None,
+    rows: list[str] | None = None,
 ) -> tuple[int, Path, str, list]:
     """Report every record of ``grid`` present (the requested seeds and any earlier ones), print the table.
 
     ``ran``: this invocation's results, whose reasons for a missing run (``skipped (budget)``) are kept.
+    ``rows``: report only these rows (default: every row of the grid).
     Returns (exit code, markdown path, table, per-row summary); the exit code is 1 when a run failed."""
-    results, used_seeds = collect(grid, seeds, runs_dir, extra)
+    results, used_seeds = collect(grid, seeds, runs_dir, extra, rows=rows)
     why = {(r.row, r.seed): r.status for r in ran or [] if r.status not in ("done", "failed")}
     for r in results:
         if r.status == "not run" and (r.row, r.seed) in why:
@@ -246,7 +248,16 @@ def _main(a: argparse.Namespace, argv: list[str]) -> int:
         return 0
     note = "this report re-rendered from the finished runs with `--report-only`" if a.report_only else None
     rc, *_ = finish_grid(
-        grid, seeds, runs_dir, a.out, command, extra, chart=not a.no_chart, command_note=note, ran=results
+        grid,
+        seeds,
+        runs_dir,
+        a.out,
+        command,
+        extra,
+        chart=not a.no_chart,
+        command_note=note,
+        ran=results,
+        rows=a.rows if a.report_only else None,  # a re-rendered report can leave rows out; a run reports all
     )
     return rc
 

@@ -336,14 +336,18 @@ def seeds_on_disk(grid: Grid, runs_dir: Path) -> list[int]:
 
 
 def collect(
-    grid: Grid, seeds: list[int], runs_dir: Path, extra_overrides: dict | None = None
+    grid: Grid,
+    seeds: list[int],
+    runs_dir: Path,
+    extra_overrides: dict | None = None,
+    rows: list[str] | None = None,
 ) -> tuple[list[RunResult], list[int]]:
-    """Every run of ``grid`` to report: the requested ``seeds`` plus any other seed with a record of the
-    current config on disk (records of an older config are left out). Returns the results and the seeds."""
+    """Every run of ``grid`` (or of ``rows``) to report: the requested ``seeds`` plus any other seed with a record
+    of the current config on disk (records of an older config are left out). Returns the results and the seeds."""
     requested = set(seeds)
     all_seeds = sorted(requested | set(seeds_on_disk(grid, runs_dir)))
     results = run_grid(
-        grid, all_seeds, runs_dir, extra_overrides=extra_overrides, report_only=True, quiet=True
+        grid, all_seeds, runs_dir, rows=rows, extra_overrides=extra_overrides, report_only=True, quiet=True
     )
     kept = [r for r in results if r.seed in requested or r.status in ("done", "failed")]
     used = sorted({r.seed for r in kept})
