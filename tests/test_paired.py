@@ -14,6 +14,15 @@ from favit_probsparse.experiments.report import write_report
 from favit_probsparse.experiments.runner import RunResult
 
 
+def _grid_file(tmp_path, **keys):
+    """A grid file over an empty base config (its name, metric and rows given by the test)."""
+    base = tmp_path / "base.yaml"
+    base.write_text("trainer: {}\n")
+    g = tmp_path / "g.yaml"
+    g.write_text(json.dumps({"base_config": str(base), **keys}))
+    return g
+
+
 def test_t_interval_by_hand():
     # diffs 1..5: mean 3, sd sqrt(2.5), se sqrt(0.5); t_{0.975, 4} = 2.776445 (printed tables); t = 4.2426
     mean, low, high, p = t_interval([1.0, 2.0, 3.0, 4.0, 5.0])
@@ -76,22 +85,16 @@ def test_learning_curves_read_lightning_csv(tmp_path):
 
 
 def test_report_has_paired_table_and_curves(tmp_path):
-    base = tmp_path / "base.yaml"
-    base.write_text("trainer: {}\n")
-    grid_yaml = tmp_path / "g.yaml"
-    grid_yaml.write_text(
-        json.dumps(
-            {
-                "name": "g",
-                "base_config": str(base),
-                "metric": {"name": "test/acc1", "scale": 100, "label": "Top-1 (%)"},
-                "baseline": "max",
-                "curves": [{"name": "val/acc1", "scale": 100, "label": "Val top-1 (%)", "digits": 1}],
-                "rows": [{"name": "max"}, {"name": "ps", "label": "ProbSparse"}],
-            }
+    grid = load_grid(
+        _grid_file(
+            tmp_path,
+            name="g",
+            metric={"name": "test/acc1", "scale": 100, "label": "Top-1 (%)"},
+            baseline="max",
+            curves=[{"name": "val/acc1", "scale": 100, "label": "Val top-1 (%)", "digits": 1}],
+            rows=[{"name": "max"}, {"name": "ps", "label": "ProbSparse"}],
         )
     )
-    grid = load_grid(grid_yaml)
     runs = tmp_path / "runs"
     results = []
     for row, accs in {"max": [0.50, 0.52, 0.49], "ps": [0.51, 0.54, 0.50]}.items():
@@ -126,18 +129,7 @@ def test_grid_baseline_must_be_a_row(tmp_path):
 def test_row_seeds_limit_a_row_to_its_own_seeds(tmp_path):
     from favit_probsparse.experiments.runner import run_grid
 
-    base = tmp_path / "base.yaml"
-    base.write_text("trainer: {}\n")
-    g = tmp_path / "g.yaml"
-    g.write_text(
-        json.dumps(
-            {
-                "base_config": str(base),
-                "metric": "m",
-                "rows": [{"name": "main"}, {"name": "side", "seeds": [0, 1]}],
-            }
-        )
-    )
+    g = _grid_file(tmp_path, metric="m", rows=[{"name": "main"}, {"name": "side", "seeds": [0, 1]}])
     grid = load_grid(g)
     assert grid.rows[1].seeds == [0, 1] and grid.rows[0].seeds is None
     planned = run_grid(grid, [0, 1, 2], tmp_path / "runs", dry_run=True, quiet=True)
