@@ -116,12 +116,7 @@ def test_report_has_paired_table_and_curves(tmp_path):
 
 
 def test_grid_baseline_must_be_a_row(tmp_path):
-    base = tmp_path / "base.yaml"
-    base.write_text("trainer: {}\n")
-    g = tmp_path / "g.yaml"
-    g.write_text(
-        json.dumps({"base_config": str(base), "metric": "m", "baseline": "x", "rows": [{"name": "a"}]})
-    )
+    g = _grid_file(tmp_path, metric="m", baseline="x", rows=[{"name": "a"}])
     with pytest.raises(ValueError, match="baseline 'x' is not a row name"):
         load_grid(g)
 
