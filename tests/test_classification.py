@@ -314,6 +314,53 @@ def test_schedule_warmup_cosine_cooldown():
     assert all(a >= b for a, b in itertools.pairwise(vals))
 
 
+def _adamw_reference(p0, grads, lr, betas, eps, wd):
+    """Decoupled-weight-decay Adam (Loshchilov & Hutter) in float64, written out step by step."""
+    p, m, v = (
+        p0.double().clone(),
+        torch.zeros_like(p0, dtype=torch.float64),
+        torch.zeros_like(p0, dtype=torch.float64),
+    )
+    for t, g in enumerate(grads, start=1):
+        g = g.double()
+        p = p * (1 - lr * wd)
+        m = betas[0] * m + (1 - betas[0]) * g
+        v = betas[1] * v + (1 - betas[1]) * g * g
+        m_hat, v_hat = m / (1 - betas[0] ** t), v / (1 - betas[1] ** t)
+        p = p - lr * m_hat / (v_hat.sqrt() + eps)
+    return p
+
+
+def test_cpu_training_uses_the_fused_adamw_and_it_matches_the_adamw_update(toy, tmp_path):
+    model = _model(lr=1e-3, base_batch_size=None)
+    trainer = _trainer(tmp_path, max_epochs=1, max_steps=1, enable_checkpointing=False)
+    trainer.fit(model, datamodule=_data(toy, batch_size=16))
+    opt = trainer.optimizers[0]
+    assert opt.defaults.get("fused") is True
+    # the fused kernel against the update rule: three steps on fixed gradients, one decayed and one plain group
+    torch.manual_seed(0)
+    w, b = torch.randn(5, 7), torch.randn(7)
+    gw, gb = [torch.randn(5, 7) for _ in range(3)], [torch.randn(7) for _ in range(3)]
+    pw, pb = torch.nn.Parameter(w.clone()), torch.nn.Parameter(b.clone())
+    fused = torch.optim.AdamW(
+        [{"params": [pw], "weight_decay": 0.05}, {"params": [pb], "weight_decay": 0.0}],
+        lr=1e-2,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        fused=True,
+    )
+    for g1, g2 in zip(gw, gb):
+        pw.grad, pb.grad = g1.clone(), g2.clone()
+        fused.step()
+    tol = {"rtol": 1e-6, "atol": 1e-6}  # float32 parameters against the float64 rule
+    torch.testing.assert_close(
+        pw.detach().double(), _adamw_reference(w, gw, 1e-2, (0.9, 0.999), 1e-8, 0.05), **tol
+    )
+    torch.testing.assert_close(
+        pb.detach().double(), _adamw_reference(b, gb, 1e-2, (0.9, 0.999), 1e-8, 0.0), **tol
+    )
+
+
 def test_lr_scaling_with_global_batch(toy, tmp_path):
     model = _model(lr=1e-3, base_batch_size=512)
     trainer = _trainer(tmp_path, max_epochs=1, max_steps=1, enable_checkpointing=False)
