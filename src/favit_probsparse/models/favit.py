@@ -119,13 +119,16 @@ def _sample_index(n: int, window_size: int, dilation: int, device: torch.device)
 
 
 def _strided_windows(x: torch.Tensor, dim: int, window_size: int, dilation: int) -> torch.Tensor:
-    """View axis ``dim`` (length a multiple of the span) as ``(windows, window_size)`` without copying."""
-    span = window_span(window_size, dilation)
-    n = x.shape[dim]
-    size = [*x.shape[:dim], n // span, window_size, *x.shape[dim + 1 :]]
-    st = x.stride()
-    stride = [*st[:dim], span * st[dim], dilation * st[dim], *st[dim + 1 :]]
-    return x.as_strided(size, stride, x.storage_offset())
+    """View axis ``dim`` (length a multiple of the span) as ``(windows, window_size)`` without copying.
+
+    Split the axis into spans, then keep every ``dilation``-th position of each span (``0, d, …, d·(ws − 1)`` is
+    the whole dilated window). Both are views that ``torch.compile`` traces; ``as_strided`` would need the
+    storage offset, a graph break.
+    """
+    x = x.unflatten(dim, (-1, window_span(window_size, dilation)))  # [..., windows, span, ...]
+    if dilation == 1:
+        return x
+    return x[(slice(None),) * (dim + 1) + (slice(None, None, dilation),)]
 
 
 def window_candidates(
