@@ -189,11 +189,15 @@ def test_grad_checkpointing_same_output():
 
 
 # ------------------------------------------------------------------------------------------------------ compile
-def test_torch_compile_full_graph():
-    """favit_b0 traces into one graph (no graph breaks) and the compiled graph matches eager."""
+@pytest.mark.parametrize("size", [32, 392])
+def test_torch_compile_full_graph(size):
+    """favit_b0 traces into one graph (no graph breaks) and the compiled graph matches eager.
+
+    At 32² every window axis needs reflection padding (the index path); at 392² the maps (98, 49, 25, 13) also take
+    the strided-view path, with and without dilation (98 = 2 spans of 49 at dilation 8)."""
     torch._dynamo.reset()
     m = timm.create_model("favit_b0", num_classes=10, depths=(1, 1, 1, 1)).eval()  # every stage's layout
-    x = torch.randn(1, 3, 32, 32)
+    x = torch.randn(1, 3, size, size)
     cm = torch.compile(m, backend="aot_eager", fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(cm(x), m(x), rtol=1e-4, atol=1e-5)
