@@ -203,6 +203,28 @@ def test_torch_compile_full_graph(size):
         torch.testing.assert_close(cm(x), m(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("fusion", ["probsparse", "hierarchical"])
+def test_sampled_fusions_compile_to_one_graph_with_the_eager_stream(fusion):
+    """The sampled fusions' random stream is traced (no graph break per branch): the compiled model draws the same
+    samples as eager, step after step, and advances the stream alike."""
+    torch._dynamo.reset()
+    m = timm.create_model("favit_b0", num_classes=10, depths=(1, 1, 1, 1), fusion=fusion, img_size=224).eval()
+    x = torch.randn(1, 3, 224, 224)
+    states = lambda: [b.clone() for n, b in m.named_buffers() if n.endswith("_rng")]
+    cm = torch.compile(m, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        eager = [m(x) for _ in range(2)]
+        after_eager = states()
+        for mod in m.modules():
+            if hasattr(mod, "reset_generator"):
+                mod.reset_generator()
+        compiled = [cm(x) for _ in range(2)]
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(eager[0], eager[1])  # two draws: the samples (and so the logits) differ
+    assert all(torch.equal(a, b) for a, b in zip(after_eager, states())) and after_eager[0][1] == 2
+
+
 def _have_cpp_compiler() -> bool:
     import shutil
 
