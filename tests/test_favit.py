@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -248,6 +249,36 @@ def test_torch_compile_inductor_matches_eager():
     cm = torch.compile(m, fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(cm(x), m(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _have_cpp_compiler(), reason="inductor's CPU backend needs a C++ compiler")
+def test_torch_compile_inductor_training_step_matches_eager():
+    """Inductor on a training step (forward and backward graphs) with the ProbSparse fusion, whose sampling is part
+    of the compiled graph: the loss and every parameter gradient equal eager's, on the same random samples."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = timm.create_model(
+        "favit_b0_cifar",
+        num_classes=10,
+        depths=(1, 1, 1, 1),
+        embed_dims=(16, 32, 64, 128),
+        fusion="probsparse",
+    ).train()
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 7])
+    params = [p for p in m.parameters() if p.requires_grad]
+    loss_e = F.cross_entropy(m(x), y)
+    grads_e = torch.autograd.grad(loss_e, params)
+    for mod in m.modules():
+        if hasattr(mod, "reset_generator"):
+            mod.reset_generator()
+    loss_c = F.cross_entropy(torch.compile(m, fullgraph=True)(x), y)
+    grads_c = torch.autograd.grad(loss_c, params)
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-4, atol=1e-5)
+    for (name, _), ge, gc in zip(
+        ((n, p) for n, p in m.named_parameters() if p.requires_grad), grads_e, grads_c
+    ):
+        torch.testing.assert_close(gc, ge, rtol=1e-3, atol=1e-4, msg=lambda s, n=name: f"{n}: {s}")
 
 
 # ------------------------------------------------------------------------------------------------------- errors
