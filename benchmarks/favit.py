@@ -15,6 +15,8 @@ Each round times one training step (forward, cross-entropy, backward, AdamW step
 (``torch.no_grad``) of every model in turn, so a slow spell of a shared machine hits all rows alike; the table shows
 the median over ``--rounds`` rounds (after ``--warmup`` untimed ones), images/s and the ratio to the official code.
 ``--bf16`` adds bf16 autocast rows (official code, ours, PVTv2); ``--compile`` adds ``torch.compile`` (inductor) rows.
+``--floor`` adds ours with every FaSA replaced by a zero map: the time of everything the attention does not do
+(patch embeds, norms, MLPs, head, optimizer), which bounds what any attention code can gain over the official one.
 
     python benchmarks/favit.py --official-file ~/FaViT/classification/favit.py --threads 1 \\
         --out results/favit-benchmark.md
@@ -25,6 +27,7 @@ This is a benchmark, not a test: it prints a table and checks nothing.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import os
@@ -114,11 +117,31 @@ def build_models(arch: str, args, official_mod) -> tuple[dict[str, torch.nn.Modu
         models["ours [official] bf16 autocast"] = ours_official
     if args.compile:
         models["ours [official] torch.compile"] = torch.compile(ours_official)
+    if args.floor:
+        models["ours, FaSA removed (floor)"] = without_attention(ours_official)
+        notes["ours, FaSA removed (floor)"] = "every FaSA returns zeros: the non-attention part of the step"
     if not args.no_pvt:
         models[f"timm pvt_v2_{arch}"] = timm.create_model(f"pvt_v2_{arch}", num_classes=nc)
         if args.bf16:
             models[f"timm pvt_v2_{arch} bf16 autocast"] = models[f"timm pvt_v2_{arch}"]
     return models, notes
+
+
+class _NoAttention(torch.nn.Module):
+    def forward(self, x, H, W):
+        return x.new_zeros(x.shape)
+
+
+def without_attention(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` whose FaSA modules return zeros (the residual stream skips attention)."""
+    from favit_probsparse.models.favit import FaSA
+
+    floor = copy.deepcopy(model)
+    for parent in list(floor.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, FaSA):
+                setattr(parent, name, _NoAttention())
+    return floor
 
 
 def timers(name: str, model: torch.nn.Module, x, y) -> tuple[Callable[[], None], Callable[[], None]]:
@@ -221,6 +244,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-pvt", action="store_true", help="leave out timm's pvt_v2 rows")
     p.add_argument("--bf16", action="store_true", help="add bf16 autocast rows (official, ours, PVTv2)")
     p.add_argument("--compile", action="store_true", help="add a torch.compile (inductor) row of ours")
+    p.add_argument(
+        "--floor", action="store_true", help="add ours with FaSA removed (the non-attention floor)"
+    )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--size", type=int, default=224)
     p.add_argument(

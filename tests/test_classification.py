@@ -298,6 +298,22 @@ def test_cpu_training_uses_the_fused_adamw_and_it_matches_the_adamw_update(toy, 
     )
 
 
+def test_ddp_leaves_each_rank_its_own_sampled_fusion_stream(tmp_path):
+    """The sampled fusions' stream state is a buffer; DDP would broadcast rank 0's over every rank's own stream."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = _model(num_classes=4, model_kwargs=dict(TINY["model_kwargs"], fusion="probsparse"))
+    rng = [b for n, b in model.named_buffers() if n.endswith("._rng")]
+    assert len(rng) == 7  # one per window branch: 2 + 2 + 2 + 1
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        synced = {id(b) for b in DistributedDataParallel(model).modules_buffers}
+    finally:
+        dist.destroy_process_group()
+    assert not any(id(b) in synced for b in rng)
+
+
 def test_lr_scaling_with_global_batch(toy, tmp_path):
     model = _model(lr=1e-3, base_batch_size=512)
     trainer = _trainer(tmp_path, max_epochs=1, max_steps=1, enable_checkpointing=False)

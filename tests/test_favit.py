@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -203,6 +204,28 @@ def test_torch_compile_full_graph(size):
         torch.testing.assert_close(cm(x), m(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("fusion", ["probsparse", "hierarchical"])
+def test_sampled_fusions_compile_to_one_graph_with_the_eager_stream(fusion):
+    """The sampled fusions' random stream is traced (no graph break per branch): the compiled model draws the same
+    samples as eager, step after step, and advances the stream alike."""
+    torch._dynamo.reset()
+    m = timm.create_model("favit_b0", num_classes=10, depths=(1, 1, 1, 1), fusion=fusion, img_size=224).eval()
+    x = torch.randn(1, 3, 224, 224)
+    states = lambda: [b.clone() for n, b in m.named_buffers() if n.endswith("_rng")]
+    cm = torch.compile(m, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        eager = [m(x) for _ in range(2)]
+        after_eager = states()
+        for mod in m.modules():
+            if hasattr(mod, "reset_generator"):
+                mod.reset_generator()
+        compiled = [cm(x) for _ in range(2)]
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(eager[0], eager[1])  # two draws: the samples (and so the logits) differ
+    assert all(torch.equal(a, b) for a, b in zip(after_eager, states())) and after_eager[0][1] == 2
+
+
 def _have_cpp_compiler() -> bool:
     import shutil
 
@@ -226,6 +249,36 @@ def test_torch_compile_inductor_matches_eager():
     cm = torch.compile(m, fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(cm(x), m(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _have_cpp_compiler(), reason="inductor's CPU backend needs a C++ compiler")
+def test_torch_compile_inductor_training_step_matches_eager():
+    """Inductor on a training step (forward and backward graphs) with the ProbSparse fusion, whose sampling is part
+    of the compiled graph: the loss and every parameter gradient equal eager's, on the same random samples."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = timm.create_model(
+        "favit_b0_cifar",
+        num_classes=10,
+        depths=(1, 1, 1, 1),
+        embed_dims=(16, 32, 64, 128),
+        fusion="probsparse",
+    ).train()
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 7])
+    params = [p for p in m.parameters() if p.requires_grad]
+    loss_e = F.cross_entropy(m(x), y)
+    grads_e = torch.autograd.grad(loss_e, params)
+    for mod in m.modules():
+        if hasattr(mod, "reset_generator"):
+            mod.reset_generator()
+    loss_c = F.cross_entropy(torch.compile(m, fullgraph=True)(x), y)
+    grads_c = torch.autograd.grad(loss_c, params)
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-4, atol=1e-5)
+    for (name, _), ge, gc in zip(
+        ((n, p) for n, p in m.named_parameters() if p.requires_grad), grads_e, grads_c
+    ):
+        torch.testing.assert_close(gc, ge, rtol=1e-3, atol=1e-4, msg=lambda s, n=name: f"{n}: {s}")
 
 
 # ------------------------------------------------------------------------------------------------------- errors

@@ -209,6 +209,40 @@ def test_sampling_reproducible_from_seed(name):
     assert torch.equal(a(cand, q), oa[0])
 
 
+def test_sample_stream_is_uniform_distinct_and_seeded():
+    """The counter-based stream: distinct indices per draw, every index equally likely (chi-square), draws differ,
+    seeds differ, and ``reset_generator`` restarts it."""
+    n, k, draws = 50, 5, 4000
+    fz = _build("probsparse", 4, seed=7)
+    samples = torch.stack([fz._sample(n, k, torch.device("cpu")) for _ in range(draws)])
+    assert all(len(set(row.tolist())) == k for row in samples)
+    assert int(samples.min()) >= 0 and int(samples.max()) < n
+    counts = torch.bincount(samples.flatten(), minlength=n).double()
+    expected = draws * k / n
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 100.0  # 49 degrees of freedom: P(chi2 > 100) < 3e-5 for a uniform sampler
+    first = samples[:, 0]  # the first index of a draw is uniform too (the order is random)
+    assert torch.bincount(first, minlength=n).max() < 3 * draws / n
+    assert (samples[1:] != samples[:-1]).any(dim=1).float().mean() > 0.99
+    other = _build("probsparse", 4, seed=8)
+    assert not torch.equal(
+        samples[:20], torch.stack([other._sample(n, k, torch.device("cpu")) for _ in range(20)])
+    )
+    fz.reset_generator()
+    assert torch.equal(fz._sample(n, k, torch.device("cpu")), samples[0])
+    fz.reset_generator(8)
+    assert torch.equal(
+        fz._sample(n, k, torch.device("cpu")), _build("probsparse", 4, seed=8)._sample(n, k, "cpu")
+    )
+
+
+def test_sample_state_is_not_in_the_state_dict_and_survives_dtype_casts():
+    fz = _build("hierarchical", 4, seed=3)
+    assert not any("rng" in key for key in fz.state_dict())
+    fz.to(torch.bfloat16)
+    assert fz._rng.dtype == torch.long and fz._rng.tolist() == [3, 0]
+
+
 def test_macs_and_params_reported():
     assert _build("official", 4).extra_params == 0
     assert _build("conv1x1", 4).extra_params == C * 4 * C + C

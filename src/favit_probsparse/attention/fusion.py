@@ -42,8 +42,11 @@ Operators (``build_fusion(name, ...)``, registry ``FUSIONS``):
     their tree nodes (``use_windows``, ``L + ceil(L/2) + … + 1`` keys). ``K`` depends on ``L``; the model replaces
     the branch's ``7×7`` V-side depthwise conv by a depthwise ``Conv1d`` (kernel 3) along the key sequence.
 
-Random sampling (``probsparse``, ``hierarchical``) draws from the module's own ``torch.Generator`` (one per device,
-seeded from ``seed``), so a run is reproducible from its seed and independent of the global RNG. All scores are
+Random sampling (``probsparse``, ``hierarchical``) draws from the module's own counter-based stream: draw ``d`` of
+seed ``s`` ranks the indices by an integer hash of ``(s, d, index)`` and keeps the lowest ranks. The state
+``(s, d)`` is a (non-persistent) buffer advanced in place, so a run is reproducible from its seed, independent of
+the global RNG, identical on every device, and ``torch.compile`` traces it into the model's graph (a
+``torch.Generator`` would break the graph at every branch). All scores are
 computed in float32, so the operators are bf16-safe; outputs keep the input dtype.
 
 Each operator reports ``extra_params`` (its learned parameter count) and ``macs(B, N, L)`` (multiply-accumulates
@@ -217,34 +220,51 @@ class LinearFusion(_LearnedFusion):
         return batch * heads * self.num_points * num_windows * self.head_dim
 
 
+_HASH_P = 2**31 - 1  # Mersenne prime: the product of two residues fits in int64, so no step overflows
+_HASH_ROUNDS = ((1_103_515_245, 12_345), (1_664_525, 1_013_904_223), (69_069, 1), (48_271, 11))
+
+
+def _hash31(x: torch.Tensor) -> torch.Tensor:
+    """Integer mix of int64 values in ``[0, 2³¹)``: affine steps modulo a prime, each followed by an xor-shift.
+
+    Every step is exact int64 arithmetic (no overflow: both factors are below 2³¹), so eager, compiled and CUDA
+    code give the same bits.
+    """
+    for a, b in _HASH_ROUNDS:
+        x = (x * a + b) % _HASH_P
+        x = x ^ (x >> 13)  # breaks the affine structure; stays below 2³¹
+    return x
+
+
 class _SampledFusion(CrossWindowFusion):
-    """Owns a per-device ``torch.Generator`` seeded from ``seed`` (reproducible, independent of the global RNG)."""
+    """Owns a reproducible random stream (seed, draw count): see the module docstring."""
 
     samples = True
 
     def __init__(self, head_dim: int, window_size: int = 7, num_windows: int | None = None, seed: int = 0):
         super().__init__(head_dim, window_size, num_windows)
         self.seed = int(seed)
-        self._generators: dict[str, torch.Generator] = {}
+        # [seed, draws]: not in the state dict (the trainer re-seeds the stream each epoch), never cast by .to(dtype)
+        self.register_buffer(
+            "_rng", torch.tensor([self.seed % _HASH_P, 0], dtype=torch.long), persistent=False
+        )
 
     def reset_generator(self, seed: int | None = None) -> None:
         """Restart the random stream (from ``seed`` if given, else the construction seed)."""
         if seed is not None:
             self.seed = int(seed)
-        self._generators.clear()
+        with torch.no_grad():
+            self._rng[0] = self.seed % _HASH_P
+            self._rng[1] = 0
 
-    def _generator(self, device: torch.device) -> torch.Generator:
-        key = str(device)
-        gen = self._generators.get(key)
-        if gen is None:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed)
-            self._generators[key] = gen
-        return gen
-
-    @torch.compiler.disable  # opaque to torch.compile: no guards on the seed, no recompiles per module
-    def _randperm(self, n: int, device: torch.device) -> torch.Tensor:
-        return torch.randperm(n, generator=self._generator(device), device=device)
+    def _sample(self, n: int, k: int, device: torch.device) -> torch.Tensor:
+        """``k`` distinct indices of ``range(n)``, uniformly at random, in random order; one draw of the stream."""
+        seed, draw = self._rng.unbind()
+        key = _hash31((_hash31(seed) + draw) % _HASH_P)  # this draw's key
+        ranks = _hash31((torch.arange(n, device=device) + key) % _HASH_P)
+        with torch.no_grad():
+            self._rng[1:].add_(1)
+        return ranks.argsort(stable=True)[:k]
 
 
 def probsparse_scores(
@@ -329,7 +349,7 @@ class ProbSparseFusion(_SampledFusion):
         if k >= M:
             return flat
         u, s = self._sizes(q.shape[2], M)
-        sample_idx = None if s >= M else self._randperm(M, cand.device)[:s]
+        sample_idx = None if s >= M else self._sample(M, s, cand.device)
         with torch.no_grad():
             score = probsparse_scores(flat, q, u, sample_idx, self.aggregate)
             idx = score.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values  # keep the original order
@@ -406,7 +426,7 @@ class HierarchicalFusion(_SampledFusion):
         s = self.n_sample
         with torch.no_grad():
             wf = win.float()
-            ref = wf if s >= P else wf.index_select(3, self._randperm(P, cand.device)[:s])
+            ref = wf if s >= P else wf.index_select(3, self._sample(P, s, cand.device))
             qk = wf @ ref.transpose(-1, -2)  # [B,h,L,P,s]: each point as a query against half the window
             sparsity = qk.amax(-1) - qk.mean(-1)  # [B,h,L,P]
             idx = sparsity.topk(self.topk, dim=-1, sorted=False).indices.sort(dim=-1).values

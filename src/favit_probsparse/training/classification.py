@@ -212,6 +212,8 @@ class ImageClassifier(CheckpointMetadata, LightningModule):
             for m in self.modules()
             if callable(getattr(m, "reset_generator", None))
         ]
+        # their stream state is a buffer; each rank seeds its own stream, so DDP must not broadcast rank 0's over it
+        self._ddp_params_and_buffers_to_ignore = [n for n, _ in self.named_buffers() if n.endswith("._rng")]
 
     def setup(self, stage: str) -> None:
         dm_classes = _datamodule_attr(self.trainer, "num_classes")
