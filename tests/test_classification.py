@@ -303,7 +303,7 @@ def test_ddp_leaves_each_rank_its_own_sampled_fusion_stream(tmp_path):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    model = _model(num_classes=4, model_kwargs=dict(TINY["model_kwargs"], fusion="probsparse"))
+    model = _model(num_classes=4, model_kwargs=dict(TINY_FAVIT_KWARGS, fusion="probsparse"))
     rng = [b for n, b in model.named_buffers() if n.endswith("._rng")]
     assert len(rng) == 7  # one per window branch: 2 + 2 + 2 + 1
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
