@@ -8,56 +8,24 @@ from pathlib import Path
 import pytest
 import yaml
 
+from _helpers import vision_config, write_yaml
 from favit_probsparse.data.vision import write_toy_image_folder
 from favit_probsparse.experiments.ablate import main
 from favit_probsparse.experiments.grid import apply_overrides, load_grid
 from favit_probsparse.experiments.report import write_report
 from favit_probsparse.experiments.runner import RunResult
 
-TINY_KWARGS = dict(
-    fusion="max", img_size=16, stem_stride=2, depths=[1, 1, 1, 1], embed_dims=[16, 32, 64, 128]
-)
-
 
 def _base_config(path: Path, data_dir: Path) -> Path:
-    cfg = {
-        "seed_everything": 0,
-        "trainer": {
-            "max_epochs": 1,
-            "accelerator": "cpu",
-            "devices": 1,
-            "limit_train_batches": 2,
-            "num_sanity_val_steps": 0,
-            "enable_model_summary": False,
-            "logger": False,
-            "enable_checkpointing": False,
-        },
-        "model": {
-            "class_path": "favit_probsparse.training.classification.ImageClassifier",
-            "init_args": {
-                "model_name": "favit_b0_cifar",
-                "model_kwargs": TINY_KWARGS,
-                "mixup_alpha": 0.0,
-                "cutmix_alpha": 0.0,
-                "base_batch_size": None,
-                "warmup_epochs": 0.0,
-            },
-        },
-        "data": {
-            "class_path": "favit_probsparse.data.vision.ImageClassificationDataModule",
-            "init_args": {
-                "dataset": "imagefolder",
-                "data_dir": str(data_dir),
-                "img_size": 16,
-                "batch_size": 16,
-                "num_workers": 0,
-                "auto_augment": None,
-                "re_prob": 0.0,
-            },
-        },
+    trainer = {
+        "limit_train_batches": 2,
+        "num_sanity_val_steps": 0,
+        "enable_model_summary": False,
+        "logger": False,
+        "enable_checkpointing": False,
     }
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    model = {"base_batch_size": None, "warmup_epochs": 0.0}
+    return write_yaml(path, vision_config(data_dir, trainer, model))
 
 
 def _grid(path: Path, base: Path, rows: list[dict], **extra) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from _helpers import CLASSIFIER, checkpoint_callback, run_python, vision_config, write_yaml
 from favit_probsparse import cli
 from favit_probsparse.data.ett import ett_path
 from favit_probsparse.data.vision import write_toy_image_folder
@@ -33,7 +33,6 @@ from favit_probsparse.training.export import (
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_etth1 = pytest.mark.skipif(not ett_path("ETTh1").exists(), reason="real ETTh1.csv not present")
-CLASSIFIER = "favit_probsparse.training.classification.ImageClassifier"
 FORECASTER = "favit_probsparse.training.forecast.Forecaster"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
 
@@ -107,65 +106,20 @@ def test_hparam_differences_nested_and_unset():
 
 # ---------------------------------------------------------------------------------------------- a tiny run
 def _vision_config(root: Path, toy: Path, **model) -> Path:
-    cfg = {
-        "seed_everything": 0,
-        "trainer": {
-            "max_epochs": 1,
-            "accelerator": "cpu",
-            "devices": 1,
-            "default_root_dir": str(root),
-            "logger": False,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "limit_train_batches": 2,
-            "limit_val_batches": 1,
-            "limit_test_batches": 1,
-            "num_sanity_val_steps": 0,
-            "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"dirpath": str(root / "ckpt"), "save_last": True},
-                }
-            ],
-        },
-        "model": {
-            "class_path": CLASSIFIER,
-            "init_args": {
-                "model_name": "favit_b0_cifar",
-                "model_kwargs": {
-                    "fusion": "max",
-                    "img_size": 16,
-                    "stem_stride": 2,
-                    "depths": [1, 1, 1, 1],
-                    "embed_dims": [16, 32, 64, 128],
-                },
-                "lr": 3e-3,
-                "base_batch_size": None,
-                "warmup_epochs": 0.0,
-                "mixup_alpha": 0.0,
-                "cutmix_alpha": 0.0,
-                "ema_decay": 0.5,
-                **model,
-            },
-        },
-        "data": {
-            "class_path": "favit_probsparse.data.vision.ImageClassificationDataModule",
-            "init_args": {
-                "dataset": "imagefolder",
-                "data_dir": str(toy),
-                "img_size": 16,
-                "batch_size": 16,
-                "num_workers": 0,
-                "auto_augment": None,
-                "re_prob": 0.0,
-                "color_jitter": None,
-                "train_crop": "pad_crop",
-            },
-        },
+    trainer = {
+        "default_root_dir": str(root),
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "limit_train_batches": 2,
+        "limit_val_batches": 1,
+        "limit_test_batches": 1,
+        "num_sanity_val_steps": 0,
+        "callbacks": [checkpoint_callback(root / "ckpt")],
     }
-    path = root / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    model = {"lr": 3e-3, "base_batch_size": None, "warmup_epochs": 0.0, "ema_decay": 0.5, **model}
+    data = {"color_jitter": None, "train_crop": "pad_crop"}
+    return write_yaml(root / "cfg.yaml", vision_config(toy, trainer, model, data))
 
 
 @pytest.fixture(scope="module")
@@ -309,20 +263,7 @@ def test_favit_export_loads_through_timm_in_a_fresh_process(trained, tmp_path, c
     module, _ = rebuild_module(ckpt)
     x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     torch.save(x, tmp_path / "x.pt")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _TIMM_LOAD,
-            str(tmp_path / "exp"),
-            str(tmp_path / "x.pt"),
-            str(tmp_path / "y.pt"),
-        ],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=300,
-    )
+    out = run_python(_TIMM_LOAD, tmp_path / "exp", tmp_path / "x.pt", tmp_path / "y.pt", env=ENV)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "'crop_pct': 1.0" in out.stdout
     with torch.no_grad():
@@ -401,21 +342,10 @@ def test_forecaster_export_round_trip_in_a_fresh_process(tmp_path, capsys):
     torch.save(batch, tmp_path / "batch.pt")
     frame = pd.read_csv(ett_path("ETTh1")).iloc[100:140]
     frame.to_csv(tmp_path / "recent.csv", index=False)
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _FORECAST_LOAD,
-            str(tmp_path / "exp"),
-            str(tmp_path / "batch.pt"),
-            str(tmp_path / "y.pt"),
-            str(tmp_path / "recent.csv"),
-            str(tmp_path / "f.csv"),
-        ],
-        capture_output=True,
-        text=True,
+    out = run_python(
+        _FORECAST_LOAD,
+        *(tmp_path / f for f in ("exp", "batch.pt", "y.pt", "recent.csv", "f.csv")),
         env=ENV,
-        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     model.eval()

@@ -14,17 +14,17 @@ import yaml
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from _helpers import (
+    TINY_FAVIT,
+    TINY_FAVIT_KWARGS,
+    checkpoint_callback,
+    toy_data_args,
+    vision_config,
+    write_yaml,
+)
 from favit_probsparse.data.vision import DatasetError, ImageClassificationDataModule, write_toy_image_folder
 from favit_probsparse.training.classification import ImageClassifier
 from favit_probsparse.training.optim import param_groups_weight_decay, warmup_cosine_cooldown
-
-# A tiny FaViT: B0 structure at 1/2 width, one block per stage, CIFAR stem with stride 2 (16x16 input -> maps 8/4/2/1)
-TINY = dict(
-    model_name="favit_b0_cifar",
-    model_kwargs=dict(
-        fusion="max", img_size=16, stem_stride=2, depths=[1, 1, 1, 1], embed_dims=[16, 32, 64, 128]
-    ),
-)
 
 
 @pytest.fixture(scope="module")
@@ -35,24 +35,14 @@ def toy(tmp_path_factory) -> Path:
 
 
 def _data(root, **kw):
-    args = dict(
-        dataset="imagefolder",
-        data_dir=str(root),
-        img_size=16,
-        batch_size=16,
-        num_workers=0,
-        auto_augment=None,
-        re_prob=0.0,
-        train_crop="pad_crop",
-        color_jitter=None,
+    return ImageClassificationDataModule(
+        **toy_data_args(root, **{"train_crop": "pad_crop", "color_jitter": None, **kw})
     )
-    args.update(kw)
-    return ImageClassificationDataModule(**args)
 
 
 def _model(**kw):
     args = dict(
-        TINY,
+        TINY_FAVIT,
         lr=3e-3,
         base_batch_size=None,
         warmup_epochs=0.0,
@@ -106,7 +96,7 @@ def _resume_setup():
     # every source of randomness on: ProbSparse fusion sampling, Mixup/CutMix, drop path, EMA, augmentation
     return dict(
         model=dict(
-            model_kwargs=dict(TINY["model_kwargs"], fusion="probsparse"),
+            model_kwargs=dict(TINY_FAVIT_KWARGS, fusion="probsparse"),
             drop_path_rate=0.1,
             mixup_alpha=0.8,
             cutmix_alpha=1.0,
@@ -151,48 +141,15 @@ def test_cli_fit_then_test_ckpt(toy, tmp_path):
     """`favit-ps fit --config` then `favit-ps test --config --ckpt last.ckpt` reproduces the in-fit test."""
     from favit_probsparse.cli import run_lightning
 
-    cfg = {
-        "seed_everything": 0,
-        "trainer": {
-            "max_epochs": 1,
-            "accelerator": "cpu",
-            "devices": 1,
-            "default_root_dir": str(tmp_path),
-            "enable_progress_bar": False,
-            "logger": False,
-            "limit_train_batches": 3,
-            "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True},
-                }
-            ],
-        },
-        "model": {
-            "class_path": "favit_probsparse.training.classification.ImageClassifier",
-            "init_args": dict(
-                TINY,
-                model_kwargs=dict(TINY["model_kwargs"], fusion="probsparse"),
-                ema_decay=0.5,
-                mixup_alpha=0.0,
-                cutmix_alpha=0.0,
-            ),
-        },
-        "data": {
-            "class_path": "favit_probsparse.data.vision.ImageClassificationDataModule",
-            "init_args": dict(
-                dataset="imagefolder",
-                data_dir=str(toy),
-                img_size=16,
-                batch_size=16,
-                num_workers=0,
-                auto_augment=None,
-                re_prob=0.0,
-            ),
-        },
+    trainer = {
+        "default_root_dir": str(tmp_path),
+        "enable_progress_bar": False,
+        "logger": False,
+        "limit_train_batches": 3,
+        "callbacks": [checkpoint_callback(tmp_path / "ckpt")],
     }
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    model = {"model_kwargs": dict(TINY_FAVIT_KWARGS, fusion="probsparse"), "ema_decay": 0.5}
+    path = write_yaml(tmp_path / "cfg.yaml", vision_config(toy, trainer, model))
     cli = run_lightning(["fit", "--config", str(path)])
     in_fit = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
     cli2 = run_lightning(["test", "--config", str(path), "--ckpt", str(tmp_path / "ckpt" / "last.ckpt")])
@@ -204,41 +161,21 @@ def test_cli_fit_then_test_ckpt(toy, tmp_path):
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(toy, tmp_path):
     """Lightning DDP with 2 CPU processes (gloo) runs an epoch end to end through the CLI."""
-    cfg = {
-        "seed_everything": 0,
-        "trainer": {
-            "max_epochs": 1,
-            "accelerator": "cpu",
-            "devices": 2,
-            "strategy": "ddp",
-            "default_root_dir": str(tmp_path),
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "num_sanity_val_steps": 0,
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(tmp_path), "name": "csv"},
-            },
-        },
-        "model": {
-            "class_path": "favit_probsparse.training.classification.ImageClassifier",
-            "init_args": dict(TINY, mixup_alpha=0.0, cutmix_alpha=0.0, ema_decay=0.9),
-        },
-        "data": {
-            "class_path": "favit_probsparse.data.vision.ImageClassificationDataModule",
-            "init_args": dict(
-                dataset="imagefolder",
-                data_dir=str(toy),
-                img_size=16,
-                batch_size=8,
-                num_workers=0,
-                auto_augment=None,
-                re_prob=0.0,
-            ),
+    trainer = {
+        "devices": 2,
+        "strategy": "ddp",
+        "default_root_dir": str(tmp_path),
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "logger": {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(tmp_path), "name": "csv"},
         },
     }
-    path = tmp_path / "ddp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = write_yaml(
+        tmp_path / "ddp.yaml", vision_config(toy, trainer, {"ema_decay": 0.9}, {"batch_size": 8})
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run(
         [sys.executable, "-m", "favit_probsparse.cli", "fit", "--config", str(path)],
@@ -366,7 +303,7 @@ def test_ddp_leaves_each_rank_its_own_sampled_fusion_stream(tmp_path):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    model = _model(num_classes=4, model_kwargs=dict(TINY["model_kwargs"], fusion="probsparse"))
+    model = _model(num_classes=4, model_kwargs=dict(TINY_FAVIT_KWARGS, fusion="probsparse"))
     rng = [b for n, b in model.named_buffers() if n.endswith("._rng")]
     assert len(rng) == 7  # one per window branch: 2 + 2 + 2 + 1
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from _helpers import toy_data_args
 from favit_probsparse.data.vision import (
     FASHION_MNIST_SYSTEM_DIR,
     DatasetError,
@@ -26,17 +27,7 @@ from favit_probsparse.data.vision import (
 
 
 def _dm(root, **kw):
-    args = dict(
-        dataset="imagefolder",
-        data_dir=str(root),
-        img_size=16,
-        batch_size=8,
-        num_workers=0,
-        auto_augment=None,
-        re_prob=0.0,
-    )
-    args.update(kw)
-    return ImageClassificationDataModule(**args)
+    return ImageClassificationDataModule(**toy_data_args(root, **{"batch_size": 8, **kw}))
 
 
 def test_imagefolder_loads_batches(tmp_path):
@@ -256,16 +247,7 @@ def test_fashion_mnist_idx_reader(tmp_path):
     ds = FashionMNISTIDX(tmp_path, train=True)
     img, y = ds[3]
     assert len(ds) == 12 and img.size == (28, 28) and img.mode == "RGB" and y == 3
-    dm = ImageClassificationDataModule(
-        dataset="fashion_mnist",
-        data_dir=str(tmp_path),
-        img_size=28,
-        batch_size=4,
-        num_workers=0,
-        auto_augment=None,
-        re_prob=0.0,
-        download=False,
-    )
+    dm = _dm(tmp_path, dataset="fashion_mnist", img_size=28, batch_size=4, download=False)
     if Path(FASHION_MNIST_SYSTEM_DIR).is_dir():
         # data_dir has the files: it wins over the system copy
         assert dm._fashion_dir() == tmp_path
@@ -288,14 +270,11 @@ def test_fashion_mnist_truncated_file(tmp_path):
     reason="Debian package dataset-fashion-mnist not installed",
 )
 def test_fashion_mnist_debian_copy(tmp_path):
-    dm = ImageClassificationDataModule(
+    dm = _dm(
+        tmp_path / "none",
         dataset="fashion_mnist",
-        data_dir=str(tmp_path / "none"),
         img_size=28,
         batch_size=16,
-        num_workers=0,
-        auto_augment=None,
-        re_prob=0.0,
         download=False,
         limit_val_per_class=2,
     )
