@@ -128,6 +128,17 @@ def test_module_seeded_generator_on_cuda():
     torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
+def test_sampled_fusion_draws_the_same_samples_on_cuda_and_cpu():
+    from favit_probsparse.attention.fusion import build_fusion
+
+    cpu, gpu = (build_fusion("probsparse", 8, 7, 16, seed=5) for _ in range(2))
+    gpu.to(DEV)
+    for _ in range(3):  # the counter-based stream is integer arithmetic: the same bits on every device
+        assert torch.equal(
+            cpu._sample(1000, 40, torch.device("cpu")), gpu._sample(1000, 40, torch.device(DEV)).cpu()
+        )
+
+
 def _favit_b0(pad):
     torch.manual_seed(0)
     model = timm.create_model("favit_b0", num_classes=10).to(DEV)
