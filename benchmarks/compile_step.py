@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import favit_probsparse.models  # noqa: F401  (registers favit_*)
+from favit_probsparse.attention.fusion import reset_sampling
 from favit_probsparse.experiments.provenance import hardware_summary, utc_now
 
 PRESETS = {
@@ -41,12 +42,6 @@ PRESETS = {
     ),
     "b0": dict(name="favit_b0", kwargs=dict(num_classes=1000), size=224, batch=16),
 }
-
-
-def _restart_streams(model: torch.nn.Module) -> None:
-    for m in model.modules():
-        if hasattr(m, "reset_generator"):
-            m.reset_generator()
 
 
 def main(argv=None) -> int:
@@ -82,8 +77,8 @@ def main(argv=None) -> int:
     step_c = stepper(compiled_model, torch.compile(compiled_model))
     compile_s = step_c()  # compiles the forward and backward graphs
     step_e()
-    _restart_streams(eager)
-    _restart_streams(compiled_model)
+    reset_sampling(eager)
+    reset_sampling(compiled_model)
     times: dict[str, list[float]] = {"eager": [], "compiled": []}
     for r in range(args.rounds):
         order = (("eager", step_e), ("compiled", step_c))

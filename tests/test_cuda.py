@@ -20,6 +20,7 @@ from favit_probsparse.attention import (
     sparsity_measure,
 )
 from favit_probsparse.attention import probsparse as pp
+from favit_probsparse.attention.fusion import reset_sampling
 
 pytestmark = [
     pytest.mark.cuda,
@@ -134,9 +135,7 @@ def test_sampled_fusion_draws_the_same_samples_on_cuda_and_cpu():
     cpu, gpu = (build_fusion("probsparse", 8, 7, 16, seed=5) for _ in range(2))
     gpu.to(DEV)
     for _ in range(3):  # the counter-based stream is integer arithmetic: the same bits on every device
-        assert torch.equal(
-            cpu._sample(1000, 40, torch.device("cpu")), gpu._sample(1000, 40, torch.device(DEV)).cpu()
-        )
+        assert torch.equal(cpu._sample(1000, 40), gpu._sample(1000, 40).cpu())
 
 
 def _favit_b0(pad):
@@ -197,9 +196,7 @@ def test_favit_torch_compile_bf16_on_cuda_matches_eager(fusion):
     compiled = torch.compile(model)
 
     def run(m):  # every call draws the same ProbSparse samples: the stream restarts
-        for mod in model.modules():
-            if hasattr(mod, "reset_generator"):
-                mod.reset_generator()
+        reset_sampling(model)
         return m(x).float()
 
     with torch.no_grad():

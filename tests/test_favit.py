@@ -9,6 +9,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import favit_probsparse.models  # noqa: F401  (registers the models)
+from favit_probsparse.attention.fusion import reset_sampling
 from favit_probsparse.models.favit import FaViT
 
 # (params M, GMACs) of the official code at 224², measured in docs/favit.md §3.1
@@ -215,9 +216,7 @@ def test_sampled_fusions_compile_to_one_graph_with_the_eager_stream(fusion):
     with torch.no_grad():
         eager = [m(x) for _ in range(2)]
         after_eager = states()
-        for mod in m.modules():
-            if hasattr(mod, "reset_generator"):
-                mod.reset_generator()
+        reset_sampling(m)
         compiled = [cm(x) for _ in range(2)]
     for a, b in zip(eager, compiled):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
@@ -265,12 +264,6 @@ def _probsparse_stage():
     return m.stages[0], x
 
 
-def _restart_streams(module):
-    for mod in module.modules():
-        if hasattr(mod, "reset_generator"):
-            mod.reset_generator()
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not _have_cpp_compiler(), reason="inductor's CPU backend needs a C++ compiler")
 def test_torch_compile_inductor_bf16_autocast_is_as_close_as_eager_bf16():
@@ -283,7 +276,7 @@ def test_torch_compile_inductor_bf16_autocast_is_as_close_as_eager_bf16():
     compiled = torch.compile(stage, fullgraph=True)
 
     def run(module):  # the same ProbSparse samples in every call
-        _restart_streams(stage)
+        reset_sampling(stage)
         return module(x).float()
 
     with torch.no_grad():
@@ -306,10 +299,10 @@ def test_torch_compile_inductor_training_step_matches_eager():
     stage.train()
     w = torch.randn_like(stage(x))  # a fixed random linear loss of the stage's output
     params = [p for p in stage.parameters() if p.requires_grad]
-    _restart_streams(stage)
+    reset_sampling(stage)
     loss_e = (stage(x) * w).sum()
     grads_e = torch.autograd.grad(loss_e, params)
-    _restart_streams(stage)
+    reset_sampling(stage)
     loss_c = (torch.compile(stage, fullgraph=True)(x) * w).sum()
     grads_c = torch.autograd.grad(loss_c, params)
     torch.testing.assert_close(loss_c, loss_e, rtol=1e-4, atol=1e-4)

@@ -214,7 +214,7 @@ def test_sample_stream_is_uniform_distinct_and_seeded():
     seeds differ, and ``reset_generator`` restarts it."""
     n, k, draws = 50, 5, 4000
     fz = _build("probsparse", 4, seed=7)
-    samples = torch.stack([fz._sample(n, k, torch.device("cpu")) for _ in range(draws)])
+    samples = torch.stack([fz._sample(n, k) for _ in range(draws)])
     assert all(len(set(row.tolist())) == k for row in samples)
     assert int(samples.min()) >= 0 and int(samples.max()) < n
     counts = torch.bincount(samples.flatten(), minlength=n).double()
@@ -225,15 +225,11 @@ def test_sample_stream_is_uniform_distinct_and_seeded():
     assert torch.bincount(first, minlength=n).max() < 3 * draws / n
     assert (samples[1:] != samples[:-1]).any(dim=1).float().mean() > 0.99
     other = _build("probsparse", 4, seed=8)
-    assert not torch.equal(
-        samples[:20], torch.stack([other._sample(n, k, torch.device("cpu")) for _ in range(20)])
-    )
+    assert not torch.equal(samples[:20], torch.stack([other._sample(n, k) for _ in range(20)]))
     fz.reset_generator()
-    assert torch.equal(fz._sample(n, k, torch.device("cpu")), samples[0])
+    assert torch.equal(fz._sample(n, k), samples[0])
     fz.reset_generator(8)
-    assert torch.equal(
-        fz._sample(n, k, torch.device("cpu")), _build("probsparse", 4, seed=8)._sample(n, k, "cpu")
-    )
+    assert torch.equal(fz._sample(n, k), _build("probsparse", 4, seed=8)._sample(n, k))
 
 
 def test_sample_state_is_not_in_the_state_dict_and_survives_dtype_casts():

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from favit_probsparse.attention.fusion import CrossWindowFusion
+from favit_probsparse.attention.fusion import CrossWindowFusion, reset_sampling
 from favit_probsparse.models.favit import FaSA, window_candidates
 
 __all__ = [
@@ -277,14 +277,6 @@ def summarize(rec: BranchRecord, queries_rel: Sequence[tuple[float, float]]) -> 
         "query_tokens": qtok,
         "attention_map": to_token_map(qa, pix, rec.feat_hw),  # [B,h,nq,H,W]
     }
-
-
-def reset_sampling(model: nn.Module) -> None:
-    """Restart every sampled fusion's random stream from its seed (what evaluation does), so a picture is
-    reproducible."""
-    for m in model.modules():
-        if isinstance(m, CrossWindowFusion) and callable(getattr(m, "reset_generator", None)):
-            m.reset_generator()
 
 
 def analyze_model(

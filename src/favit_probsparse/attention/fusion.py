@@ -75,6 +75,7 @@ __all__ = [
     "build_fusion",
     "hierarchical_num_keys",
     "probsparse_scores",
+    "reset_sampling",
 ]
 
 
@@ -257,14 +258,23 @@ class _SampledFusion(CrossWindowFusion):
             self._rng[0] = self.seed % _HASH_P
             self._rng[1] = 0
 
-    def _sample(self, n: int, k: int, device: torch.device) -> torch.Tensor:
-        """``k`` distinct indices of ``range(n)``, uniformly at random, in random order; one draw of the stream."""
+    def _sample(self, n: int, k: int) -> torch.Tensor:
+        """``k`` distinct indices of ``range(n)``, uniformly at random, in random order; one draw of the stream
+        (on the module's device)."""
         seed, draw = self._rng.unbind()
         key = _hash31((_hash31(seed) + draw) % _HASH_P)  # this draw's key
-        ranks = _hash31((torch.arange(n, device=device) + key) % _HASH_P)
+        ranks = _hash31((torch.arange(n, device=self._rng.device) + key) % _HASH_P)
         with torch.no_grad():
             self._rng[1:].add_(1)
         return ranks.argsort(stable=True)[:k]
+
+
+def reset_sampling(model: nn.Module) -> None:
+    """Restart every sampled fusion's random stream in ``model`` from its seed (what evaluation does), so that
+    two forward passes draw the same samples."""
+    for m in model.modules():
+        if isinstance(m, _SampledFusion):
+            m.reset_generator()
 
 
 def probsparse_scores(
@@ -349,7 +359,7 @@ class ProbSparseFusion(_SampledFusion):
         if k >= M:
             return flat
         u, s = self._sizes(q.shape[2], M)
-        sample_idx = None if s >= M else self._sample(M, s, cand.device)
+        sample_idx = None if s >= M else self._sample(M, s)
         with torch.no_grad():
             score = probsparse_scores(flat, q, u, sample_idx, self.aggregate)
             idx = score.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values  # keep the original order
@@ -426,7 +436,7 @@ class HierarchicalFusion(_SampledFusion):
         s = self.n_sample
         with torch.no_grad():
             wf = win.float()
-            ref = wf if s >= P else wf.index_select(3, self._sample(P, s, cand.device))
+            ref = wf if s >= P else wf.index_select(3, self._sample(P, s))
             qk = wf @ ref.transpose(-1, -2)  # [B,h,L,P,s]: each point as a query against half the window
             sparsity = qk.amax(-1) - qk.mean(-1)  # [B,h,L,P]
             idx = sparsity.topk(self.topk, dim=-1, sorted=False).indices.sort(dim=-1).values
