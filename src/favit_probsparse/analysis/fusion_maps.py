@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from favit_probsparse.attention.fasa import FaSA, window_candidates
 from favit_probsparse.attention.fusion import CrossWindowFusion, reset_sampling
-from favit_probsparse.models.favit import FaSA, window_candidates
 
 __all__ = [
     "BranchRecord",
@@ -167,6 +167,13 @@ def _favit_layers(model: nn.Module, blocks: Sequence[int] | int) -> list[tuple[i
     return out
 
 
+def _square(per_axis: Sequence[int], what: str) -> int:
+    """The one extent of a square 2-D window or dilation (the maps are drawn for FaViT's 2-D grids)."""
+    if len(per_axis) != 2 or per_axis[0] != per_axis[1]:
+        raise ValueError(f"fusion maps are drawn for square 2-D windows; this layer's {what} is {per_axis}")
+    return per_axis[0]
+
+
 @contextlib.contextmanager
 def capture_fusions(model: nn.Module, blocks: Sequence[int] | int = 0) -> Iterator[list[BranchRecord]]:
     """Record every window branch of one FaSA layer per stage (``blocks``: block index per stage, or one for all;
@@ -183,8 +190,8 @@ def capture_fusions(model: nn.Module, blocks: Sequence[int] | int = 0) -> Iterat
                 block=j,
                 branch=i,
                 fusion=type(fz).__name__,
-                dilation=attn.dilations[i],
-                window_size=attn.window_size,
+                dilation=_square(attn.dilations[i], "dilation"),
+                window_size=_square(attn.window_shape, "window"),
                 feat_hw=(0, 0),
                 attn=attn,
             )

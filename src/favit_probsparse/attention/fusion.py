@@ -55,7 +55,9 @@ of one forward for ``B`` images, ``N`` queries, ``L`` windows); ``FaViT.fusion_s
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -72,11 +74,18 @@ __all__ = [
     "MeanFusion",
     "OfficialFusion",
     "ProbSparseFusion",
+    "WindowSize",
     "build_fusion",
+    "check_fusion_name",
+    "fusion_options",
     "hierarchical_num_keys",
     "probsparse_scores",
     "reset_sampling",
 ]
+
+
+#: a window's extent: an int (a square 2-D window, FaViT's 7×7) or one extent per grid axis (1-D, 2-D or 3-D)
+WindowSize = int | Sequence[int]
 
 
 class CrossWindowFusion(nn.Module):
@@ -88,13 +97,16 @@ class CrossWindowFusion(nn.Module):
     #: whether the output keeps the ``window_size × window_size`` layout (K == P), so a 2-D V-side conv applies
     keeps_grid: ClassVar[bool] = True
 
-    def __init__(self, head_dim: int, window_size: int = 7, num_windows: int | None = None):
+    def __init__(self, head_dim: int, window_size: WindowSize = 7, num_windows: int | None = None):
         super().__init__()
-        if head_dim < 1 or window_size < 1:
+        shape = (window_size, window_size) if isinstance(window_size, int) else tuple(window_size)
+        if head_dim < 1 or not shape or min(shape) < 1:
             raise ValueError(f"head_dim and window_size must be positive, got {head_dim}, {window_size}")
         self.head_dim = head_dim
         self.window_size = window_size
-        self.num_points = window_size * window_size
+        #: the window's extent per grid axis (an int window_size means a square 2-D window)
+        self.window_shape = shape
+        self.num_points = math.prod(shape)
         self.num_windows = num_windows
 
     def num_keys(self, num_windows: int) -> int:
@@ -150,7 +162,7 @@ class MeanFusion(CrossWindowFusion):
 
 
 class _LearnedFusion(CrossWindowFusion):
-    def __init__(self, head_dim: int, window_size: int = 7, num_windows: int | None = None):
+    def __init__(self, head_dim: int, window_size: WindowSize = 7, num_windows: int | None = None):
         if num_windows is None or num_windows < 1:
             raise ValueError(
                 f"{type(self).__name__} has parameters over the window axis and needs num_windows (L) at build "
@@ -172,7 +184,7 @@ class _LearnedFusion(CrossWindowFusion):
 class ConvFusion(_LearnedFusion):
     """Pointwise conv over the 7×7 grid with the ``(window, channel)`` pairs as input channels: ``L·c -> c``."""
 
-    def __init__(self, head_dim: int, window_size: int = 7, num_windows: int | None = None):
+    def __init__(self, head_dim: int, window_size: WindowSize = 7, num_windows: int | None = None):
         super().__init__(head_dim, window_size, num_windows)
         self.weight = nn.Parameter(torch.empty(head_dim, self.num_windows * head_dim))
         self.bias = nn.Parameter(torch.empty(head_dim))
@@ -199,7 +211,7 @@ class ConvFusion(_LearnedFusion):
 class LinearFusion(_LearnedFusion):
     """Learned per-channel linear map over windows: ``out[..., j] = Σ_l w[j, l] x[..., l, j] + b[j]``."""
 
-    def __init__(self, head_dim: int, window_size: int = 7, num_windows: int | None = None):
+    def __init__(self, head_dim: int, window_size: WindowSize = 7, num_windows: int | None = None):
         super().__init__(head_dim, window_size, num_windows)
         self.weight = nn.Parameter(torch.empty(head_dim, self.num_windows))
         self.bias = nn.Parameter(torch.empty(head_dim))
@@ -242,7 +254,9 @@ class _SampledFusion(CrossWindowFusion):
 
     samples = True
 
-    def __init__(self, head_dim: int, window_size: int = 7, num_windows: int | None = None, seed: int = 0):
+    def __init__(
+        self, head_dim: int, window_size: WindowSize = 7, num_windows: int | None = None, seed: int = 0
+    ):
         super().__init__(head_dim, window_size, num_windows)
         self.seed = int(seed)
         # [seed, draws]: not in the state dict (the trainer re-seeds the stream each epoch), never cast by .to(dtype)
@@ -315,7 +329,7 @@ class ProbSparseFusion(_SampledFusion):
     def __init__(
         self,
         head_dim: int,
-        window_size: int = 7,
+        window_size: WindowSize = 7,
         num_windows: int | None = None,
         *,
         factor: int = 5,
@@ -401,7 +415,7 @@ class HierarchicalFusion(_SampledFusion):
     def __init__(
         self,
         head_dim: int,
-        window_size: int = 7,
+        window_size: WindowSize = 7,
         num_windows: int | None = None,
         *,
         topk: int = 4,
@@ -476,28 +490,34 @@ FUSIONS: dict[str, type[CrossWindowFusion]] = {
     "hierarchical": HierarchicalFusion,
 }
 
-_FUSION_OPTIONS: dict[str, set[str]] = {
-    "probsparse": {"factor", "sample_factor", "aggregate", "n_keep", "n_queries", "seed"},
-    "hierarchical": {"topk", "use_points", "use_windows", "sample_ratio", "seed"},
-}
+
+def fusion_options(name: str) -> set[str]:
+    """The options (keyword-only constructor arguments) of fusion ``name``."""
+    params = inspect.signature(FUSIONS[name].__init__).parameters.values()
+    return {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def check_fusion_name(name: str) -> None:
+    if name not in FUSIONS:
+        raise ValueError(f"unknown fusion {name!r}; choose one of {sorted(FUSIONS)}")
 
 
 def build_fusion(
-    name: str, head_dim: int, window_size: int = 7, num_windows: int | None = None, **kwargs
+    name: str, head_dim: int, window_size: WindowSize = 7, num_windows: int | None = None, **kwargs
 ) -> CrossWindowFusion:
     """Build the fusion operator ``name`` (one of ``FUSIONS``) for one window branch.
 
-    ``num_windows`` (L at the build resolution) is required by ``conv1x1`` and ``linear``; ``kwargs`` go to the
-    operator (``probsparse``: factor, sample_factor, aggregate, n_keep, n_queries, seed; ``hierarchical``: topk,
-    use_points, use_windows, sample_ratio, seed). Unknown names or options raise ``ValueError``.
+    ``window_size``: an int (a square 2-D window) or one extent per grid axis. ``num_windows`` (L at the build
+    size) is required by ``conv1x1`` and ``linear``; ``kwargs`` are the operator's keyword-only options
+    (:func:`fusion_options`: ``probsparse``: factor, sample_factor, aggregate, n_keep, n_queries, seed;
+    ``hierarchical``: topk, use_points, use_windows, sample_ratio, seed). Unknown names or options raise
+    ``ValueError``.
     """
-    if name not in FUSIONS:
-        raise ValueError(f"unknown fusion {name!r}; choose one of {sorted(FUSIONS)}")
-    cls = FUSIONS[name]
-    allowed = _FUSION_OPTIONS.get(name, set())
+    check_fusion_name(name)
+    allowed = fusion_options(name)
     bad = set(kwargs) - allowed
     if bad:
         raise ValueError(
             f"fusion {name!r} does not take option(s) {sorted(bad)}; it takes {sorted(allowed) or 'no options'}"
         )
-    return cls(head_dim, window_size, num_windows, **kwargs)
+    return FUSIONS[name](head_dim, window_size, num_windows, **kwargs)

@@ -56,14 +56,21 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from favit_probsparse.attention.fusion import FUSIONS, CrossWindowFusion, build_fusion
+from favit_probsparse.attention.fasa import (
+    FaSA,
+    grid_tokens,
+    grid_view,
+    grid_windows,
+    reflect_index,
+    window_candidates,
+    window_span,
+)
+from favit_probsparse.attention.fusion import CrossWindowFusion, check_fusion_name
 
 __all__ = [
     "FaSA",
@@ -80,107 +87,16 @@ CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# window sampling
-# ----------------------------------------------------------------------------------------------------------------
-def reflect_index(i: int, n: int) -> int:
-    """Source index of padded position ``i`` in a length-``n`` axis (reflection, extended periodically)."""
-    if i < n:
-        return i
-    if n == 1:
-        return 0
-    period = 2 * (n - 1)
-    m = i % period
-    return m if m < n else period - m
-
-
-def window_span(window_size: int, dilation: int) -> int:
-    """Extent of one dilated window, which is also the window stride (windows tile the map without overlap)."""
-    return dilation * (window_size - 1) + 1
-
-
-_INDEX_CACHE: dict[tuple[int, int, int, str], torch.Tensor | None] = {}
-
-
-def _sample_index(n: int, window_size: int, dilation: int, device: torch.device) -> torch.Tensor | None:
-    """Indices of the sampled positions along one axis, window-major; None when no padding is needed."""
-    span = window_span(window_size, dilation)
-    if n % span == 0:
-        return None
-    key = (n, window_size, dilation, str(device))
-    compiling = torch.compiler.is_compiling()
-    if not compiling and key in _INDEX_CACHE:
-        return _INDEX_CACHE[key]
-    nw = -(-n // span)
-    idx = [reflect_index(w * span + k * dilation, n) for w in range(nw) for k in range(window_size)]
-    t = torch.tensor(idx, dtype=torch.long, device=device)
-    if not compiling:
-        _INDEX_CACHE[key] = t
-    return t
-
-
-def _strided_windows(x: torch.Tensor, dim: int, window_size: int, dilation: int) -> torch.Tensor:
-    """View axis ``dim`` (length a multiple of the span) as ``(windows, window_size)`` without copying.
-
-    Split the axis into spans, then keep every ``dilation``-th position of each span (``0, d, …, d·(ws − 1)`` is
-    the whole dilated window). Both are views that ``torch.compile`` traces; ``as_strided`` would need the
-    storage offset, a graph break.
-    """
-    x = x.unflatten(dim, (-1, window_span(window_size, dilation)))  # [..., windows, span, ...]
-    if dilation == 1:
-        return x
-    return x[(slice(None),) * (dim + 1) + (slice(None, None, dilation),)]
-
-
-def window_candidates(
-    x: torch.Tensor, num_heads: int, window_size: int = 7, dilation: int = 1
-) -> torch.Tensor:
-    """Cut ``x [B, C, H, W]`` into non-overlapping dilated ``window_size²`` windows: ``[B, heads, P, L, C/heads]``.
-
-    Identical to the official ``ReflectionPad2d`` (right/bottom, to a multiple of the window span
-    ``s = dilation·(window_size − 1) + 1``) + ``nn.Unfold(window_size, dilation, stride=s)`` +
-    ``reshape(B, h, c, P, L).permute(0, 1, 3, 4, 2)``, with the padding rule of :func:`reflect_index`, but without
-    materialising the padded map: an axis that needs no padding is a strided view, an axis that does is a gather
-    of only the sampled rows/columns. ``L`` is ordered row-major over windows, ``P`` row-major inside a window,
-    channels head-major.
-    """
-    H, W = x.shape[-2:]
-    ws, d = window_size, dilation
-    rows = _sample_index(H, ws, d, x.device)
-    cols = _sample_index(W, ws, d, x.device)
-    x = _strided_windows(x, 3, ws, d) if cols is None else x.index_select(3, cols).unflatten(3, (-1, ws))
-    x = _strided_windows(x, 2, ws, d) if rows is None else x.index_select(2, rows).unflatten(2, (-1, ws))
-    # P = (pr pc) positions inside a window, L = (nh nw) windows, channels head-major
-    return rearrange(x, "b (h c) nh pr nw pc -> b h (pr pc) (nh nw) c", h=num_heads)
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # layers
 # ----------------------------------------------------------------------------------------------------------------
-class DepthwiseSeparableConv(nn.Module):
-    """Depthwise 3×3 then a full pointwise 1×1 (the official ``DEPTHWISECONV``; FaSA's window K/V source)."""
-
-    def __init__(self, in_ch: int, out_ch: int):
-        super().__init__()
-        self.depth_conv = nn.Conv2d(in_ch, in_ch, 3, 1, 1, groups=in_ch)
-        self.point_conv = nn.Conv2d(in_ch, out_ch, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.point_conv(self.depth_conv(x))
-
-
 def nchw_view(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
     """Tokens ``[B, H·W, C]`` as an NCHW tensor *without copying*: a channels-last view.
 
     The whole model keeps its token maps in this layout (tokens row-major = NHWC), so every convolution runs on
-    oneDNN's channels-last path and hands back a channels-last result that :func:`tokens` turns back into tokens
-    for free: no ``transpose(1, 2).reshape`` copies between the linear layers and the convolutions.
+    oneDNN's channels-last path and hands back a channels-last result that :func:`grid_tokens` turns back into
+    tokens for free: no ``transpose(1, 2).reshape`` copies between the linear layers and the convolutions.
     """
-    return x.unflatten(1, (H, W)).permute(0, 3, 1, 2)
-
-
-def tokens(x: torch.Tensor) -> torch.Tensor:
-    """NCHW map -> tokens ``[B, H·W, C]`` (free for a channels-last map)."""
-    return x.permute(0, 2, 3, 1).flatten(1, 2)
+    return grid_view(x, (H, W))
 
 
 class DWConv(nn.Module):
@@ -191,7 +107,7 @@ class DWConv(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        return tokens(self.dwconv(nchw_view(x, H, W)))
+        return grid_tokens(self.dwconv(nchw_view(x, H, W)))
 
 
 class Mlp(nn.Module):
@@ -206,10 +122,6 @@ class Mlp(nn.Module):
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         x = self.act(self.dwconv(self.fc1(x), H, W))
         return self.drop(self.fc2(self.drop(x)))
-
-
-def _num_windows(n: int, span: int) -> int:
-    return -(-n // span)
 
 
 def _conv_out(n: int, kernel: int, stride: int) -> int:
@@ -237,162 +149,8 @@ def windows_per_branch(
         ps, st = (stem_patch_size, stem_stride) if i == 0 else (3, 2)
         fh, fw = _conv_out(fh, ps, st), _conv_out(fw, ps, st)
         dilations = [1] + ([sr] if sr > 1 else [])
-        out.append(
-            [
-                _num_windows(fh, window_span(window_size, d)) * _num_windows(fw, window_span(window_size, d))
-                for d in dilations
-            ]
-        )
+        out.append([grid_windows((fh, fw), (window_size,) * 2, (d, d)) for d in dilations])
     return out
-
-
-class FaSA(nn.Module):
-    """Factorization self-attention, exactly as the released FaViT code (see the module docstring).
-
-    Args:
-        dim: channels C.
-        num_heads: heads of the window branches (the global branch has one head).
-        sr_ratio: spatial-reduction ratio of the global branch; also the dilation of the second window branch.
-            ``sr_ratio == 1`` gives the stage-4 layout (split 1:7, one window branch).
-        window_size: window side (7: 49 keys per window branch).
-        fusion: cross-window fusion operator name (``favit_probsparse.attention.fusion.FUSIONS``).
-        fusion_kwargs: options of the fusion operator (``seed`` is offset by ``fusion_seed_offset + branch``).
-        feat_size: the (H, W) token map this block is built for; needed by learned fusions (``conv1x1``,
-            ``linear``) whose parameters depend on the number of windows.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int = 1,
-        sr_ratio: int = 1,
-        window_size: int = 7,
-        qkv_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        fusion: str = "official",
-        fusion_kwargs: dict[str, Any] | None = None,
-        fusion_seed_offset: int = 0,
-        feat_size: tuple[int, int] | None = None,
-    ):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
-        self.dim = dim
-        self.num_heads = num_heads
-        self.window_size = window_size
-        self.sr_ratio = sr_ratio
-        self.mul = [2, 7, 7] if sr_ratio > 1 else [1, 7]
-        self.single_dim = [dim // sum(self.mul) * m for m in self.mul]
-        cg = self.single_dim[0]
-        cl = dim - cg
-        for d in self.single_dim[1:]:
-            if d % num_heads:
-                raise ValueError(
-                    f"window branch width {d} (dim {dim}) must be divisible by num_heads {num_heads}"
-                )
-        self.head_dims = [d // num_heads for d in self.single_dim[1:]]
-        self.scales = [cg**-0.5] + [c**-0.5 for c in self.head_dims]
-        self.dilations = [1] + ([sr_ratio] if sr_ratio > 1 else [])
-        self.attn_drop = attn_drop
-        self.fusion_name = fusion
-
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv_g = nn.Linear(cg, 2 * cg, bias=qkv_bias)
-        self.kv_l = DepthwiseSeparableConv(cl, cl)
-        self.sr = nn.Conv2d(cg, cg, kernel_size=sr_ratio, stride=sr_ratio)
-        self.norm = nn.LayerNorm(cg)  # eps 1e-5 as in the official code
-        self.local_conv_g = nn.Conv2d(cg, cg, 3, 1, 1, groups=cg)
-
-        fusion_kwargs = dict(fusion_kwargs or {})
-        base_seed = int(fusion_kwargs.pop("seed", 0))
-        self.fcs = nn.ModuleList()
-        self.single_heads = nn.ModuleList()
-        self.local_convs = nn.ModuleList()
-        self.fusions = nn.ModuleList()
-        for i, (c, cb, d) in enumerate(zip(self.head_dims, self.single_dim[1:], self.dilations)):
-            self.fcs.append(nn.Linear(c, c, bias=qkv_bias))
-            self.single_heads.append(nn.Linear(c, 2 * c, bias=qkv_bias))
-            L = None
-            if feat_size is not None:
-                span = window_span(window_size, d)
-                L = _num_windows(feat_size[0], span) * _num_windows(feat_size[1], span)
-            kw = dict(fusion_kwargs)
-            if FUSIONS[fusion].samples:  # one random stream per branch of every block
-                kw["seed"] = base_seed + fusion_seed_offset + i
-            fz = build_fusion(fusion, c, window_size, L, **kw)
-            self.fusions.append(fz)
-            if fz.keeps_grid:
-                self.local_convs.append(nn.Conv2d(cb, cb, 3, 1, 1, groups=cb))
-            else:  # K != 49: depthwise conv along the key sequence replaces the 7×7-grid conv
-                self.local_convs.append(nn.Conv1d(cb, cb, 3, 1, 1, groups=cb))
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    #: pad head dims to a multiple of 8 before SDPA: "auto" on CUDA only (the fused flash / memory-efficient
-    #: kernels need aligned head dims; FaViT's are 4, 14, 28, ...; otherwise SDPA falls back to the math path,
-    #: which materialises the attention matrix), True / False to force. Zero-padding q/k/v leaves q·k and the
-    #: kept output columns unchanged.
-    sdpa_pad: bool | str = "auto"
-
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        p = self.attn_drop if self.training else 0.0
-        c = q.shape[-1]
-        pad = (-c) % 8
-        if pad and (self.sdpa_pad is True or (self.sdpa_pad == "auto" and q.is_cuda)):
-            q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=scale)[..., :c]
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=scale)
-
-    def _branch_kv(self, i: int, kv_l: torch.Tensor, q_i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values ``[B, h, K, c]`` of window branch ``i`` from its slice of the shared K/V source."""
-        B, h = kv_l.shape[0], self.num_heads
-        c, cb, d = self.head_dims[i], self.single_dim[i + 1], self.dilations[i]
-        cand = window_candidates(kv_l[:, i * cb : (i + 1) * cb], h, self.window_size, d)  # [B,h,P,L,c]
-        fz: CrossWindowFusion = self.fusions[i]
-        kv = fz(cand, q_i if fz.needs_query else None)  # [B,h,K,c]
-        k, v = self.single_heads[i](self.fcs[i](kv)).chunk(2, dim=-1)
-        K = v.shape[2]
-        v_t = v.transpose(2, 3).reshape(B, cb, K)  # channels head-major
-        if fz.keeps_grid:
-            lc = self.local_convs[i](v_t.unflatten(2, (self.window_size, self.window_size))).flatten(2)
-        else:
-            lc = self.local_convs[i](v_t)
-        return k, v + lc.unflatten(1, (h, c)).transpose(2, 3)
-
-    def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        h, nb = self.num_heads, len(self.dilations)
-        cg = self.single_dim[0]
-        q = self.q(x)
-        xs = nchw_view(x, H, W)  # channels-last view of the token map
-
-        # global branch: one head, keys from the spatially reduced first Cg input channels
-        x_g = self.sr(xs[:, :cg])
-        hg, wg = x_g.shape[-2:]
-        k_g, v_g = self.kv_g(self.norm(tokens(x_g))).chunk(2, dim=-1)  # [B,Ng,Cg] each
-        v_g = v_g + tokens(self.local_conv_g(nchw_view(v_g, hg, wg)))
-        o_g = self._attend(q[:, :, :cg].unsqueeze(1), k_g.unsqueeze(1), v_g.unsqueeze(1), self.scales[0])
-
-        # window branches: shared dw+pw K/V source over the remaining Cl channels. Within each head of the
-        # official ``q_l.reshape(B, N, h, Cl/h)`` branch i takes channels [i·c, (i+1)·c); the branches have the
-        # same width c, so viewing q_l as h·nb heads of width c (head index = head·nb + branch) puts every branch
-        # into one attention call without a copy.
-        kv_l = self.kv_l(xs[:, cg:])  # channels-last [B, Cl, H, W]
-        c = self.head_dims[0]
-        q_l = q[:, :, cg:].unflatten(2, (h * nb, c)).transpose(1, 2)  # [B, h·nb, N, c]
-        q_b = q_l.unflatten(1, (h, nb))  # [B, h, nb, N, c]
-        kvs = [self._branch_kv(i, kv_l, q_b[:, :, i]) for i in range(nb)]
-        if len({k.shape[2] for k, _ in kvs}) == 1:  # same key count: one call for all branches
-            k_l = torch.stack([k for k, _ in kvs], dim=2).flatten(1, 2)  # [B, h·nb, K, c]
-            v_l = torch.stack([v for _, v in kvs], dim=2).flatten(1, 2)
-            o_l = self._attend(q_l, k_l, v_l, self.scales[1]).unflatten(1, (h, nb))  # [B,h,nb,N,c]
-        else:  # hierarchical fusion: K depends on the branch's window count
-            o_l = torch.stack(
-                [self._attend(q_b[:, :, i], k, v, self.scales[1 + i]) for i, (k, v) in enumerate(kvs)], dim=2
-            )
-        # output channels: [global Cg | branch 0 (h, c) | branch 1 (h, c)], as the official concatenation
-        o_l = rearrange(o_l, "b h nb n c -> b n (nb h c)")
-        return self.proj_drop(self.proj(torch.cat([o_g.squeeze(1), o_l], dim=-1)))
 
 
 class Block(nn.Module):
@@ -434,7 +192,7 @@ class OverlapPatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = self.proj(x)
         H, W = x.shape[-2:]
-        return self.norm(tokens(x)), H, W
+        return self.norm(grid_tokens(x)), H, W
 
 
 class FaViTStage(nn.Module):
@@ -524,8 +282,7 @@ class FaViT(nn.Module):
         global_pool: str = "avg",
     ):
         super().__init__()
-        if fusion not in FUSIONS:
-            raise ValueError(f"unknown fusion {fusion!r}; choose one of {sorted(FUSIONS)}")
+        check_fusion_name(fusion)
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         n = len(depths)
@@ -682,13 +439,8 @@ class FaViT(nn.Module):
             fh, fw = (fh + 2 * (ps // 2) - ps) // st + 1, (fw + 2 * (ps // 2) - ps) // st + 1
             for blk in stage.blocks:
                 attn: FaSA = blk.attn
-                ks = []
-                for fz, d in zip(attn.fusions, attn.dilations):
-                    span = window_span(attn.window_size, d)
-                    L = _num_windows(fh, span) * _num_windows(fw, span)
-                    params += fz.extra_params
-                    macs += fz.macs(batch, fh * fw, L, attn.num_heads)
-                    ks.append(fz.num_keys(L))
+                p, m, ks = attn.fusion_cost((fh, fw), batch)
+                params, macs = params + p, macs + m
                 if i == len(keys):
                     keys.append(ks)
         return dict(fusion=self.fusion, params=params, macs=macs, keys_per_stage=keys)
