@@ -1,12 +1,14 @@
-"""Cross-window fusion operators for FaViT's window branches (FaSA).
+"""Cross-window fusion operators for FaSA's window branches (:mod:`favit_probsparse.attention.fasa`).
 
-A FaSA window branch cuts its K/V source map into ``L`` windows of ``7×7`` dilated samples. A *fusion* operator
-turns the ``L`` candidate windows into the key/value source the branch's queries attend to.
+A FaSA window branch cuts its K/V source into ``L`` windows of ``P`` dilated samples (FaViT: ``7×7``; a window is
+given per grid axis, so ``P`` is ``7`` on a sequence or ``2×7×7`` on a video grid). A *fusion* operator turns the
+``L`` candidate windows into the key/value source the branch's queries attend to. The operators see only ``P``
+and ``L``, so every one of them works on grids of any number of axes.
 
 Interface (every operator):
 
-* input ``cand``: ``[B, heads, P, L, c]`` with ``P = window_size² = 49`` positions inside a window, ``L`` windows
-  (window index ``wy·nW + wx``, row-major, exactly ``nn.Unfold``'s order) and ``c`` channels per head;
+* input ``cand``: ``[B, heads, P, L, c]`` with ``P`` positions inside a window (row-major), ``L`` windows
+  (row-major over the window grid, in 2-D exactly ``nn.Unfold``'s order) and ``c`` channels per head;
 * input ``q`` (only for operators with ``needs_query = True``): the branch's queries ``[B, heads, N, c]``;
 * output ``[B, heads, K, c]`` with ``K = num_keys(L) = P`` for every operator except ``hierarchical``.
 
