@@ -26,7 +26,7 @@ result a channel-mixing linear tubelet embedding of the same family as :class:`P
 up to a constant the projection absorbs.
 
 :func:`embedding_stats` counts parameters and GMACs (torch's FLOP counter on the meta device; MACs = FLOPs / 2)
-and :func:`stats_markdown` writes them as a markdown table.
+and :func:`stats_markdown` writes them as a markdown table. See docs/tubelets.md.
 """
 
 from __future__ import annotations
