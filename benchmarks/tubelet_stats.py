@@ -17,12 +17,7 @@ import sys
 
 from favit_probsparse.experiments.provenance import hardware_summary, utc_now
 from favit_probsparse.experiments.records import write_text
-from favit_probsparse.layers.tubelet import (
-    TUBELET_EMBEDS,
-    build_tubelet_embed,
-    embedding_stats,
-    stats_markdown,
-)
+from favit_probsparse.layers.tubelet import TUBELET_EMBEDS, compare_embeddings, stats_markdown
 
 
 def _size(s: str) -> tuple[int, int, int]:
@@ -44,17 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kinds", nargs="+", choices=sorted(TUBELET_EMBEDS), default=list(TUBELET_EMBEDS))
     p.add_argument("--markdown", default=None, help="also write the table (with provenance) to this file")
     a = p.parse_args(argv)
-    rows = []
-    for kind in a.kinds:
-        kw: dict = {"weights": None} if kind == "s3d" else {"tubelet_size": tuple(a.tubelet)}
-        if kind == "overlap":
-            kw["overlap"] = tuple(a.overlap)
-        embed = build_tubelet_embed(kind, a.in_chans, a.embed_dim, **kw)
-        for t, h, w in a.sizes:
-            size = (a.in_chans, t, h, w)
-            rows.append(
-                {"name": f"{kind} (`{type(embed).__name__}`)", "input": size} | embedding_stats(embed, size)
-            )
+    rows = compare_embeddings(a.sizes, a.in_chans, a.embed_dim, a.tubelet, a.overlap, a.kinds)
     command = "python benchmarks/tubelet_stats.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     text = "\n".join(
         [

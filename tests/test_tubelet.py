@@ -19,6 +19,7 @@ from favit_probsparse.layers import (
     TubeletEmbeddingDNN,
     TubeletEmbeddingOverlapping,
     build_tubelet_embed,
+    compare_embeddings,
     embedding_stats,
     merge_channels,
     stats_markdown,
@@ -301,3 +302,14 @@ def test_stats_markdown():
     assert len(lines) == 4 and lines[0].startswith("| Embedding |")
     assert lines[2] == "| linear | 3×8×64×64 | 528 | 528 | 0.002 | 4×16×16 | [3, 1024, 16] |"
     assert lines[3].startswith("| patch | – | 1,552 |")
+
+
+def test_compare_embeddings_rows():
+    rows = compare_embeddings([(8, 64, 64), (4, 32, 32)], in_chans=3, embed_dim=16, kinds=["linear", "patch"])
+    assert [(r["name"].split()[0], r["input"]) for r in rows] == [
+        ("linear", (3, 8, 64, 64)),
+        ("linear", (3, 4, 32, 32)),
+        ("patch", (3, 8, 64, 64)),
+        ("patch", (3, 4, 32, 32)),
+    ]
+    assert rows[1]["gmacs"] * 1e9 == pytest.approx(3 * (2 * 8 * 8) * 32 * 16, abs=0.5)

@@ -52,6 +52,7 @@ __all__ = [
     "TubeletEmbeddingDNN",
     "TubeletEmbeddingOverlapping",
     "build_tubelet_embed",
+    "compare_embeddings",
     "embedding_stats",
     "load_s3d_features",
     "merge_channels",
@@ -286,7 +287,7 @@ def load_s3d_features(weights: str | Path | None, cut: int = S3D_CUT) -> nn.Sequ
     own = {
         k[len("features.") :]: v
         for k, v in state.items()
-        if k.startswith("features.") and int(k.split(".")[1]) < cut
+        if k.startswith("features.") and k.split(".")[1].isdigit() and int(k.split(".")[1]) < cut
     }
     expected = features.state_dict()
     missing = sorted(set(expected) - set(own))
@@ -450,6 +451,30 @@ def embedding_stats(embed: nn.Module, input_size: Sequence[int]) -> dict[str, An
         "grid": tuple(int(g) for g in grid),
         "tokens": tuple(tokens.shape[1:]),
     }
+
+
+def compare_embeddings(
+    sizes: Sequence[Sequence[int]],
+    in_chans: int = 3,
+    embed_dim: int = 96,
+    tubelet_size: Sequence[int] = (2, 4, 4),
+    overlap: Sequence[int] = (0, 2, 2),
+    kinds: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`embedding_stats` of every kind (default: all of :data:`TUBELET_EMBEDS`) at each clip size
+    ``(T, H, W)``, as rows for :func:`stats_markdown`. S3D gets random weights (counts do not depend on them)."""
+    rows = []
+    for kind in kinds or list(TUBELET_EMBEDS):
+        kw: dict[str, Any] = {"weights": None} if kind == "s3d" else {"tubelet_size": tuple(tubelet_size)}
+        if kind == "overlap":
+            kw["overlap"] = tuple(overlap)
+        embed = build_tubelet_embed(kind, in_chans, embed_dim, **kw)
+        for size in sizes:
+            full = (in_chans, *size)
+            rows.append(
+                {"name": f"{kind} (`{type(embed).__name__}`)", "input": full} | embedding_stats(embed, full)
+            )
+    return rows
 
 
 def stats_markdown(rows: Sequence[dict[str, Any]]) -> str:
