@@ -305,11 +305,11 @@ def load_s3d_features(weights: str | Path | None, cut: int = S3D_CUT) -> nn.Sequ
 class S3DTubeletEmbedding(nn.Module):
     """A frozen pretrained S3D on each channel alone, then a Linear per channel: ``[B, C, T, H, W] → [B, C, N, D]``.
 
-    Follows the report repository's ``tubelet_pretrained.py``: torchvision's S3D cut after ``features[:12]``
-    (528 channels; the repository's comment says "up to Mixed_4f (inclusive)", but in the S3D/I3D inception
-    naming ``features[11]`` is Mixed_4e, 528 channels, and Mixed_4f, 832 channels, is ``features[12]``; this
-    follows the code and the 528 channels), frozen; each input channel is repeated to 3 channels and run alone, and its feature map
-    ``[528, T/4, H/16, W/16]`` (rounded up) is projected by that channel's ``Linear(528, D)``. The channels run
+    Follows the report repository's ``tubelet_pretrained.py``: torchvision's S3D cut after ``features[:12]``,
+    frozen. Each input channel is repeated to 3 channels and run alone, and its feature map
+    ``[528, T/4, H/16, W/16]`` (rounded up) is projected by that channel's ``Linear(528, D)``. (The repository's
+    comment says "up to Mixed_4f (inclusive)", but in the S3D/I3D inception naming ``features[11]`` is
+    Mixed_4e, 528 channels, and Mixed_4f, 832 channels, is ``features[12]``; this follows the code.) The channels run
     as one batch of ``B·C`` clips (the backbone stays in eval mode, so this equals the repository's loop).
     The input is expected normalized the way the S3D weights were trained (Kinetics mean/std); that is the
     data pipeline's job.
