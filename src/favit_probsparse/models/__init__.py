@@ -1,7 +1,8 @@
-"""Model definitions. Importing this package registers the FaViT variants with timm
+"""Model definitions. Importing this package registers the FaViT and video FaViT variants with timm
 (``timm.create_model("favit_b0", fusion="probsparse", num_classes=100)``)."""
 
-from . import favit
+from . import favit, favit_video
 from .favit import FaViT, checkpoint_filter_fn
+from .favit_video import VideoFaViT
 
-__all__ = ["FaViT", "checkpoint_filter_fn", "favit"]
+__all__ = ["FaViT", "VideoFaViT", "checkpoint_filter_fn", "favit", "favit_video"]

@@ -35,7 +35,7 @@ Differences from the official code (none changes the ``fusion="official"`` outpu
   input must be at least ``8 · stem_stride`` pixels (32 for the ImageNet stem, 8 for the CIFAR stem); smaller
   inputs raise ``ValueError``.
 * Attention uses ``F.scaled_dot_product_attention`` (same scales as the official code: ``Cg^-0.5`` and ``c^-0.5``).
-* **Channels-last token maps** (:func:`nchw_view` / :func:`tokens`): every convolution sees a channels-last view of
+* **Channels-last token maps** (:func:`~favit_probsparse.attention.fasa.grid_view` / :func:`~favit_probsparse.attention.fasa.grid_tokens`): every convolution sees a channels-last view of
   the ``[B, H·W, C]`` tokens, so no transpose copies surround the convolutions; stage outputs (``forward_features``,
   ``features_only``) are channels-last NCHW tensors (same values and shape as NCHW-contiguous ones).
 * **One attention call for both window branches** (same head width): the queries are viewed as ``h·2`` heads.
@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -63,6 +63,8 @@ from torch import nn
 
 from favit_probsparse.attention.fasa import (
     FaSA,
+    as_axes,
+    conv_nd,
     grid_tokens,
     grid_view,
     grid_windows,
@@ -89,38 +91,38 @@ CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 # ----------------------------------------------------------------------------------------------------------------
 # layers
 # ----------------------------------------------------------------------------------------------------------------
-def nchw_view(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-    """Tokens ``[B, H·W, C]`` as an NCHW tensor *without copying*: a channels-last view.
-
-    The whole model keeps its token maps in this layout (tokens row-major = NHWC), so every convolution runs on
-    oneDNN's channels-last path and hands back a channels-last result that :func:`grid_tokens` turns back into
-    tokens for free: no ``transpose(1, 2).reshape`` copies between the linear layers and the convolutions.
-    """
-    return grid_view(x, (H, W))
-
-
 class DWConv(nn.Module):
-    """Depthwise 3×3 over the token map (PVTv2 conv-MLP)."""
+    """Depthwise conv over the token grid (PVTv2 conv-MLP): 3×3 on images; any kernel on 1/2/3-axis grids."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, kernel_size: int | Sequence[int] = 3, ndim: int = 2):
         super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+        k = as_axes(kernel_size, ndim, "kernel_size")
+        self.dwconv = conv_nd(ndim)(dim, dim, k, 1, tuple(n // 2 for n in k), groups=dim)
 
-    def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        return grid_tokens(self.dwconv(nchw_view(x, H, W)))
+    def forward(self, x: torch.Tensor, *grid: int) -> torch.Tensor:
+        return grid_tokens(self.dwconv(grid_view(x, grid)))
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+    """``fc1 → depthwise conv over the grid → GELU → fc2`` (PVTv2's conv-MLP)."""
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        drop: float = 0.0,
+        dw_kernel: int | Sequence[int] = 3,
+        ndim: int = 2,
+    ):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.dwconv = DWConv(hidden)
+        self.dwconv = DWConv(hidden, dw_kernel, ndim)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        x = self.act(self.dwconv(self.fc1(x), H, W))
+    def forward(self, x: torch.Tensor, *grid: int) -> torch.Tensor:
+        x = self.act(self.dwconv(self.fc1(x), *grid))
         return self.drop(self.fc2(self.drop(x)))
 
 
@@ -154,31 +156,49 @@ def windows_per_branch(
 
 
 class Block(nn.Module):
+    """Pre-norm block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``, on a grid of 1, 2 or 3 axes.
+
+    Args:
+        dim: channels.
+        num_heads, sr_ratio: passed to the attention layer.
+        mlp_ratio: hidden width of the conv-MLP.
+        drop_path: stochastic depth rate of both residual branches.
+        drop, attn_drop: dropout after the projections / on the attention weights.
+        qkv_bias: biases of the attention projections.
+        norm_eps: LayerNorm epsilon.
+        attn_layer: the attention, built as ``attn_layer(dim, num_heads, sr_ratio, qkv_bias=, attn_drop=,
+            proj_drop=, **attn_kwargs)`` and called as ``attn(x, *grid)`` (default: :class:`FaSA`).
+        mlp_kernel, mlp_ndim: the conv-MLP's depthwise kernel and grid rank (3×3 on images).
+    """
+
     def __init__(
         self,
         dim: int,
         num_heads: int,
         mlp_ratio: float,
-        sr_ratio: int,
+        sr_ratio: int | Sequence[int],
         drop_path: float = 0.0,
         drop: float = 0.0,
         attn_drop: float = 0.0,
         qkv_bias: bool = True,
         norm_eps: float = 1e-6,
+        attn_layer: Callable[..., nn.Module] = FaSA,
+        mlp_kernel: int | Sequence[int] = 3,
+        mlp_ndim: int = 2,
         **attn_kwargs: Any,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = FaSA(
+        self.attn = attn_layer(
             dim, num_heads, sr_ratio, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop, **attn_kwargs
         )
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, mlp_kernel, mlp_ndim)
 
-    def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), H, W))
-        return x + self.drop_path(self.mlp(self.norm2(x), H, W))
+    def forward(self, x: torch.Tensor, *grid: int) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), *grid))
+        return x + self.drop_path(self.mlp(self.norm2(x), *grid))
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -221,7 +241,7 @@ class FaViTStage(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(blk, x, H, W, use_reentrant=False)
             else:
                 x = blk(x, H, W)
-        return nchw_view(self.norm(x), H, W)  # channels-last NCHW
+        return grid_view(self.norm(x), (H, W))  # channels-last NCHW
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -232,7 +252,7 @@ def _init_weights(m: nn.Module) -> None:
     elif isinstance(m, nn.LayerNorm):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Conv2d | nn.Conv1d):
+    elif isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
         fan_out = math.prod(m.kernel_size) * m.out_channels // m.groups
         nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
         if m.bias is not None:
@@ -398,7 +418,7 @@ class FaViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        # channels-last from the stem on (see nchw_view); the stage outputs are channels-last NCHW maps
+        # channels-last from the stem on (see grid_view); the stage outputs are channels-last NCHW maps
         return self.stages(x.contiguous(memory_format=torch.channels_last))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
