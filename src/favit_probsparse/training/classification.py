@@ -55,7 +55,7 @@ from favit_probsparse.training.optim import (
     warmup_cosine_cooldown,
 )
 
-__all__ = ["ImageClassifier", "build_timm_model", "count_params", "measure_gmacs"]
+__all__ = ["ImageClassifier", "build_timm_model", "count_params", "measure_gmacs", "sample_shape"]
 
 
 def build_timm_model(model_name: str, num_classes: int, model_kwargs: dict | None = None) -> nn.Module:
@@ -81,8 +81,16 @@ def count_params(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def measure_gmacs(model: nn.Module, img_size: int, in_chans: int = 3) -> float | None:
-    """Multiply-accumulates (GMACs, what vision papers call "FLOPs") for one image, by torch's FLOP counter.
+def sample_shape(img_size: int, num_frames: int | None = None, in_chans: int = 3) -> tuple[int, ...]:
+    """One input sample: an image ``(C, H, W)``, or a clip ``(C, T, H, W)`` when ``num_frames`` is given."""
+    return (in_chans, *((num_frames,) if num_frames else ()), img_size, img_size)
+
+
+def measure_gmacs(
+    model: nn.Module, img_size: int, in_chans: int = 3, num_frames: int | None = None
+) -> float | None:
+    """Multiply-accumulates (GMACs, what vision papers call "FLOPs") for one image (or clip of ``num_frames``),
+    by torch's FLOP counter.
 
     Counts matmuls, convolutions and attention kernels; element-wise ops are not counted (as in fvcore).
     Returns ``None`` when counting fails.
@@ -93,7 +101,7 @@ def measure_gmacs(model: nn.Module, img_size: int, in_chans: int = 3) -> float |
     model.eval()
     try:
         p = next(model.parameters())
-        x = torch.zeros(1, in_chans, img_size, img_size, device=p.device, dtype=p.dtype)
+        x = torch.zeros(1, *sample_shape(img_size, num_frames, in_chans), device=p.device, dtype=p.dtype)
         counter = FlopCounterMode(display=False)
         with counter:
             model(x)
@@ -227,6 +235,14 @@ class ImageClassifier(CheckpointMetadata, LightningModule):
                 "classes; set model.init_args.num_classes to match (or leave it null)"
             )
         img_size = _datamodule_attr(self.trainer, "img_size")
+        if (
+            self.mixup_fn is not None
+            and self.hparams.cutmix_alpha > 0
+            and _datamodule_attr(self.trainer, "num_frames")
+        ):
+            raise ValueError(
+                "CutMix cuts boxes out of images, not clips: set model.init_args.cutmix_alpha to 0"
+            )
         self._record_data_info()
         if self.hparams.check_input_size and img_size:
             self._check_input_size(int(img_size))
@@ -241,6 +257,7 @@ class ImageClassifier(CheckpointMetadata, LightningModule):
             "data_dir": str(h.get("data_dir")) if h.get("data_dir") is not None else None,
             "classes": list(getattr(dm, "classes", None) or []),
             "img_size": getattr(dm, "img_size", None),
+            "num_frames": getattr(dm, "num_frames", None),
             "mean": list(getattr(dm, "mean", ()) or ()),
             "std": list(getattr(dm, "std", ()) or ()),
             "interpolation": h.get("interpolation"),
@@ -270,10 +287,11 @@ class ImageClassifier(CheckpointMetadata, LightningModule):
         try:
             with torch.no_grad():
                 p = next(model.parameters())
-                out = model(torch.zeros(1, 3, img_size, img_size, device=p.device, dtype=p.dtype))
+                shape = sample_shape(img_size, _datamodule_attr(self.trainer, "num_frames"))
+                out = model(torch.zeros(1, *shape, device=p.device, dtype=p.dtype))
         except Exception as e:
             raise ValueError(
-                f"model {self.hparams.model_name!r} cannot take {img_size}x{img_size} images "
+                f"model {self.hparams.model_name!r} cannot take inputs of shape {list(shape)} "
                 f"({type(e).__name__}: {e}); choose a data.img_size the model supports"
             ) from e
         finally:
@@ -417,17 +435,22 @@ class ImageClassifier(CheckpointMetadata, LightningModule):
         if init.get("num_classes") is None:
             init["num_classes"] = int(datamodule.num_classes)
         img_size = getattr(datamodule, "img_size", None)
-        return init, ({"img_size": int(img_size)} if img_size else {})
+        frames = getattr(datamodule, "num_frames", None)
+        kw = {"img_size": int(img_size)} if img_size else {}
+        return init, kw | ({"num_frames": int(frames)} if frames else {})
 
-    def model_stats(self, img_size: int | None = None) -> dict[str, float | None]:
-        """Parameters (M) and GMACs of the (non-EMA) model for one image (default: the datamodule's img_size)."""
-        img_size = img_size or _datamodule_attr(
-            self.trainer if self._trainer is not None else None, "img_size"
-        )
+    def model_stats(
+        self, img_size: int | None = None, num_frames: int | None = None
+    ) -> dict[str, float | None]:
+        """Parameters (M) and GMACs of the (non-EMA) model for one image, or one clip of ``num_frames`` (default:
+        the datamodule's img_size and num_frames)."""
+        trainer = self.trainer if self._trainer is not None else None
+        img_size = img_size or _datamodule_attr(trainer, "img_size")
+        num_frames = num_frames or _datamodule_attr(trainer, "num_frames")
         m = copy.deepcopy(self.model).float().cpu()
         out: dict[str, float | None] = {"params_m": count_params(m) / 1e6}
         if img_size:
-            out["gmacs"] = measure_gmacs(m, int(img_size))
+            out["gmacs"] = measure_gmacs(m, int(img_size), num_frames=num_frames)
             out["img_size"] = int(img_size)
             if callable(getattr(m, "windows_per_branch", None)):  # FaViT: what the cross-window fusions fuse
                 out["windows"] = m.windows_per_branch(int(img_size))
