@@ -170,3 +170,24 @@ def test_real_fashion_mnist_through_the_cli(tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and f"{out} exists and is not a moving Fashion-MNIST build" in err
+
+
+@pytest.mark.parametrize(("name", "view", "classes"), [("", "motion", 8), ("_appearance", "appearance", 10)])
+def test_data_configs_instantiate_on_a_prepared_tree(tmp_path, name, view, classes):
+    from favit_probsparse.training import load_config
+
+    cfg = load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "video" / f"_data_moving_fmnist{name}.yaml"
+    )
+    data = cfg["data"]
+    assert data["class_path"] == "favit_probsparse.data.video.VideoClipDataModule"
+    assert data["init_args"]["data_dir"] == f"moving-fmnist/{view}" and data["init_args"]["hflip"] == 0.0
+    out = _build(tmp_path / "moving-fmnist")
+    dm = VideoClipDataModule(**{**data["init_args"], "data_dir": str(out / view), "num_workers": 0})
+    dm.setup("fit")
+    x, y = next(iter(dm.train_dataloader()))
+    assert (
+        dm.num_classes == classes
+        and x.shape == (32, 3, 8, 64, 64)
+        and 0 <= int(y.min()) <= int(y.max()) < classes
+    )

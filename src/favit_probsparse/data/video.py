@@ -388,10 +388,11 @@ class VideoClipDataModule(LightningDataModule):
         self.save_hyperparameters()
         self.data_path = resolve_data_path(data_dir, data_dir)
         if not (self.data_path / train_split).is_dir():
+            hint = "; `favit-ps prepare moving-fmnist` builds it" if "moving-fmnist" in str(data_dir) else ""
             raise DatasetError(
                 f"clip folder {self.data_path / train_split} does not exist (data_dir={data_dir!r}; relative "
                 f"paths are looked up under $FAVIT_DATA / ../shared/data); expected "
-                f"<data_dir>/{train_split}/<class>/<clip>"
+                f"<data_dir>/{train_split}/<class>/<clip>{hint}"
             )
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
