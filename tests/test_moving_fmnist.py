@@ -191,3 +191,24 @@ def test_data_configs_instantiate_on_a_prepared_tree(tmp_path, name, view, class
         and x.shape == (32, 3, 8, 64, 64)
         and 0 <= int(y.min()) <= int(y.max()) < classes
     )
+
+
+def test_cached_frames_give_the_same_batches(tmp_path, monkeypatch):
+    out = _build(tmp_path / "mf")
+    monkeypatch.setenv("PL_GLOBAL_SEED", "5")
+    got = {}
+    for cache in (False, True):
+        dm = VideoClipDataModule(
+            str(out / "motion"),
+            img_size=48,
+            batch_size=8,
+            num_workers=0,
+            train_crop="rrc",
+            cache_frames=cache,
+        )
+        dm.setup("fit")
+        assert bool(dm.train_set.cache) == cache
+        got[cache] = [next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()))]
+    for (x0, y0), (x1, y1) in zip(got[False], got[True]):
+        torch.testing.assert_close(x0, x1, atol=0, rtol=0)
+        assert y0.tolist() == y1.tolist()

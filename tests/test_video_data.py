@@ -121,6 +121,7 @@ def test_datamodule_reads_video_files_and_frame_folders(tmp_path):
     root = _tree(tmp_path / "clips")
     dm = VideoClipDataModule(str(root), num_frames=4, img_size=32, batch_size=2, num_workers=0)
     dm.setup("fit")
+    assert list(dm.val_set.cache) == [1]  # the RGB frame folder is decoded once; video files are not cached
     assert dm.classes == ["bikes", "carphone"] and dm.num_classes == 2
     assert dm.train_set.lengths == [250, 132, 120, 120] and dm.val_set.lengths == [250, 24]
     x, y = next(iter(dm.train_dataloader()))
