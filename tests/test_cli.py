@@ -14,7 +14,7 @@ from favit_probsparse import cli, paths
 def test_help_lists_every_subcommand(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in ("fit", "test", "ablate", "analyze", "reproduce"):
+    for name in ("fit", "test", "ablate", "analyze", "prepare", "reproduce"):
         assert name in out
 
 

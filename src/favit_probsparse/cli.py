@@ -11,6 +11,7 @@
   fusion --ckpt ...`` draws what each cross-window fusion of trained FaViTs keeps.
 * ``favit-ps export --ckpt K --out DIR`` writes a trained model as ``model.safetensors`` + ``config.json`` +
   ``README.md`` (timm's layout for FaViT; ``favit-ps predict --model DIR`` for forecasters).
+* ``favit-ps prepare moving-fmnist --out DIR`` writes the moving Fashion-MNIST clip folders (docs/video.md).
 * ``favit-ps reproduce quick`` is the README's main job.
 
 User errors (a bad option, file, or checkpoint) print one line, ``favit-ps CMD: error: <cause>``, and exit 2
@@ -41,13 +42,17 @@ EXTRA_SUBCOMMANDS = {
         "favit_probsparse.training.export:main",
         "write a checkpoint as model.safetensors + config.json + README.md model card",
     ),
+    "prepare": (
+        "favit_probsparse.data.prepare:main",
+        "build a derived dataset on disk (`moving-fmnist` = moving Fashion-MNIST clips)",
+    ),
     "reproduce": (
         "favit_probsparse.experiments.reproduce:main",
         "one-command reproductions (`quick` = README main job)",
     ),
 }
 
-USAGE = """usage: favit-ps {fit,validate,test,predict,ablate,analyze,export,reproduce} ...
+USAGE = """usage: favit-ps {fit,validate,test,predict,ablate,analyze,export,prepare,reproduce} ...
 
   fit/validate/test/predict   Lightning CLI over a YAML config (see `favit-ps fit --help`)
   fit --config X --itr N      N seeded repeats (forecasting), mean ± std

@@ -1,0 +1,326 @@
+"""Moving Fashion-MNIST: a motion task on real images, written once as clip folders.
+
+**The motion is synthetic; the images are real.** Each clip is ``frames`` (default 8) grey frames of a ``size`` x
+``size`` (default 64) black canvas on which ``items`` (default 1, or 2) real 28x28 Fashion-MNIST images move at a
+constant integer velocity and bounce off the borders (elastic reflection: a coordinate that would leave
+``[0, size - 28]`` is mirrored back and that velocity component changes sign; overlapping items are composed by
+pixel-wise maximum, as in Moving MNIST).
+
+Labels, two views of the same clips:
+
+* ``motion``: the direction of the initial velocity, 8 classes (``0_right``, ``1_up_right``, ``2_up``, ...,
+  ``7_down_right``; image coordinates, y downwards): velocity ``speed * (dx, dy)`` with ``dx, dy`` in {-1, 0, 1}
+  and an integer ``speed`` drawn from ``speed`` (default 2-4 pixels a frame). To keep it recognisable, the start
+  is drawn uniformly among the positions from which the first ``free_steps`` (default 2) moves hit no border, so
+  the first three frames show the labelled direction; later moves may bounce. Telling the direction needs the
+  order of the frames: a time-reversed clip of one direction is a clip of the opposite direction.
+* ``appearance``: the item's Fashion-MNIST class, 10 classes (``0_t-shirt_top``, ...); one frame is enough. It is
+  the control. With two items both are of the same class and share the direction (each has its own speed and
+  start), so both labels stay well defined.
+
+Both labels are balanced (each split cycles through the classes in a seeded order). Splits are made by source
+image: ``test`` uses the official test images; ``train`` and ``val`` use disjoint parts of the official training
+images (a seeded permutation puts ``val_fraction``, default 1/6, of them in the val pool), and no image is used by
+two clips. Default sizes: 3000 / 500 / 1000 clips (``train`` / ``val`` / ``test``), about 4,500 x 8 PNGs, 40 MB.
+
+Layout (one physical tree, two label views, so both tasks see exactly the same clips and differ only in the
+label; the second view costs no disk)::
+
+    OUT/motion/<split>/<k_direction>/<clip>/{00..}.png      the frames (grey PNG)
+    OUT/appearance/<split>/<k_class>/<clip>                relative symlink to the motion clip (a copy where
+                                                           the file system has no symlinks)
+    OUT/clips.csv                                          per clip: split, labels, source images, start, velocity
+    OUT/build.json                                         the build parameters (seed, sizes, ...)
+
+Either view is a clip-folder tree for :class:`favit_probsparse.data.video.VideoClipDataModule`
+(``data_dir: OUT/motion`` or ``OUT/appearance``). The build is deterministic: the same images, parameters and
+``seed`` give the same files. Fashion-MNIST is read from Debian's ``dataset-fashion-mnist`` package when installed
+(``/usr/share/datasets/fashion-mnist``), else from ``fashion_dir``, else torchvision downloads it into the data root
+(as :class:`favit_probsparse.data.vision.ImageClassificationDataModule` does).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from favit_probsparse.data.vision import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_SYSTEM_DIR,
+    DatasetError,
+    FashionMNISTIDX,
+    _find_idx,
+)
+from favit_probsparse.paths import resolve_data_path
+
+__all__ = [
+    "DIRECTIONS",
+    "ClipSpec",
+    "bounce_trajectory",
+    "build_moving_fmnist",
+    "load_fashion_mnist",
+    "plan_clips",
+    "render_clip",
+]
+
+#: (folder name, (dx, dy)) in image coordinates (y grows downwards), counter-clockwise from "right"
+DIRECTIONS: tuple[tuple[str, tuple[int, int]], ...] = (
+    ("0_right", (1, 0)),
+    ("1_up_right", (1, -1)),
+    ("2_up", (0, -1)),
+    ("3_up_left", (-1, -1)),
+    ("4_left", (-1, 0)),
+    ("5_down_left", (-1, 1)),
+    ("6_down", (0, 1)),
+    ("7_down_right", (1, 1)),
+)
+CLASS_FOLDERS = tuple(
+    f"{k}_{name.lower().replace('/', '_').replace(' ', '_')}" for k, name in enumerate(FASHION_MNIST_CLASSES)
+)
+SPLITS = ("train", "val", "test")
+ITEM = 28
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """One clip: its split, labels, source images (indices into the official train or test arrays) and motion."""
+
+    clip_id: str
+    split: str
+    direction: int
+    fmnist_class: int
+    sources: tuple[int, ...]
+    speeds: tuple[int, ...]
+    starts: tuple[tuple[int, int], ...]  # (x, y) of each item's top-left corner in frame 0
+
+
+def bounce_trajectory(start: int, velocity: int, steps: int, limit: int) -> list[int]:
+    """Positions ``p_0 .. p_steps`` of one coordinate moving at ``velocity`` in ``[0, limit]`` with reflection."""
+    if abs(velocity) > limit:
+        raise ValueError(f"|velocity|={abs(velocity)} exceeds the free range {limit}")
+    p, v, out = int(start), int(velocity), [int(start)]
+    for _ in range(steps):
+        p += v
+        if p < 0:
+            p, v = -p, -v
+        elif p > limit:
+            p, v = 2 * limit - p, -v
+        out.append(p)
+    return out
+
+
+def _start_range(v: int, free_steps: int, limit: int) -> tuple[int, int]:
+    """Starts from which ``free_steps`` moves of ``v`` stay in ``[0, limit]`` (inclusive bounds)."""
+    lo, hi = max(0, -v * free_steps), min(limit, limit - v * free_steps)
+    if lo > hi:
+        raise ValueError(f"speed {abs(v)} x free_steps {free_steps} does not fit the free range {limit}")
+    return lo, hi
+
+
+def render_clip(images: list[np.ndarray], spec: ClipSpec, frames: int, size: int) -> np.ndarray:
+    """uint8 ``[frames, size, size]``: the items of ``spec`` moved along their bouncing trajectories."""
+    limit = size - ITEM
+    dx, dy = DIRECTIONS[spec.direction][1]
+    canvas = np.zeros((frames, size, size), np.uint8)
+    for img, s, (x0, y0) in zip(images, spec.speeds, spec.starts):
+        xs = bounce_trajectory(x0, s * dx, frames - 1, limit)
+        ys = bounce_trajectory(y0, s * dy, frames - 1, limit)
+        for t, (x, y) in enumerate(zip(xs, ys)):
+            patch = canvas[t, y : y + ITEM, x : x + ITEM]
+            np.maximum(patch, img, out=patch)
+    return canvas
+
+
+def _class_pools(labels: np.ndarray, indices: np.ndarray, rng: np.random.Generator) -> list[list[int]]:
+    return [list(rng.permutation(indices[labels[indices] == c])) for c in range(len(FASHION_MNIST_CLASSES))]
+
+
+def plan_clips(
+    split: str,
+    n: int,
+    labels: np.ndarray,
+    pool: np.ndarray,
+    rng: np.random.Generator,
+    size: int = 64,
+    items: int = 1,
+    speed: tuple[int, int] = (2, 4),
+    free_steps: int = 2,
+) -> list[ClipSpec]:
+    """``n`` clips of ``split`` whose images come from ``pool`` (indices into ``labels``), each image used once."""
+    limit = size - ITEM
+    directions = rng.permutation(np.arange(n) % len(DIRECTIONS))
+    classes = rng.permutation(np.arange(n) % len(FASHION_MNIST_CLASSES))
+    pools = _class_pools(labels, pool, rng)
+    out = []
+    for i, (d, c) in enumerate(zip(directions, classes)):
+        if len(pools[c]) < items:
+            have = int((labels[pool] == c).sum())
+            raise DatasetError(
+                f"the {split} pool has {have} images of class {FASHION_MNIST_CLASSES[c]!r}, too few for "
+                f"{n} clips of {items} item(s); lower the {split} size"
+            )
+        dx, dy = DIRECTIONS[d][1]
+        sources, speeds, starts = [], [], []
+        for _ in range(items):
+            s = int(rng.integers(speed[0], speed[1] + 1))
+            (xlo, xhi), (ylo, yhi) = (
+                _start_range(s * dx, free_steps, limit),
+                _start_range(s * dy, free_steps, limit),
+            )
+            sources.append(int(pools[c].pop()))
+            speeds.append(s)
+            starts.append((int(rng.integers(xlo, xhi + 1)), int(rng.integers(ylo, yhi + 1))))
+        out.append(
+            ClipSpec(f"{split}_{i:05d}", split, int(d), int(c), tuple(sources), tuple(speeds), tuple(starts))
+        )
+    return out
+
+
+def _link_or_copy(target: Path, link: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
+    except OSError:  # no symlinks (e.g. Windows without the privilege): a copy reads the same
+        shutil.copytree(target, link)
+
+
+def _write_clip(root: Path, spec: ClipSpec, frames: np.ndarray) -> None:
+    clip = root / "motion" / spec.split / DIRECTIONS[spec.direction][0] / spec.clip_id
+    clip.mkdir(parents=True)
+    for t, f in enumerate(frames):
+        Image.fromarray(f, mode="L").save(clip / f"{t:02d}.png")
+    _link_or_copy(clip, root / "appearance" / spec.split / CLASS_FOLDERS[spec.fmnist_class] / spec.clip_id)
+
+
+def _write_manifest(path: Path, specs: list[ClipSpec]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            ["clip_id", "split", "direction", "fmnist_class", "source_split", "sources", "speeds", "starts"]
+        )
+        for s in specs:
+            src = "test" if s.split == "test" else "train"
+            starts = " ".join(f"{x},{y}" for x, y in s.starts)
+            w.writerow(
+                [
+                    s.clip_id,
+                    s.split,
+                    DIRECTIONS[s.direction][0],
+                    CLASS_FOLDERS[s.fmnist_class],
+                    src,
+                    " ".join(map(str, s.sources)),
+                    " ".join(map(str, s.speeds)),
+                    starts,
+                ]
+            )
+
+
+def _check_images(name: str, images: np.ndarray, labels: np.ndarray) -> None:
+    if images.ndim != 3 or images.shape[1:] != (ITEM, ITEM) or images.dtype != np.uint8:
+        raise DatasetError(
+            f"{name} images must be uint8 [N, 28, 28], got {images.dtype} {list(images.shape)}"
+        )
+    if len(labels) != len(images) or labels.min() < 0 or labels.max() >= len(FASHION_MNIST_CLASSES):
+        raise DatasetError(f"{name}: {len(images)} images need as many labels in 0..9, got {len(labels)}")
+
+
+def build_moving_fmnist(
+    out: str | os.PathLike,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    sizes: tuple[int, int, int] = (3000, 500, 1000),
+    frames: int = 8,
+    size: int = 64,
+    items: int = 1,
+    speed: tuple[int, int] = (2, 4),
+    free_steps: int = 2,
+    val_fraction: float = 1 / 6,
+    seed: int = 0,
+) -> Path:
+    """Write moving Fashion-MNIST clips (module docstring) built from the given images to ``out``.
+
+    ``train_*`` feed the train and val splits (disjoint pools), ``test_*`` the test split; any uint8
+    ``[N, 28, 28]`` arrays with labels 0..9 work (the tests pass small synthetic ones). The tree is written into a
+    temporary folder beside ``out`` and renamed into place when complete. An existing ``out`` built with the same
+    parameters is returned untouched; one built otherwise is an error.
+    """
+    out = Path(out)
+    train_labels, test_labels = np.asarray(train_labels, np.int64), np.asarray(test_labels, np.int64)
+    _check_images("train", train_images, train_labels)
+    _check_images("test", test_images, test_labels)
+    if items not in (1, 2) or size <= ITEM or not 1 <= free_steps < frames:
+        raise ValueError(
+            f"need items in (1, 2), size > 28, 1 <= free_steps < frames; got {items}, {size}, {free_steps}"
+        )
+    params = {
+        "sizes": dict(zip(SPLITS, map(int, sizes))),
+        **{"frames": frames, "size": size, "items": items, "speed": list(speed), "free_steps": free_steps},
+        **{"val_fraction": val_fraction, "seed": seed},
+        "source_images": {"train": len(train_labels), "test": len(test_labels)},
+    }
+    if out.exists():
+        built = out / "build.json"
+        if built.is_file() and json.loads(built.read_text())["params"] == params:
+            return out
+        raise DatasetError(
+            f"{out} exists and is not a moving Fashion-MNIST build with these parameters; remove it"
+        )
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(train_labels))
+    n_val = round(len(perm) * val_fraction)
+    pools = {"train": perm[n_val:], "val": perm[:n_val], "test": np.arange(len(test_labels))}
+    specs = []
+    for k, split in enumerate(SPLITS):
+        labels = test_labels if split == "test" else train_labels
+        split_rng = np.random.default_rng(
+            [seed, k]
+        )  # splits drawn independently: one size does not move another
+        specs += plan_clips(
+            split, int(sizes[k]), labels, pools[split], split_rng, size, items, speed, free_steps
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        for spec in specs:
+            images = test_images if spec.split == "test" else train_images
+            _write_clip(tmp, spec, render_clip([images[i] for i in spec.sources], spec, frames, size))
+        _write_manifest(tmp / "clips.csv", specs)
+        note = "Moving Fashion-MNIST: the motion is synthetic, the images are real (favit_probsparse.data.moving_fmnist)"
+        (tmp / "build.json").write_text(json.dumps({"note": note, "params": params}, indent=1) + "\n")
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_fashion_mnist(fashion_dir: str | os.PathLike | None = None, download: bool = True):
+    """``(train_images, train_labels, test_images, test_labels)`` of the real Fashion-MNIST.
+
+    Read from ``fashion_dir`` or Debian's package folder when they hold the IDX files, else downloaded by
+    torchvision into ``fashion_dir`` (default ``<data root>/fashion-mnist``, shared with the image data module).
+    """
+    folder = resolve_data_path(fashion_dir, "fashion-mnist")
+    found = next(
+        (d for d in (folder, FASHION_MNIST_SYSTEM_DIR) if _find_idx(d, "train-images-idx3-ubyte")), None
+    )
+    if found is None:
+        if not download:
+            raise DatasetError(f"Fashion-MNIST IDX files not found in {folder} or {FASHION_MNIST_SYSTEM_DIR}")
+        from torchvision import datasets
+
+        for train in (True, False):
+            datasets.FashionMNIST(str(folder), train=train, download=True)
+        found = folder
+    train, test = FashionMNISTIDX(found, True), FashionMNISTIDX(found, False)
+    return train.images, train.targets, test.images, test.targets
