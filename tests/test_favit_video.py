@@ -54,13 +54,24 @@ def test_centre_inflated_fasa_sees_a_static_clip_as_the_2d_model_sees_the_image(
     m2 = _favit_2d("max")
     m3 = VideoFaViT(num_frames=4, img_size=32, fusion="max", temporal_window=temporal_window, **TINY).eval()
     sd = inflate_state_dict(m2.state_dict(), m3, mode="centre")
-    assert set(sd) == set(m3.state_dict())  # every tensor inflated
+    assert set(m3.state_dict()) - set(sd) == {"stages.0.time_embed"}  # every other tensor inflated
+    sd["stages.0.time_embed"] = torch.zeros(1, 4, 1, 16)  # no frame-dependent term
     m3.load_state_dict(sd)
     img = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(
             m3(img.unsqueeze(2).expand(-1, -1, 4, -1, -1)), m2(img), rtol=1e-4, atol=1e-5
         )
+
+
+def test_divided_attention_tells_the_order_of_the_frames_only_with_its_time_embedding():
+    """A clip and the same clip reversed in time: ``divided`` has no other source of frame order."""
+    x = torch.randn(2, 3, 4, 32, 32)
+    for pos, differs in ((False, False), (True, True)):
+        torch.manual_seed(0)
+        m = VideoFaViT(num_frames=4, img_size=32, attention="divided", temporal_pos_embed=pos, **TINY).eval()
+        with torch.no_grad():
+            assert (not torch.allclose(m(x), m(x.flip(2)), atol=1e-6)) == differs
 
 
 def test_inflation_modes_and_official_keys():
@@ -105,6 +116,10 @@ def test_tubelet_embeddings_as_stem(embed):
 def test_errors_are_one_line():
     with pytest.raises(ValueError, match="single-frame baseline: it needs tubelet_time=1"):
         VideoFaViT(attention="frame", tubelet_time=2, **TINY)
+    with pytest.raises(ValueError, match="and no temporal_pos_embed"):
+        VideoFaViT(attention="frame", temporal_pos_embed=True, **TINY)
+    with pytest.raises(ValueError, match="built for 4 token frames, the clip gives 6"):
+        VideoFaViT(num_frames=4, img_size=32, **TINY)(torch.randn(1, 3, 6, 32, 32))
     with pytest.raises(ValueError, match="unknown attention 'axial'"):
         VideoFaViT(attention="axial", **TINY)
     with pytest.raises(ValueError, match="unknown fusion 'avg'"):

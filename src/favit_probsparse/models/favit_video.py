@@ -25,6 +25,8 @@ model takes clips ``[B, C, T, H, W]``:
       2-D FaSA on each frame; nothing mixes frames before the head's average over time. The single-frame
       baseline: it needs ``tubelet_time=1`` and no temporal downsampling.
 
+* **Temporal position embedding** (on by default, off for ``frame``): a learned embedding of the token's frame
+  after the stem, as TimeSformer's; without it ``divided`` and ``joint`` cannot tell the order of the frames.
 * **Head**: mean over all tokens (the temporal average of the frames' means), then a linear layer.
 
 Factories: ``favit_video_tiny`` (a CPU-study size), ``favit_video_b0`` and ``favit_video_b1`` (the 2-D B0/B1 widths).
@@ -41,7 +43,7 @@ from typing import Any
 import torch
 from einops import rearrange
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import Attention
+from timm.layers import Attention, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
@@ -122,17 +124,36 @@ class VideoPatchEmbed(nn.Module):
 
 
 class VideoStage(nn.Module):
-    """Downsample (tokens + grid) → blocks → LayerNorm; ``[B, C, T, H, W]`` in and out (channels-last view)."""
+    """Downsample (tokens + grid) → [+ temporal position embedding] → blocks → LayerNorm; ``[B, C, T, H, W]`` in
+    and out (channels-last view)."""
 
-    def __init__(self, downsample: nn.Module, blocks: list[nn.Module], dim: int, norm_eps: float = 1e-6):
+    def __init__(
+        self,
+        downsample: nn.Module,
+        blocks: list[nn.Module],
+        dim: int,
+        norm_eps: float = 1e-6,
+        time_embed_frames: int = 0,
+    ):
         super().__init__()
         self.downsample = downsample
+        #: learned embedding of the token's frame ``[1, T, 1, D]`` (TimeSformer's time embedding); None: no embedding
+        self.time_embed = (
+            nn.Parameter(torch.zeros(1, time_embed_frames, 1, dim)) if time_embed_frames else None
+        )
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, grid = self.downsample(x)
+        if self.time_embed is not None:
+            if grid[0] != self.time_embed.shape[1]:
+                raise ValueError(
+                    f"VideoFaViT's temporal position embedding is built for {self.time_embed.shape[1]} token "
+                    f"frames, the clip gives {grid[0]}: use clips of the model's num_frames"
+                )
+            x = (x.unflatten(1, (grid[0], -1)) + self.time_embed).flatten(1, 2)
         for blk in self.blocks:
             if self.grad_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(blk, x, *grid, use_reentrant=False)
@@ -170,6 +191,10 @@ class VideoFaViT(nn.Module):
         tubelet_time: frames per token at the stem.
         stem_patch_size, stem_stride: the stem's spatial kernel and stride (7/4 as FaViT).
         temporal_strides: temporal stride of the downsampling of stages 2–4.
+        temporal_pos_embed: a learned embedding of each token's frame, added after the stem (TimeSformer's time
+            embedding): without it, ``divided`` and ``joint`` attention are blind to the order of the frames.
+            ``None``: on for every attention but ``frame`` (a frame index would let the single-frame baseline
+            learn motion from the temporal average).
         qkv_bias, drop_rate, attn_drop_rate, drop_path_rate: as FaViT.
     """
 
@@ -196,6 +221,7 @@ class VideoFaViT(nn.Module):
         stem_patch_size: int = 7,
         stem_stride: int = 4,
         temporal_strides: Sequence[int] = (1, 1, 1),
+        temporal_pos_embed: bool | None = None,
         qkv_bias: bool = True,
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
@@ -204,10 +230,13 @@ class VideoFaViT(nn.Module):
         super().__init__()
         n = len(depths)
         self._check_args(attention, fusion, n, embed_dims, num_heads, mlp_ratios, sr_ratios, temporal_strides)
-        if attention == "frame" and (tubelet_time > 1 or max(temporal_strides) > 1):
+        if attention == "frame" and (tubelet_time > 1 or max(temporal_strides) > 1 or temporal_pos_embed):
             raise ValueError(
-                "attention='frame' is the single-frame baseline: it needs tubelet_time=1 and temporal_strides of 1"
+                "attention='frame' is the single-frame baseline: it needs tubelet_time=1, temporal_strides of 1 "
+                "and no temporal_pos_embed"
             )
+        if temporal_pos_embed is None:
+            temporal_pos_embed = attention != "frame"
         self.num_frames, self.in_chans, self.num_classes = num_frames, in_chans, num_classes
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.attention, self.fusion = attention, fusion
@@ -243,7 +272,8 @@ class VideoFaViT(nn.Module):
                 )
                 for j in range(depths[i])
             ]
-            stages.append(VideoStage(down, blocks, embed_dims[i]))
+            frames = grids[0][0] if i == 0 and temporal_pos_embed else 0
+            stages.append(VideoStage(down, blocks, embed_dims[i], time_embed_frames=frames))
             reduction = stem_stride * 2**i
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=reduction, module=f"stages.{i}"))
             prev, cur = embed_dims[i], cur + depths[i]
@@ -309,6 +339,8 @@ class VideoFaViT(nn.Module):
         for m in self.modules():
             if isinstance(m, CrossWindowFusion):
                 m.init_weights()
+            elif isinstance(m, VideoStage) and m.time_embed is not None:
+                trunc_normal_(m.time_embed, std=0.02)
             elif not any(p.requires_grad is False for p in m.parameters(recurse=False)):
                 _init_weights(m)
 
