@@ -17,8 +17,11 @@ from favit_probsparse.data.moving_fmnist import (
     ClipSpec,
     bounce_trajectory,
     build_moving_fmnist,
+    free_window,
     load_fashion_mnist,
+    plan_clips,
     render_clip,
+    window_range,
 )
 from favit_probsparse.data.video import VideoClipDataModule
 from favit_probsparse.data.vision import FASHION_MNIST_SYSTEM_DIR, DatasetError
@@ -59,7 +62,7 @@ def test_bounce_trajectory_by_hand():
 
 def test_render_places_the_item_on_the_hand_computed_path():
     img = np.arange(1, 28 * 28 + 1).reshape(28, 28).astype(np.uint8) | 1  # no zero pixel
-    spec = ClipSpec("c", "train", 3, 0, (0,), (2,), ((10, 5),))  # 3_up_left, speed 2: velocity (-2, -2)
+    spec = ClipSpec("c", "train", 3, 0, (0,), ((10, 5),), ((-2, -2),))  # 3_up_left, speed 2
     clip = render_clip([img], spec, frames=8, size=64)
     xs = [10, 8, 6, 4, 2, 0, 2, 4]  # bounces off the left border between frames 5 and 6
     ys = [5, 3, 1, 1, 3, 5, 7, 9]  # bounces off the top border between frames 2 and 3
@@ -67,6 +70,49 @@ def test_render_places_the_item_on_the_hand_computed_path():
         expected = np.zeros((64, 64), np.uint8)
         expected[ys[t] : ys[t] + 28, xs[t] : xs[t] + 28] = img
         np.testing.assert_array_equal(clip[t], expected)
+
+
+def test_a_clip_reversed_in_time_is_an_equally_likely_clip_of_the_opposite_direction():
+    # the window ranges by hand: speed 4, 3 free moves, free range 36
+    assert window_range(4, 3, 36) == (0, 24) and window_range(-4, 3, 36) == (12, 36)
+    assert free_window(8, 3) == 2 and free_window(8, 1) == 3
+    with pytest.raises(ValueError, match="even"):
+        free_window(8, 2)
+    opposite = {
+        k: next(j for j, (_, v) in enumerate(DIRECTIONS) if v == (-d[0], -d[1]))
+        for k, (_, d) in enumerate(DIRECTIONS)
+    }
+    rng = np.random.default_rng(0)
+    labels = np.arange(400) % 10
+    img = rng.integers(1, 256, (28, 28), dtype=np.uint8)
+    bounced = 0
+    for spec in plan_clips("train", 200, labels, np.arange(400), rng, frames=8, size=64):
+        (vx, vy), (x0, y0) = spec.velocities[0], spec.starts[0]
+        xs, ys = bounce_trajectory(x0, vx, 7, 36), bounce_trajectory(y0, vy, 7, 36)
+        # the velocity after the last frame (one more step shows it) is the reversed clip's initial one, negated
+        vx_end = _velocity_after(x0, vx, 7)
+        vy_end = _velocity_after(y0, vy, 7)
+        rev = ClipSpec(
+            "r", "train", opposite[spec.direction], 0, (0,), ((xs[-1], ys[-1]),), ((-vx_end, -vy_end),)
+        )
+        clip = render_clip([img], spec, 8, 64)
+        np.testing.assert_array_equal(render_clip([img], rev, 8, 64), clip[::-1])
+        # the reversed clip's window start (frame 2) is in its direction's range: the planner draws it as often
+        s = max(abs(vx), abs(vy))
+        dx, dy = DIRECTIONS[rev.direction][1]
+        assert window_range(s * dx, 3, 36)[0] <= xs[7 - 2] <= window_range(s * dx, 3, 36)[1]
+        assert window_range(s * dy, 3, 36)[0] <= ys[7 - 2] <= window_range(s * dy, 3, 36)[1]
+        bounced += (vx, vy) != (s * DIRECTIONS[spec.direction][1][0], s * DIRECTIONS[spec.direction][1][1])
+    assert bounced > 20  # moves before the window do bounce
+
+
+def _velocity_after(p: int, v: int, steps: int, limit: int = 36) -> int:
+    """The velocity after ``steps`` moves, by hand: a move leaving [0, limit] reverses it."""
+    for _ in range(steps):
+        p += v
+        if not 0 <= p <= limit:
+            p, v = (-p if p < 0 else 2 * limit - p), -v
+    return v
 
 
 def test_direction_and_class_labels_match_the_pixels(tmp_path):
@@ -79,10 +125,11 @@ def test_direction_and_class_labels_match_the_pixels(tmp_path):
             for clip in sorted((out / "motion" / split / name).iterdir()):
                 f = _frames(clip)
                 assert f.shape == (8, 64, 64)
-                ys, xs = zip(*[(np.flatnonzero(fr.any(1))[0], np.flatnonzero(fr.any(0))[0]) for fr in f[:3]])
-                step = [(xs[t + 1] - xs[t], ys[t + 1] - ys[t]) for t in range(2)]
+                # frames 2-5 (the 3 bounce-free moves in the middle) move in the labelled direction
+                ys, xs = zip(*[(np.flatnonzero(fr.any(1))[0], np.flatnonzero(fr.any(0))[0]) for fr in f[2:6]])
+                step = [(xs[t + 1] - xs[t], ys[t + 1] - ys[t]) for t in range(3)]
                 s = max(abs(step[0][0]), abs(step[0][1]))
-                assert 2 <= s <= 4 and step == [(s * dx, s * dy)] * 2, (clip, step, name)
+                assert 2 <= s <= 4 and step == [(s * dx, s * dy)] * 3, (clip, step, name)
                 row = rows[clip.name]
                 assert row["direction"] == name
                 src = int(row["sources"])

@@ -8,12 +8,18 @@ pixel-wise maximum, as in Moving MNIST).
 
 Labels, two views of the same clips:
 
-* ``motion``: the direction of the initial velocity, 8 classes (``0_right``, ``1_up_right``, ``2_up``, ...,
-  ``7_down_right``; image coordinates, y downwards): velocity ``speed * (dx, dy)`` with ``dx, dy`` in {-1, 0, 1}
-  and an integer ``speed`` drawn from ``speed`` (default 2-4 pixels a frame). To keep it recognisable, the start
-  is drawn uniformly among the positions from which the first ``free_steps`` (default 2) moves hit no border, so
-  the first three frames show the labelled direction; later moves may bounce. Telling the direction needs the
-  order of the frames: a time-reversed clip of one direction is a clip of the opposite direction.
+* ``motion``: the direction of motion in the middle of the clip, 8 classes (``0_right``, ``1_up_right``,
+  ``2_up``, ..., ``7_down_right``; image coordinates, y downwards): velocity ``speed * (dx, dy)`` with ``dx, dy``
+  in {-1, 0, 1} and an integer ``speed`` drawn from ``speed`` (default 2-4 pixels a frame). The ``free_steps``
+  (default 3) moves in the middle of the clip hit no border (frames 2-5 of 8 show the labelled direction); the
+  item's position at the start of those moves is uniform over the positions that allow it, and the physics runs
+  forwards and backwards from there, so earlier and later moves may bounce.
+  **Why the middle and not the initial velocity:** the distribution of clips is then exactly symmetric in time,
+  and reversing a clip gives a clip of the opposite direction with the same probability
+  (:func:`window_range`). A model that ignores the order of the frames (one that pools per-frame features)
+  cannot tell a direction from its opposite, so it scores at most 50 % (the axis of motion, 4 classes, stays
+  visible in the set of positions). With the initial velocity as the label, a bounce gives the sign away to such
+  a model: the item gathers near the border it was first heading for.
 * ``appearance``: the item's Fashion-MNIST class, 10 classes (``0_t-shirt_top``, ...); one frame is enough. It is
   the control. With two items both are of the same class and share the direction (each has its own speed and
   start), so both labels stay well defined.
@@ -21,7 +27,7 @@ Labels, two views of the same clips:
 Both labels are balanced (each split cycles through the classes in a seeded order). Splits are made by source
 image: ``test`` uses the official test images; ``train`` and ``val`` use disjoint parts of the official training
 images (a seeded permutation puts ``val_fraction``, default 1/6, of them in the val pool), and no image is used by
-two clips. Default sizes: 3000 / 500 / 1000 clips (``train`` / ``val`` / ``test``), about 4,500 x 8 PNGs, 40 MB.
+two clips. Default sizes: 3000 / 500 / 1000 clips (``train`` / ``val`` / ``test``), 4,500 x 8 PNGs, 38 MB.
 
 Layout (one physical tree, two label views, so both tasks see exactly the same clips and differ only in the
 label; the second view costs no disk)::
@@ -98,8 +104,21 @@ class ClipSpec:
     direction: int
     fmnist_class: int
     sources: tuple[int, ...]
-    speeds: tuple[int, ...]
     starts: tuple[tuple[int, int], ...]  # (x, y) of each item's top-left corner in frame 0
+    velocities: tuple[tuple[int, int], ...]  # (vx, vy) of each item between frames 0 and 1
+
+
+def _step(p: int, v: int, limit: int) -> tuple[int, int]:
+    """One move of a coordinate in ``[0, limit]``; leaving it reflects the position and reverses the velocity.
+
+    Reversible: stepping ``(p', -v')`` gives ``(p, -v)`` back, so the physics runs backwards in time too.
+    """
+    p += v
+    if p < 0:
+        return -p, -v
+    if p > limit:
+        return 2 * limit - p, -v
+    return p, v
 
 
 def bounce_trajectory(start: int, velocity: int, steps: int, limit: int) -> list[int]:
@@ -108,31 +127,53 @@ def bounce_trajectory(start: int, velocity: int, steps: int, limit: int) -> list
         raise ValueError(f"|velocity|={abs(velocity)} exceeds the free range {limit}")
     p, v, out = int(start), int(velocity), [int(start)]
     for _ in range(steps):
-        p += v
-        if p < 0:
-            p, v = -p, -v
-        elif p > limit:
-            p, v = 2 * limit - p, -v
+        p, v = _step(p, v, limit)
         out.append(p)
     return out
 
 
-def _start_range(v: int, free_steps: int, limit: int) -> tuple[int, int]:
-    """Starts from which ``free_steps`` moves of ``v`` stay in ``[0, limit]`` (inclusive bounds)."""
+def free_window(frames: int, free_steps: int) -> int:
+    """First frame of the ``free_steps`` bounce-free moves centred in the clip (moves ``a .. a+free_steps-1``)."""
+    if not 1 <= free_steps < frames or (frames - 1 - free_steps) % 2:
+        raise ValueError(
+            f"free_steps={free_steps} must be in 1..frames-1 and frames - 1 - free_steps even (frames={frames}), "
+            "so that the bounce-free moves sit in the middle of the clip"
+        )
+    return (frames - 1 - free_steps) // 2
+
+
+def window_range(v: int, free_steps: int, limit: int) -> tuple[int, int]:
+    """Positions from which ``free_steps`` moves of ``v`` stay in ``[0, limit]`` (inclusive bounds).
+
+    ``window_range(-v)`` is ``window_range(v)`` shifted by ``free_steps * v``: the window's last position for ``v``
+    is uniform where its first one for ``-v`` is, which makes the clips' distribution symmetric in time.
+    """
     lo, hi = max(0, -v * free_steps), min(limit, limit - v * free_steps)
     if lo > hi:
         raise ValueError(f"speed {abs(v)} x free_steps {free_steps} does not fit the free range {limit}")
     return lo, hi
 
 
+def _item_motion(rng, v: tuple[int, int], first: int, free_steps: int, limit: int):
+    """Start and initial velocity of an item moving at ``v`` without bounce from frame ``first`` on."""
+    start, vel = [], []
+    for vc in v:
+        lo, hi = window_range(vc, free_steps, limit)
+        p, back = int(rng.integers(lo, hi + 1)), -vc
+        for _ in range(first):  # run the physics backwards to frame 0
+            p, back = _step(p, back, limit)
+        start.append(p)
+        vel.append(-back)
+    return tuple(start), tuple(vel)
+
+
 def render_clip(images: list[np.ndarray], spec: ClipSpec, frames: int, size: int) -> np.ndarray:
     """uint8 ``[frames, size, size]``: the items of ``spec`` moved along their bouncing trajectories."""
     limit = size - ITEM
-    dx, dy = DIRECTIONS[spec.direction][1]
     canvas = np.zeros((frames, size, size), np.uint8)
-    for img, s, (x0, y0) in zip(images, spec.speeds, spec.starts):
-        xs = bounce_trajectory(x0, s * dx, frames - 1, limit)
-        ys = bounce_trajectory(y0, s * dy, frames - 1, limit)
+    for img, (x0, y0), (vx, vy) in zip(images, spec.starts, spec.velocities):
+        xs = bounce_trajectory(x0, vx, frames - 1, limit)
+        ys = bounce_trajectory(y0, vy, frames - 1, limit)
         for t, (x, y) in enumerate(zip(xs, ys)):
             patch = canvas[t, y : y + ITEM, x : x + ITEM]
             np.maximum(patch, img, out=patch)
@@ -149,13 +190,14 @@ def plan_clips(
     labels: np.ndarray,
     pool: np.ndarray,
     rng: np.random.Generator,
+    frames: int = 8,
     size: int = 64,
     items: int = 1,
     speed: tuple[int, int] = (2, 4),
-    free_steps: int = 2,
+    free_steps: int = 3,
 ) -> list[ClipSpec]:
     """``n`` clips of ``split`` whose images come from ``pool`` (indices into ``labels``), each image used once."""
-    limit = size - ITEM
+    limit, first = size - ITEM, free_window(frames, free_steps)
     directions = rng.permutation(np.arange(n) % len(DIRECTIONS))
     classes = rng.permutation(np.arange(n) % len(FASHION_MNIST_CLASSES))
     pools = _class_pools(labels, pool, rng)
@@ -168,18 +210,15 @@ def plan_clips(
                 f"{n} clips of {items} item(s); lower the {split} size"
             )
         dx, dy = DIRECTIONS[d][1]
-        sources, speeds, starts = [], [], []
+        sources, starts, velocities = [], [], []
         for _ in range(items):
             s = int(rng.integers(speed[0], speed[1] + 1))
-            (xlo, xhi), (ylo, yhi) = (
-                _start_range(s * dx, free_steps, limit),
-                _start_range(s * dy, free_steps, limit),
-            )
+            start, vel = _item_motion(rng, (s * dx, s * dy), first, free_steps, limit)
             sources.append(int(pools[c].pop()))
-            speeds.append(s)
-            starts.append((int(rng.integers(xlo, xhi + 1)), int(rng.integers(ylo, yhi + 1))))
+            starts.append(start)
+            velocities.append(vel)
         out.append(
-            ClipSpec(f"{split}_{i:05d}", split, int(d), int(c), tuple(sources), tuple(speeds), tuple(starts))
+            ClipSpec(f"{split}_{i:05d}", split, int(d), int(c), *map(tuple, (sources, starts, velocities)))
         )
     return out
 
@@ -204,11 +243,19 @@ def _write_manifest(path: Path, specs: list[ClipSpec]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
-            ["clip_id", "split", "direction", "fmnist_class", "source_split", "sources", "speeds", "starts"]
+            [
+                "clip_id",
+                "split",
+                "direction",
+                "fmnist_class",
+                "source_split",
+                "sources",
+                "starts",
+                "velocities",
+            ]
         )
         for s in specs:
             src = "test" if s.split == "test" else "train"
-            starts = " ".join(f"{x},{y}" for x, y in s.starts)
             w.writerow(
                 [
                     s.clip_id,
@@ -217,8 +264,8 @@ def _write_manifest(path: Path, specs: list[ClipSpec]) -> None:
                     CLASS_FOLDERS[s.fmnist_class],
                     src,
                     " ".join(map(str, s.sources)),
-                    " ".join(map(str, s.speeds)),
-                    starts,
+                    " ".join(f"{x},{y}" for x, y in s.starts),
+                    " ".join(f"{x},{y}" for x, y in s.velocities),
                 ]
             )
 
@@ -243,7 +290,7 @@ def build_moving_fmnist(
     size: int = 64,
     items: int = 1,
     speed: tuple[int, int] = (2, 4),
-    free_steps: int = 2,
+    free_steps: int = 3,
     val_fraction: float = 1 / 6,
     seed: int = 0,
 ) -> Path:
@@ -258,10 +305,9 @@ def build_moving_fmnist(
     train_labels, test_labels = np.asarray(train_labels, np.int64), np.asarray(test_labels, np.int64)
     _check_images("train", train_images, train_labels)
     _check_images("test", test_images, test_labels)
-    if items not in (1, 2) or size <= ITEM or not 1 <= free_steps < frames:
-        raise ValueError(
-            f"need items in (1, 2), size > 28, 1 <= free_steps < frames; got {items}, {size}, {free_steps}"
-        )
+    if items not in (1, 2) or size <= ITEM:
+        raise ValueError(f"need items in (1, 2) and size > 28; got {items}, {size}")
+    free_window(frames, free_steps)
     params = {
         "sizes": dict(zip(SPLITS, map(int, sizes))),
         **{"frames": frames, "size": size, "items": items, "speed": list(speed), "free_steps": free_steps},
@@ -286,7 +332,7 @@ def build_moving_fmnist(
             [seed, k]
         )  # splits drawn independently: one size does not move another
         specs += plan_clips(
-            split, int(sizes[k]), labels, pools[split], split_rng, size, items, speed, free_steps
+            split, int(sizes[k]), labels, pools[split], split_rng, frames, size, items, speed, free_steps
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))

@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--speed", type=int, nargs=2, default=(2, 4), metavar=("MIN", "MAX"), help="pixels a frame"
     )
-    m.add_argument("--free-steps", type=int, default=2, help="first moves that hit no border")
+    m.add_argument("--free-steps", type=int, default=3, help="bounce-free moves in the middle of each clip")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--fashion-dir", default=None, help="folder with the Fashion-MNIST IDX files (else found)")
     return p
