@@ -432,6 +432,8 @@ class VideoClipDataModule(LightningDataModule):
                 f"<data_dir>/{train_split}/<class>/<clip>{hint}"
             )
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        # what the classifier reads from its datamodule (input check, GMACs, the export's data record)
+        self.img_size, self.num_frames = int(img_size), int(num_frames)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.train_set: Any = None
         self.val_set: Any = None
