@@ -28,6 +28,10 @@ the start and decoding stops after the last sampled frame, so the indices are ex
 and :func:`read_video_frames` returns exactly the frames an independent full decode gives at those indices. The
 frame count is counted from the demuxed packets at setup (container headers may lack it or be wrong, e.g. WebM).
 
+Frame folders are decoded once into memory at setup when they fit (``cache_frames``, bit-identical items; moving
+Fashion-MNIST's training split takes 98 MB). ``prepare_moving_fmnist`` builds moving Fashion-MNIST
+(:mod:`favit_probsparse.data.moving_fmnist`) in ``prepare_data`` when its folder is missing.
+
 Errors are one line naming the file (:class:`~favit_probsparse.data.vision.DatasetError`): a missing split, a
 class folder without clips, a file that cannot be decoded or has no video stream, a clip with fewer frames than
 the sampling needs, frames of different sizes.
