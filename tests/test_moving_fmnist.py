@@ -259,3 +259,21 @@ def test_cached_frames_give_the_same_batches(tmp_path, monkeypatch):
     for (x0, y0), (x1, y1) in zip(got[False], got[True]):
         torch.testing.assert_close(x0, x1, atol=0, rtol=0)
         assert y0.tolist() == y1.tolist()
+
+
+def test_the_data_module_builds_a_missing_tree_in_prepare_data(tmp_path, monkeypatch):
+    from favit_probsparse.data import moving_fmnist
+
+    monkeypatch.setattr(moving_fmnist, "load_fashion_mnist", lambda fashion_dir=None: _arrays())
+    prep = {"sizes": list(SIZES), "val_fraction": 1 / 3}
+    kw = dict(num_frames=8, img_size=64, batch_size=4, num_workers=0, prepare_moving_fmnist=prep)
+    motion = VideoClipDataModule(str(tmp_path / "mf" / "motion"), **kw)
+    appearance = VideoClipDataModule(str(tmp_path / "mf" / "appearance"), **kw)
+    assert motion.num_classes == 8 and appearance.num_classes == 10  # known before the build
+    motion.prepare_data()
+    assert (tmp_path / "mf" / "clips.csv").read_text() == (_build(tmp_path / "ref") / "clips.csv").read_text()
+    appearance.prepare_data()  # the same parameters: the tree is kept
+    appearance.setup("fit")
+    assert len(appearance.train_set) == SIZES[0] and appearance.classes == list(CLASS_FOLDERS)
+    with pytest.raises(ValueError, match="needs data_dir to name a view"):
+        VideoClipDataModule(str(tmp_path / "mf"), prepare_moving_fmnist={})

@@ -28,6 +28,10 @@ the start and decoding stops after the last sampled frame, so the indices are ex
 and :func:`read_video_frames` returns exactly the frames an independent full decode gives at those indices. The
 frame count is counted from the demuxed packets at setup (container headers may lack it or be wrong, e.g. WebM).
 
+Frame folders are decoded once into memory at setup when they fit (``cache_frames``, bit-identical items; moving
+Fashion-MNIST's training split takes 98 MB). ``prepare_moving_fmnist`` builds moving Fashion-MNIST
+(:mod:`favit_probsparse.data.moving_fmnist`) in ``prepare_data`` when its folder is missing.
+
 Errors are one line naming the file (:class:`~favit_probsparse.data.vision.DatasetError`): a missing split, a
 class folder without clips, a file that cannot be decoded or has no video stream, a clip with fewer frames than
 the sampling needs, frames of different sizes.
@@ -391,6 +395,10 @@ class VideoClipDataModule(LightningDataModule):
         hflip: horizontal-flip probability in training (one decision per clip); 0 for direction labels.
         mean / std: normalization (ImageNet's by default).
         pin_memory: DataLoader pin_memory (default: when CUDA is available).
+        prepare_moving_fmnist: build moving Fashion-MNIST in ``prepare_data`` when ``data_dir`` (a view,
+            ``<folder>/motion`` or ``<folder>/appearance``) is missing: keyword arguments of
+            :func:`~favit_probsparse.data.moving_fmnist.build_moving_fmnist` (``{}``: the defaults, as
+            ``favit-ps prepare moving-fmnist`` builds them) plus ``fashion_dir``.
         cache_frames: decode frame folders once into memory at setup (:class:`ClipFolder`); ``None`` (the
             default) when a split's frame folders take at most 1 GiB decoded (moving Fashion-MNIST's train
             split: 98 MB).
@@ -416,6 +424,7 @@ class VideoClipDataModule(LightningDataModule):
         std: list[float] | None = None,
         pin_memory: bool | None = None,
         cache_frames: bool | None = None,
+        prepare_moving_fmnist: dict[str, Any] | None = None,
     ):
         super().__init__()
         if sampling not in SAMPLINGS:
@@ -424,7 +433,13 @@ class VideoClipDataModule(LightningDataModule):
             raise ValueError(f"num_frames and frame_stride must be >= 1, got {num_frames}, {frame_stride}")
         self.save_hyperparameters()
         self.data_path = resolve_data_path(data_dir, data_dir)
-        if not (self.data_path / train_split).is_dir():
+        self._prepare = prepare_moving_fmnist
+        if self._prepare is not None and self.data_path.name not in ("motion", "appearance"):
+            raise ValueError(
+                f"prepare_moving_fmnist needs data_dir to name a view, <folder>/motion or <folder>/appearance; "
+                f"got {data_dir!r}"
+            )
+        if self._prepare is None and not (self.data_path / train_split).is_dir():
             hint = "; `favit-ps prepare moving-fmnist` builds it" if "moving-fmnist" in str(data_dir) else ""
             raise DatasetError(
                 f"clip folder {self.data_path / train_split} does not exist (data_dir={data_dir!r}; relative "
@@ -438,13 +453,34 @@ class VideoClipDataModule(LightningDataModule):
         self.train_set: Any = None
         self.val_set: Any = None
         self.test_set: Any = None
-        self.classes: list[str] = sorted(
-            p.name for p in (self.data_path / train_split).iterdir() if p.is_dir()
-        )
+        self.classes: list[str] | None = None
 
     @property
     def num_classes(self) -> int:
-        return len(self.classes)
+        return len(self._classes())
+
+    def _classes(self) -> list[str]:
+        if self.classes is None:
+            train_dir = self.data_path / self.hparams.train_split
+            if train_dir.is_dir():
+                self.classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+            else:  # a moving Fashion-MNIST view that prepare_data has not built yet
+                from favit_probsparse.data.moving_fmnist import CLASS_FOLDERS, DIRECTIONS
+
+                motion = self.data_path.name == "motion"
+                return [name for name, _ in DIRECTIONS] if motion else list(CLASS_FOLDERS)
+        return self.classes
+
+    def prepare_data(self) -> None:
+        """Build moving Fashion-MNIST into the view's parent folder when ``prepare_moving_fmnist`` asks for it."""
+        if self._prepare is None or (self.data_path / self.hparams.train_split).is_dir():
+            return
+        from favit_probsparse.data.moving_fmnist import build_moving_fmnist, load_fashion_mnist
+
+        kwargs = dict(self._prepare)
+        images = load_fashion_mnist(kwargs.pop("fashion_dir", None))
+        print(f"[data] building moving Fashion-MNIST in {self.data_path.parent}", flush=True)
+        build_moving_fmnist(self.data_path.parent, *images, **kwargs)
 
     def transform(self, train: bool):
         h = self.hparams
@@ -469,7 +505,7 @@ class VideoClipDataModule(LightningDataModule):
             transform=self.transform(train),
             sampling=h.sampling,
             frame_stride=h.frame_stride,
-            expected_classes=None if train else self.classes,
+            expected_classes=None if train else self._classes(),
             cache_frames=h.cache_frames,
         )
 
