@@ -41,6 +41,10 @@ EXTRA_SUBCOMMANDS = {
         "favit_probsparse.training.export:main",
         "write a checkpoint as model.safetensors + config.json + README.md model card",
     ),
+    "prepare-shards": (
+        "favit_probsparse.data.shards:main",
+        "write an ImageFolder tree as webdataset .tar shards (dataset: shards)",
+    ),
     "reproduce": (
         "favit_probsparse.experiments.reproduce:main",
         "one-command reproductions (`quick` = README main job)",
