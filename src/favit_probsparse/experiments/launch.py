@@ -28,6 +28,7 @@ The ``launcher:`` section of a grid file (each key overridable on the command li
       cpus_per_run: 16          # --cpus-per-run (data-loading workers + 1 per GPU)
       mem_gb: 64                # --mem-gb
       time_min: 2880            # --time-min: the job's time limit; a longer run is requeued and resumed
+      max_timeouts: 3           # requeues at the time limit (preemptions do not count)
       array: true               # --array / --job-per-run: one job array per grid, or one job per run
       array_parallelism: 32     # at most this many array tasks at once
       sbatch: {account: proj, qos: normal}   # --sbatch KEY=VALUE: any further sbatch flag
@@ -86,6 +87,7 @@ class LauncherOptions:
         cpus_per_run: CPU cores for one run (None: the cluster's default).
         mem_gb: memory for one run in GB (None: the cluster's default).
         time_min: the job's time limit in minutes.
+        max_timeouts: how many times a job that reaches its time limit is requeued (then it fails).
         array: one job array per grid (True) or one job per run (False).
         array_parallelism: at most this many array tasks run at once.
         sbatch: further sbatch flags, ``{flag: value}`` (``{"account": "x"}`` gives ``--account=x``).
@@ -98,6 +100,7 @@ class LauncherOptions:
     cpus_per_run: int | None = None
     mem_gb: float | None = None
     time_min: int = 24 * 60
+    max_timeouts: int = 3
     array: bool = True
     array_parallelism: int = 64
     sbatch: dict[str, Any] = field(default_factory=dict)
@@ -119,10 +122,10 @@ class LauncherOptions:
         return opts
 
     def check(self, where: str) -> None:
-        for name in ("gpus_per_run", "time_min", "array_parallelism"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < (name != "gpus_per_run"):
-                raise ValueError(f"{where}: launcher {name} must be a whole number >= 1, got {value!r}")
+        for name in ("gpus_per_run", "time_min", "array_parallelism", "max_timeouts"):
+            value, least = getattr(self, name), 0 if name in ("gpus_per_run", "max_timeouts") else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{where}: launcher {name} must be a whole number >= {least}, got {value!r}")
         if not isinstance(self.sbatch, dict):
             raise ValueError(f"{where}: launcher sbatch must be a mapping of flag: value")
         if not isinstance(self.setup, list) or not all(isinstance(s, str) for s in self.setup):
@@ -187,7 +190,9 @@ def make_executor(kind: str, folder: Path, opts: LauncherOptions, name: str):
 
     cluster = {"slurm": "slurm", "submitit-local": "local"}[kind]
     try:
-        ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+        ex = submitit.AutoExecutor(
+            folder=str(folder), cluster=cluster, slurm_max_num_timeout=opts.max_timeouts
+        )
     except RuntimeError as e:  # SlurmExecutor: 'Could not detect "srun"'
         raise SystemExit(f"favit-ps ablate: --launcher {kind}: {e}") from None
     ex.update_parameters(**{k: v for k, v in opts.parameters(name).items() if v is not None})
