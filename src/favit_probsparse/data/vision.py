@@ -806,7 +806,10 @@ class ImageClassificationDataModule(LightningDataModule):
         if self.dataset == "shards":  # streams: the loaders split them across ranks and workers
             if h.limit_train_per_class or h.limit_val_per_class:
                 raise DatasetError("limit_train_per_class / limit_val_per_class are not available for shards")
-            self.train_set, self.val_set = (self._shard_info(True), t_train), (self._shard_info(False), t_eval)
+            self.train_set, self.val_set = (
+                (self._shard_info(True), t_train),
+                (self._shard_info(False), t_eval),
+            )
             self.classes = list(self.train_set[0].classes)
             return
         if self.dataset in ("cifar10", "cifar100"):
