@@ -155,8 +155,12 @@ def test_two_gloo_ranks_two_workers_read_disjoint_samples(toy, tmp_path):
         )
         for r in (0, 1)
     ]
-    for p in procs:
-        out, _ = p.communicate(timeout=240)
+    try:
+        outs = [p.communicate(timeout=400)[0] for p in procs]
+    finally:  # a rank that failed leaves the other waiting in all_gather: never leave them behind
+        for p in procs:
+            p.kill()
+    for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
     res = [json.loads((tmp_path / f"{r}").read_text()) for r in (0, 1)]
     toy_images = {

@@ -14,9 +14,9 @@ needs timm's own ``_info`` layout and train loop. Here the assignment is explici
 (:func:`shard_assignment`): each epoch the shard list is shuffled by (seed, epoch), and global worker ``g`` (rank
 × workers + worker) reads shards ``g, g + G, g + 2G, ...`` of it (``G`` = ranks × workers), so no two workers and
 no two ranks read the same shard. For training only the first ``G * floor(shards / G)`` shards of the shuffled
-list are read, and every worker stops after the same number of samples (the smallest worker total, rounded down
-to whole batches), so every rank runs the same number of steps (DDP needs that) and the samples left out change
-from epoch to epoch; no sample is ever read twice in an epoch. Evaluation reads every shard once, split the same
+list are read, and every worker stops after the same number of samples (what the ``floor(shards / G)`` smallest
+shards hold, rounded down to whole batches), so every rank runs the same number of steps in every epoch (DDP needs
+that) and the samples left out change from epoch to epoch; no sample is ever read twice in an epoch. Evaluation reads every shard once, split the same
 way (ranks may then see different numbers of samples; the metrics are reduced at the epoch's end).
 
 Within a worker, samples are shuffled through a buffer (``shuffle_buffer``) with a generator seeded by (seed,
@@ -270,7 +270,7 @@ class ShardStream(IterableDataset):
 
 class TrainShardStream(ShardStream):
     """The training stream: shuffled, every global worker stops after the same number of samples
-    (``per_worker``, whole batches), so every rank runs ``len(self) / batch_size`` steps an epoch."""
+    (``per_worker``, whole batches), so every rank runs ``len(self) / batch_size`` steps in every epoch."""
 
     train = True
 
@@ -278,11 +278,21 @@ class TrainShardStream(ShardStream):
         kw.setdefault("shuffle_buffer", 1000)
         super().__init__(info, **kw)
         self.batch_size = int(batch_size)
+        if self.per_worker == 0:
+            from favit_probsparse.data.vision import DatasetError
+
+            raise DatasetError(
+                f"{info.root}: a {info.split} worker's {len(info.shards) // self.n_global} shard(s) hold fewer "
+                f"than one batch of {self.batch_size} ({self.n_global} rank x worker streams); use fewer workers "
+                "or a smaller batch"
+            )
 
     @property
     def per_worker(self) -> int:
-        totals = [sum(self.info.counts[s] for s in shards) for shards in self.worker_shards(self.epoch)]
-        return min(totals) // self.batch_size * self.batch_size
+        """Samples each worker yields an epoch: what the worker with the smallest shards can give (its shards are
+        ``shards // G`` of the list whatever the epoch), in whole batches; the same in every epoch."""
+        k = len(self.info.shards) // self.n_global
+        return sum(sorted(self.info.counts)[:k]) // self.batch_size * self.batch_size
 
     def _limit(self) -> int | None:
         return self.per_worker
