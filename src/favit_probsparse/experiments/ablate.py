@@ -221,6 +221,7 @@ def _main(a: argparse.Namespace, argv: list[str]) -> int:
     seeds = a.seeds if a.seeds is not None else grid.seeds
     extra = parse_set(a.set)
     runs_dir = Path(a.runs_dir)
+    launch.options_from(grid, a)  # a bad launcher section or option is an error whatever the launcher
     if a.status:  # what the cluster (or this machine) has done so far, without waiting
         return launch.status_main(grid, seeds, runs_dir, a)
     if not (a.stats_only or a.dry_run or a.report_only):
