@@ -568,7 +568,7 @@ class ImageClassificationDataModule(LightningDataModule):
     """CIFAR-10/100, Fashion-MNIST or an ImageFolder tree with timm transforms (see the module docstring).
 
     Args:
-        dataset: ``cifar10``, ``cifar100``, ``fashion_mnist`` or ``imagefolder``.
+        dataset: ``cifar10``, ``cifar100``, ``fashion_mnist``, ``imagefolder`` or ``shards`` (webdataset shards).
         data_dir: dataset folder (relative names live under the data root); default per dataset.
         img_size: training/eval resolution (native 32 for CIFAR, or 224 as in the report).
         batch_size: per-process batch size.
