@@ -46,13 +46,17 @@ EXTRA_SUBCOMMANDS = {
         "favit_probsparse.data.prepare:main",
         "build a derived dataset on disk (`moving-fmnist` = moving Fashion-MNIST clips)",
     ),
+    "prepare-shards": (
+        "favit_probsparse.data.shards:main",
+        "write an ImageFolder tree as webdataset .tar shards (dataset: shards)",
+    ),
     "reproduce": (
         "favit_probsparse.experiments.reproduce:main",
         "one-command reproductions (`quick` = README main job)",
     ),
 }
 
-USAGE = """usage: favit-ps {fit,validate,test,predict,ablate,analyze,export,prepare,reproduce} ...
+USAGE = """usage: favit-ps {fit,validate,test,predict,ablate,analyze,export,prepare,prepare-shards,reproduce} ...
 
   fit/validate/test/predict   Lightning CLI over a YAML config (see `favit-ps fit --help`)
   fit --config X --itr N      N seeded repeats (forecasting), mean ± std

@@ -12,6 +12,8 @@
   (the ImageNet-1K layout; ``train``/``val`` by default, ``test`` is tried when ``val`` is missing). The shared
   ``cifar10-subset`` folder is of this kind. Errors name the problem: a missing or empty folder, a class missing
   from one split, an image that cannot be decoded (the file is named).
+* ``dataset="shards"``: webdataset ``.tar`` shards written from such a tree by ``favit-ps prepare-shards``
+  (:mod:`favit_probsparse.data.shards`: each DDP rank and loader worker reads shards of its own).
 * ``dataset="imagefolder", data_dir="cifar10-subset"`` (or ``"cifar100-subset"``): the fixed real-image subsets the
   quick reproduction trains on (:data:`KNOWN_SUBSETS`). When the folder is missing and ``download=True``,
   ``prepare_data`` builds it: torchvision's CIFAR download (checksum-verified, with a progress bar) into the
@@ -91,7 +93,8 @@ DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...], int | None,
     "fashion_mnist": ((0.2860, 0.2860, 0.2860), (0.3530, 0.3530, 0.3530), 28, 10),
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD, None, 1000),
 }
-DATASETS = ("cifar10", "cifar100", "fashion_mnist", "imagefolder")
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "imagefolder", "shards")
+FOLDER_DATASETS = ("imagefolder", "shards")  # a data_dir of the user's, ImageNet normalization by default
 
 #: where Debian's ``dataset-fashion-mnist`` package puts the four IDX files
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -565,7 +568,7 @@ class ImageClassificationDataModule(LightningDataModule):
     """CIFAR-10/100, Fashion-MNIST or an ImageFolder tree with timm transforms (see the module docstring).
 
     Args:
-        dataset: ``cifar10``, ``cifar100``, ``fashion_mnist`` or ``imagefolder``.
+        dataset: ``cifar10``, ``cifar100``, ``fashion_mnist``, ``imagefolder`` or ``shards`` (webdataset shards).
         data_dir: dataset folder (relative names live under the data root); default per dataset.
         img_size: training/eval resolution (native 32 for CIFAR, or 224 as in the report).
         batch_size: per-process batch size.
@@ -631,7 +634,8 @@ class ImageClassificationDataModule(LightningDataModule):
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        preset = normalization or (dataset if dataset != "imagefolder" else "imagenet")
+        folder_like = dataset in FOLDER_DATASETS
+        preset = normalization or (dataset if not folder_like else "imagenet")
         if preset not in DATASET_STATS:
             raise ValueError(
                 f"unknown normalization preset {preset!r}; choose one of {sorted(DATASET_STATS)}"
@@ -639,8 +643,8 @@ class ImageClassificationDataModule(LightningDataModule):
         p_mean, p_std, native, n_cls = DATASET_STATS[preset]
         self.mean = tuple(mean) if mean is not None else p_mean
         self.std = tuple(std) if std is not None else p_std
-        self.native_size = native if dataset != "imagefolder" else (native if normalization else None)
-        self._num_classes = n_cls if dataset != "imagefolder" else None
+        self.native_size = native if not folder_like else (native if normalization else None)
+        self._num_classes = n_cls if not folder_like else None
         self.data_path = self._resolve_path(data_dir)
         # a missing known subset is built by prepare_data (a download); its class count is known beforehand
         self._build_subset = (
@@ -659,10 +663,11 @@ class ImageClassificationDataModule(LightningDataModule):
 
     # ---------------------------------------------------------------- paths
     def _resolve_path(self, data_dir: str | None) -> Path:
-        if self.dataset == "imagefolder":
+        if self.dataset in FOLDER_DATASETS:
             if data_dir is None:
                 raise DatasetError(
-                    "dataset='imagefolder' needs data_dir (a folder with train/ and val/ or test/)"
+                    f"dataset={self.dataset!r} needs data_dir (a folder with train/ and val/ or test/, "
+                    "or with the shards of favit-ps prepare-shards)"
                 )
             return resolve_data_path(data_dir, data_dir)
         default = {"cifar10": "cifar10", "cifar100": "cifar100", "fashion_mnist": "fashion-mnist"}[
@@ -707,6 +712,8 @@ class ImageClassificationDataModule(LightningDataModule):
     # ---------------------------------------------------------------- properties
     @property
     def num_classes(self) -> int:
+        if self._num_classes is None and self.dataset == "shards":
+            self._num_classes = len(self._shard_info(True).classes)
         if self._num_classes is None:
             train_dir = self.data_path / self.hparams.train_split
             self._num_classes = len(_list_classes(train_dir))
@@ -780,11 +787,31 @@ class ImageClassificationDataModule(LightningDataModule):
                 "machine with internet access, or point data_dir at a folder holding it"
             ) from e
 
+    def _shard_info(self, train: bool):
+        from favit_probsparse.data.shards import read_info
+
+        h = self.hparams
+        try:
+            return read_info(self.data_path, h.train_split if train else h.val_split)
+        except DatasetError:
+            if train or h.val_split == "test":
+                raise
+            return read_info(self.data_path, "test")  # the val split falls back to test, as for a folder
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         t_train, t_eval = self.transform(True), self.transform(False)
         h = self.hparams
+        if self.dataset == "shards":  # streams: the loaders split them across ranks and workers
+            if h.limit_train_per_class or h.limit_val_per_class:
+                raise DatasetError("limit_train_per_class / limit_val_per_class are not available for shards")
+            self.train_set, self.val_set = (
+                (self._shard_info(True), t_train),
+                (self._shard_info(False), t_eval),
+            )
+            self.classes = list(self.train_set[0].classes)
+            return
         if self.dataset in ("cifar10", "cifar100"):
             from torchvision import datasets
 
@@ -827,13 +854,21 @@ class ImageClassificationDataModule(LightningDataModule):
         return int(trainer.current_epoch) if trainer is not None else 0
 
     def _loader(self, ds, train: bool) -> DataLoader:
+        seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if self.dataset == "shards":
+            from favit_probsparse.data.shards import shard_loader
+
+            info, transform = ds
+            return shard_loader(
+                info, transform, train, self.batch_size, self.num_workers, seed, rank, world,
+                self._current_epoch, self.pin_memory,
+            )  # fmt: skip
         # drop_last on training keeps batches even (Mixup/CutMix need it) unless the set is smaller than a batch
         drop_last = train and len(ds) >= self.batch_size
         kwargs: dict[str, Any] = {}
         if train:
-            seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
-            trainer = getattr(self, "trainer", None)
-            world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
             ds = SeededSamples(ds, seed)
             kwargs["sampler"] = EpochShuffleSampler(
                 ds, seed, self._current_epoch, num_replicas=world, rank=rank

@@ -33,7 +33,8 @@ Model statistics: if the LightningModule has a ``model_stats()`` method returnin
 
 Command line: ``favit-ps ablate GRID.yaml [--seeds 0 1] [--out DIR] [--runs-dir runs] [--rows a b]
 [--set key=value ...] [--force] [--report-only] [--dry-run] [--budget-min M] [--timeout-s S] [--stats-only]``.
-``--stats-only`` trains nothing: it builds each row's model and writes ``<out>/<name>-model-stats.md``
+``--launcher slurm`` submits the runs to SLURM through submitit instead (``--status``, ``--wait`` and the
+cluster options: :mod:`~favit_probsparse.experiments.launch`). ``--stats-only`` trains nothing: it builds each row's model and writes ``<out>/<name>-model-stats.md``
 (parameters, GMACs) in seconds. ``--set`` adds base overrides (e.g. ``--set trainer.max_epochs=1`` for a smoke
 run); ``--budget-min`` stops launching new runs once that much wall time has passed (unstarted runs are listed as
 not run). Runs go in seed-major order so a budget cut keeps whole seeds.
@@ -49,6 +50,7 @@ import threading
 from pathlib import Path
 
 from favit_probsparse import resources
+from favit_probsparse.experiments import launch
 from favit_probsparse.experiments.grid import Grid, apply_overrides, load_grid, parse_set
 from favit_probsparse.experiments.provenance import hardware_summary
 from favit_probsparse.experiments.report import summarize, write_report
@@ -114,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train nothing: build each row's model and write <out>/<name>-model-stats.md (params, GMACs)",
     )
+    launch.add_arguments(p)  # --launcher local|slurm, --status, --wait and the SLURM options
     return p
 
 
@@ -218,8 +221,17 @@ def _main(a: argparse.Namespace, argv: list[str]) -> int:
     seeds = a.seeds if a.seeds is not None else grid.seeds
     extra = parse_set(a.set)
     runs_dir = Path(a.runs_dir)
+    launch.options_from(grid, a)  # a bad launcher section or option is an error whatever the launcher
+    if a.status:  # what the cluster (or this machine) has done so far, without waiting
+        return launch.status_main(grid, seeds, runs_dir, a)
     if not (a.stats_only or a.dry_run or a.report_only):
         _prepare_data(grid, seeds, runs_dir, a, extra)
+    if a.launcher != "local" and not (a.stats_only or a.dry_run or a.report_only):
+        command = "favit-ps ablate " + " ".join(shlex.quote(x) for x in argv)
+        rc = launch.launch_main(grid, seeds, runs_dir, a, command)
+        if rc is not None:  # submitted; without --wait the report comes later (--report-only)
+            return rc
+        a.report_only = True  # every job has ended: the report merges their records
     if a.stats_only:
         command = "favit-ps ablate " + " ".join(shlex.quote(x) for x in argv)
         out = Path(a.out) if a.out is not None else runs_dir / grid.name

@@ -28,6 +28,8 @@ Grid file (YAML)::
                                         # to it over common seeds (mean, 95 % t interval, paired t-test)
     curves:                             # optional: per-epoch metrics read from each run's CSV log, drawn as
       - {name: val/acc1, scale: 100, label: Val top-1 (%)}   # <name>-curves.png with a per-epoch table
+    launcher: {partition: gpu, gpus_per_run: 1, time_min: 2880}   # optional: SLURM options of
+                                        # `--launcher slurm` (favit_probsparse.experiments.launch)
     env: {OMP_NUM_THREADS: "1"}         # optional environment defaults for the runs (the caller's env wins)
     rows:
       - name: max                       # folder-safe id (runs/<grid>/<row>/seed<k>/)
@@ -135,6 +137,7 @@ class Grid:
     cli_args: list[str] = field(default_factory=list)
     baseline: str | None = None
     curves: list[Metric] = field(default_factory=list)
+    launcher: dict[str, Any] = field(default_factory=dict)  # cluster options (experiments.launch)
 
 
 GRID_KEYS = {
@@ -155,6 +158,7 @@ GRID_KEYS = {
     "rows",
     "baseline",
     "curves",
+    "launcher",
 }
 
 
@@ -273,7 +277,14 @@ def load_grid(path: str | os.PathLike) -> Grid:
         env={str(k): str(v) for k, v in (raw.get("env") or {}).items()},
         baseline=None if baseline is None else str(baseline),
         curves=[Metric.parse(m, f"{path}: curves") for m in raw.get("curves") or []],
+        launcher=_mapping(raw.get("launcher"), f"{path}: launcher"),
     )
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"{where} must be a mapping, got {value!r}")
+    return dict(value or {})
 
 
 def apply_overrides(cfg: dict, overrides: dict[str, Any]) -> dict:

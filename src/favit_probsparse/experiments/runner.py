@@ -50,6 +50,7 @@ __all__ = [
     "collect",
     "prepare_grid_data",
     "raise_interrupt",
+    "resumable_checkpoint",
     "rows_to_run",
     "run_dir_of",
     "run_grid",
@@ -157,6 +158,7 @@ def _run_one(
     dry_run: bool,
     quiet: bool,
     command: str | None,
+    resume: bool = False,
 ) -> RunResult:
     run_dir = run_dir_of(grid, row, seed, runs_dir)
     cfg = apply_overrides(base_cfg, {**grid.base_overrides, **extra, **row.overrides})
@@ -178,10 +180,13 @@ def _run_one(
             prev = prev if prev is not None and prev.status == "failed" else None
         return prev or RunResult(row.name, seed, "pending")
     run_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = resumable_checkpoint(run_dir, chash) if resume and not force else None
     for stale in (DONE, FAILED):
         (run_dir / stale).unlink(missing_ok=True)
-    # a fresh checkpoint folder: `last.ckpt` must be this run's, not an earlier attempt's
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    if (
+        resume_from is None
+    ):  # a fresh checkpoint folder: `last.ckpt` must be this run's, not an earlier attempt's
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     import yaml
 
     write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
@@ -195,6 +200,7 @@ def _run_one(
         "config_hash": chash,
         "cli_args": list(grid.cli_args),
         "command": command,
+        "resume_from": resume_from,
     }
     write_json(run_dir / "run.json", spec)
     cmd = [sys.executable, "-m", "favit_probsparse.experiments.worker", str(run_dir)]
@@ -277,8 +283,12 @@ def run_grid(
     report_only: bool = False,
     quiet: bool = False,
     command: str | None = None,
+    resume: bool = False,
 ) -> list[RunResult]:
     """Run (or with ``report_only``/``dry_run`` only look up) every (row, seed); one :class:`RunResult` each.
+
+    ``resume``: an unfinished run continues from its ``checkpoints/last.ckpt`` when that was written for the same
+    config (:func:`resumable_checkpoint`; the cluster launcher's re-submissions) instead of starting afresh.
 
     Runs go in seed-major order (every row for the first seed, then the next seed), so a ``budget_s`` cut keeps
     whole seeds; unstarted runs are returned as ``skipped (budget)``.
@@ -317,9 +327,20 @@ def run_grid(
                     dry_run,
                     quiet,
                     command,
+                    resume,
                 )
             )
     return results
+
+
+def resumable_checkpoint(run_dir: Path, chash: str) -> str | None:
+    """``run_dir/checkpoints/last.ckpt`` if an earlier attempt of the same config (``run.json``) wrote it."""
+    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    try:
+        same = json.loads((Path(run_dir) / "run.json").read_text()).get("config_hash") == chash
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(last) if same and last.is_file() else None
 
 
 def seeds_on_disk(grid: Grid, runs_dir: Path) -> list[int]:

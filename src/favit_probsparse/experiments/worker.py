@@ -41,7 +41,8 @@ def run_worker(run_dir: str | Path) -> int:
     run_dir = Path(run_dir)
     spec = json.loads((run_dir / "run.json").read_text())
     t0 = time.time()
-    cli = lightning_cli(["fit", "--config", str(run_dir / "config.yaml"), *spec.get("cli_args", [])])
+    resume = ["--ckpt_path", spec["resume_from"]] if spec.get("resume_from") else []  # a requeued run
+    cli = lightning_cli(["fit", "--config", str(run_dir / "config.yaml"), *spec.get("cli_args", []), *resume])
     fit_s = time.time() - t0
     trainer = cli.trainer
     if getattr(trainer, "interrupted", False):
