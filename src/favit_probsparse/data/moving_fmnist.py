@@ -27,7 +27,7 @@ Labels, two views of the same clips:
 Both labels are balanced (each split cycles through the classes in a seeded order). Splits are made by source
 image: ``test`` uses the official test images; ``train`` and ``val`` use disjoint parts of the official training
 images (a seeded permutation puts ``val_fraction``, default 1/6, of them in the val pool), and no image is used by
-two clips. Default sizes: 3000 / 500 / 1000 clips (``train`` / ``val`` / ``test``), 4,500 x 8 PNGs, 38 MB.
+two clips. Default sizes: 2000 / 400 / 1000 clips (``train`` / ``val`` / ``test``), 3,400 x 8 PNGs, about 29 MB.
 
 Layout (one physical tree, two label views, so both tasks see exactly the same clips and differ only in the
 label; the second view costs no disk)::
@@ -285,7 +285,7 @@ def build_moving_fmnist(
     train_labels: np.ndarray,
     test_images: np.ndarray,
     test_labels: np.ndarray,
-    sizes: tuple[int, int, int] = (3000, 500, 1000),
+    sizes: tuple[int, int, int] = (2000, 400, 1000),
     frames: int = 8,
     size: int = 64,
     items: int = 1,

@@ -1,6 +1,6 @@
 """``favit-ps prepare DATASET``: build a derived dataset once, on disk, for the data modules to read.
 
-* ``favit-ps prepare moving-fmnist [--out DIR] [--frames 8 --size 64 --items 1 --sizes 3000 500 1000 --seed 0]``
+* ``favit-ps prepare moving-fmnist [--out DIR] [--frames 8 --size 64 --items 1 --sizes 2000 400 1000 --seed 0]``
   writes moving Fashion-MNIST clip folders (:mod:`favit_probsparse.data.moving_fmnist`, docs/video.md). ``--out``
   defaults to ``<data root>/moving-fmnist``; the two label views are ``DIR/motion`` and ``DIR/appearance``.
 """
@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--frames", type=int, default=8, help="frames per clip")
     m.add_argument("--size", type=int, default=64, help="canvas height and width")
     m.add_argument("--items", type=int, default=1, choices=(1, 2), help="moving items per clip")
-    m.add_argument("--sizes", type=int, nargs=3, default=(3000, 500, 1000), metavar=("TRAIN", "VAL", "TEST"))
+    m.add_argument("--sizes", type=int, nargs=3, default=(2000, 400, 1000), metavar=("TRAIN", "VAL", "TEST"))
     m.add_argument(
         "--speed", type=int, nargs=2, default=(2, 4), metavar=("MIN", "MAX"), help="pixels a frame"
     )

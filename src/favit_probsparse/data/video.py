@@ -29,7 +29,7 @@ and :func:`read_video_frames` returns exactly the frames an independent full dec
 frame count is counted from the demuxed packets at setup (container headers may lack it or be wrong, e.g. WebM).
 
 Frame folders are decoded once into memory at setup when they fit (``cache_frames``, bit-identical items; moving
-Fashion-MNIST's training split takes 98 MB). ``prepare_moving_fmnist`` builds moving Fashion-MNIST
+Fashion-MNIST's training split of 3000 clips takes 98 MB). ``prepare_moving_fmnist`` builds moving Fashion-MNIST
 (:mod:`favit_probsparse.data.moving_fmnist`) in ``prepare_data`` when its folder is missing.
 
 Errors are one line naming the file (:class:`~favit_probsparse.data.vision.DatasetError`): a missing split, a
@@ -401,7 +401,7 @@ class VideoClipDataModule(LightningDataModule):
             ``favit-ps prepare moving-fmnist`` builds them) plus ``fashion_dir``.
         cache_frames: decode frame folders once into memory at setup (:class:`ClipFolder`); ``None`` (the
             default) when a split's frame folders take at most 1 GiB decoded (moving Fashion-MNIST's train
-            split: 98 MB).
+            split of 3000 clips: 98 MB).
     """
 
     def __init__(
