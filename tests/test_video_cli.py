@@ -128,3 +128,38 @@ def test_stats_only_reports_clip_gmacs_per_row(trained, tmp_path):
     )
     assert stats["frame"]["gmacs"] == pytest.approx(4 * image, rel=1e-3)
     assert stats["fasa"]["gmacs"] > 0
+
+
+def test_video_fusion_maps_mark_exactly_the_kept_tokens():
+    """The tokens the picture marks are the ones whose candidate vectors the ProbSparse keys copy (matched by
+    value, independently of the autograd read weights), on every branch of every stage."""
+    from favit_probsparse.analysis.video_fusion import analyze_video, describe_video
+    from favit_probsparse.models.favit_video import VideoFaViT
+
+    torch.manual_seed(0)
+    m = VideoFaViT(
+        num_frames=4, img_size=32, fusion="probsparse", num_classes=3, embed_dims=(16, 32, 64, 128)
+    )
+    summaries = analyze_video(m, torch.randn(2, 3, 4, 32, 32))
+    assert len(summaries) == 4 + 3  # two window branches in stages 1-3, one in stage 4
+    for s in summaries:
+        r = s["record"]
+        pix = r.pixel_index()  # [P, L] token of each candidate
+        cand = r.cand.detach()[0, 0].reshape(-1, r.cand.shape[-1])  # [P·L, c], p-major as the fusion flattens
+        keys = r.keys.detach()[0, 0]
+        copied = {int(pix.reshape(-1)[j]) for k in keys for j in torch.nonzero((cand == k).all(-1)).flatten()}
+        marked = set(torch.nonzero(s["weight_map"][0, 0].reshape(-1) > 0).flatten().tolist())
+        assert marked == copied and 0 < len(marked) <= r.num_keys
+    d = describe_video(summaries)[0]
+    assert d["grid"] == [4, 8, 8] and d["num_keys"] == 4 * 7 * 7 and len(d["kept_tokens_clip0"]) == 1
+
+
+@pytest.mark.slow
+def test_analyze_fusion_draws_a_video_checkpoint(trained, tmp_path, capsys):
+    _, ckpt = trained
+    out = tmp_path / "maps"
+    assert cli.main(["analyze", "fusion", "--ckpt", str(ckpt), "--images", "1", "--out", str(out)]) == 0
+    assert (out / "stage1_branch0.png").stat().st_size > 0
+    rep = json.loads((out / "fusion_maps.json").read_text())
+    assert rep["fusion"] == "probsparse" and len(rep["branches"]) == 7
+    assert all(len(t) == 3 for t in rep["branches"][0]["kept_tokens_clip0"][0])  # [t, y, x]

@@ -87,12 +87,74 @@ def _test_images(dm_hp: dict, n: int, data_dir: str | None, ckpt: str):
     return x, (x * std + mean).clamp(0, 1), list(ys), idx, dm
 
 
+def _test_clips(dm_hp: dict, n: int, data_dir: str | None, ckpt: str):
+    """``n`` evenly spaced clips of the test split (normalised), their display versions, labels, indices."""
+    from favit_probsparse.data.video import VideoClipDataModule
+    from favit_probsparse.data.vision import IMAGENET_MEAN, IMAGENET_STD, DatasetError
+
+    dm_hp = {k: v for k, v in dm_hp.items() if not k.startswith("_")}
+    if data_dir is not None:
+        dm_hp["data_dir"] = data_dir
+    try:
+        dm = VideoClipDataModule(**dm_hp)
+        dm.setup("test")
+    except DatasetError as e:
+        raise SystemExit(
+            f"error: {e} (checkpoint {ckpt}; --data-dir points at the dataset elsewhere)"
+        ) from None
+    ds = dm.test_set
+    idx = torch.linspace(0, len(ds) - 1, min(max(n, 1), len(ds))).round().long().tolist()
+    xs, ys = zip(*(ds[i] for i in idx))
+    x = torch.stack(xs)
+    mean = torch.tensor(dm.hparams.mean or IMAGENET_MEAN).view(1, -1, 1, 1, 1)
+    std = torch.tensor(dm.hparams.std or IMAGENET_STD).view(1, -1, 1, 1, 1)
+    return x, (x * std + mean).clamp(0, 1), list(ys), idx, dm
+
+
+def run_video_fusion(args, model, dm_hp: dict, ckpt: str) -> int:
+    """``analyze fusion`` on a video FaViT: one picture per window branch of block ``--block`` of each stage."""
+    from .video_fusion import analyze_video, describe_video, plot_video_keys
+
+    queries = [(args.queries[i], args.queries[i + 1]) for i in range(0, len(args.queries) - 1, 2)]
+    x, shown, labels, idx, _ = _test_clips(dm_hp, args.images, args.data_dir, ckpt)
+    try:
+        summaries = analyze_video(model, x, queries, args.block)
+    except ValueError as e:
+        raise SystemExit(f"error: {ckpt}: {e}") from None
+    out = Path(args.out)
+    for s in summaries:
+        r = s["record"]
+        name = f"stage{r.stage + 1}_branch{r.branch}.png"
+        title = (
+            f"{model.fusion} fusion, {r.name}, grid {r.feat_hw}, window {r.window_size}: {r.num_keys} keys of "
+            f"{r.num_windows} windows; test clip {idx[0]} (label {labels[0]}), ckpt {Path(ckpt).name}"
+        )
+        plot_video_keys(s, shown[0], out / name, title, args.dpi)
+    report = {
+        "ckpt": str(ckpt),
+        "fusion": model.fusion,
+        "clip_indices": idx,
+        "labels": [int(y) for y in labels],
+    }
+    _write_json(
+        out / "fusion_maps.json", report | {"queries_rel": queries, "branches": describe_video(summaries)}
+    )
+    print(f"wrote {out}/stage*_branch*.png and fusion_maps.json ({model.fusion}, clip {idx[0]})")
+    return 0
+
+
 def run_fusion(args) -> int:
+    from favit_probsparse.models.favit_video import VideoFaViT
+
     from . import fusion_plots as fp
     from .fusion_maps import analyze_model, describe
 
     out = Path(args.out)
     queries = [(args.queries[i], args.queries[i + 1]) for i in range(0, len(args.queries) - 1, 2)]
+    if len(args.ckpt) == 1:
+        module, dm_hp = load_classifier(args.ckpt[0])
+        if isinstance(module._eval_model(), VideoFaViT):
+            return run_video_fusion(args, module._eval_model(), dm_hp, args.ckpt[0])
     rows, first_images = [], None
     report = {"images": args.images, "block": args.block, "queries_rel": queries, "checkpoints": []}
     for k, ckpt in enumerate(args.ckpt):

@@ -27,6 +27,7 @@ sampled operators (``probsparse``, ``hierarchical``) are traced with the very sa
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -44,6 +45,7 @@ __all__ = [
     "branch_queries",
     "capture_fusions",
     "describe",
+    "grid_token_index",
     "query_attention",
     "query_tokens",
     "reset_sampling",
@@ -56,15 +58,22 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------- pure index maps
-def window_pixel_index(H: int, W: int, window_size: int = 7, dilation: int = 1) -> torch.Tensor:
-    """Flat token index ``r·W + col`` of the stage-map position that candidate ``(p, l)`` samples: ``[P, L]``.
+def grid_token_index(
+    grid: Sequence[int], window_size: int | Sequence[int] = 7, dilation: int | Sequence[int] = 1
+) -> torch.Tensor:
+    """Flat (row-major) token index of the grid position that candidate ``(p, l)`` samples: ``[P, L]``.
 
-    Runs the model's own :func:`~favit_probsparse.models.favit.window_candidates` on a map of token indices, so it
-    follows the model's window order (``l`` row-major over windows, ``p`` row-major inside one) and its padding
-    rule (padding positions give the index of the real token they copy).
+    Runs the model's own :func:`~favit_probsparse.attention.fasa.window_candidates` on a grid of token indices, so
+    it follows the model's window order (``l`` row-major over windows, ``p`` row-major inside one) and its padding
+    rule (padding positions give the index of the real token they copy). Grids of 1, 2 or 3 axes.
     """
-    idx = torch.arange(H * W, dtype=torch.float64).reshape(1, 1, H, W)
+    idx = torch.arange(math.prod(grid), dtype=torch.float64).reshape(1, 1, *grid)
     return window_candidates(idx, 1, window_size, dilation)[0, 0, :, :, 0].round().long()
+
+
+def window_pixel_index(H: int, W: int, window_size: int = 7, dilation: int = 1) -> torch.Tensor:
+    """:func:`grid_token_index` of an ``H×W`` stage map: the flat index ``r·W + col`` per candidate ``(p, l)``."""
+    return grid_token_index((H, W), window_size, dilation)
 
 
 def token_boxes(feat_hw: tuple[int, int], img_hw: tuple[int, int]) -> torch.Tensor:
@@ -81,14 +90,14 @@ def token_boxes(feat_hw: tuple[int, int], img_hw: tuple[int, int]) -> torch.Tens
     return torch.stack([r * sy, c * sx, (r + 1) * sy, (c + 1) * sx], dim=1)
 
 
-def to_token_map(weights: torch.Tensor, pix_index: torch.Tensor, feat_hw: tuple[int, int]) -> torch.Tensor:
-    """Sum candidate weights ``[..., P, L]`` onto the stage map ``[..., H, W]`` through ``pix_index [P, L]``."""
-    H, W = feat_hw
+def to_token_map(weights: torch.Tensor, pix_index: torch.Tensor, feat_hw: Sequence[int]) -> torch.Tensor:
+    """Sum candidate weights ``[..., P, L]`` onto the token grid ``[..., *feat_hw]`` (``[..., H, W]`` for a stage
+    map, ``[..., T, H, W]`` for a video grid) through ``pix_index [P, L]``."""
     lead = weights.shape[:-2]
     flat = weights.reshape(*lead, -1).to(torch.float64)
-    out = torch.zeros(*lead, H * W, dtype=torch.float64, device=weights.device)
+    out = torch.zeros(*lead, math.prod(feat_hw), dtype=torch.float64, device=weights.device)
     out.scatter_add_(-1, pix_index.reshape(-1).expand_as(flat).to(weights.device), flat)
-    return out.reshape(*lead, H, W)
+    return out.reshape(*lead, *feat_hw)
 
 
 def query_tokens(feat_hw: tuple[int, int], rel_points: Sequence[tuple[float, float]]) -> list[int]:
@@ -106,9 +115,9 @@ class BranchRecord:
     block: int
     branch: int
     fusion: str
-    dilation: int
-    window_size: int
-    feat_hw: tuple[int, int]
+    dilation: int | tuple[int, ...]  # an int for FaViT's square 2-D windows, else one per grid axis
+    window_size: int | tuple[int, ...]
+    feat_hw: tuple[int, ...]  # the token grid: (H, W), or (T, H, W) for video
     attn: FaSA
     cand: torch.Tensor | None = None  # [B, h, P, L, c] leaf, requires grad
     keys: torch.Tensor | None = None  # [B, h, K, c] fusion output, with its graph to ``cand``
@@ -128,7 +137,7 @@ class BranchRecord:
         return f"stage{self.stage + 1}.block{self.block}.branch{self.branch} (d={self.dilation})"
 
     def pixel_index(self) -> torch.Tensor:
-        return window_pixel_index(*self.feat_hw, self.window_size, self.dilation)
+        return grid_token_index(self.feat_hw, self.window_size, self.dilation)
 
 
 def branch_queries(attn: FaSA, x: torch.Tensor) -> list[torch.Tensor]:
@@ -167,11 +176,10 @@ def _favit_layers(model: nn.Module, blocks: Sequence[int] | int) -> list[tuple[i
     return out
 
 
-def _square(per_axis: Sequence[int], what: str) -> int:
-    """The one extent of a square 2-D window or dilation (the maps are drawn for FaViT's 2-D grids)."""
-    if len(per_axis) != 2 or per_axis[0] != per_axis[1]:
-        raise ValueError(f"fusion maps are drawn for square 2-D windows; this layer's {what} is {per_axis}")
-    return per_axis[0]
+def _compact(per_axis: Sequence[int]) -> int | tuple[int, ...]:
+    """FaViT's square 2-D windows and dilations as one int (what the 2-D pictures label), others per axis."""
+    t = tuple(per_axis)
+    return t[0] if len(t) == 2 and t[0] == t[1] else t
 
 
 @contextlib.contextmanager
@@ -190,8 +198,8 @@ def capture_fusions(model: nn.Module, blocks: Sequence[int] | int = 0) -> Iterat
                 block=j,
                 branch=i,
                 fusion=type(fz).__name__,
-                dilation=_square(attn.dilations[i], "dilation"),
-                window_size=_square(attn.window_shape, "window"),
+                dilation=_compact(attn.dilations[i]),
+                window_size=_compact(attn.window_shape),
                 feat_hw=(0, 0),
                 attn=attn,
             )
@@ -200,11 +208,11 @@ def capture_fusions(model: nn.Module, blocks: Sequence[int] | int = 0) -> Iterat
         records += recs
 
         def attn_pre(mod, args, kwargs, recs=recs):
-            x, H, W = [*args, *(kwargs[k] for k in ("x", "H", "W")[len(args) :])]  # forward(x, H, W)
+            x, *grid = args  # forward(x, *grid)
             with torch.no_grad():
                 qs = branch_queries(mod, x)
             for rec, q in zip(recs, qs):
-                rec.feat_hw = (int(H), int(W))
+                rec.feat_hw = tuple(int(n) for n in grid)
                 rec.q = q.detach()
 
         handles.append(attn.register_forward_pre_hook(attn_pre, with_kwargs=True))
