@@ -205,7 +205,7 @@ def table(arch: str, res: dict[str, dict[str, float]], notes: dict[str, str], mo
 
 
 def targets(arch: str, res: dict[str, dict[str, float]]) -> list[str]:
-    """The issue's targets, met or missed by how much (B0 only: that is where they are stated)."""
+    """The project's speed targets, met or missed by how much (B0 only: that is where they are stated)."""
     base, ours = res[OFFICIAL], res["ours [official]"]
     out = []
     tr, inf = ours["train"] / base["train"], ours["infer"] / base["infer"]

@@ -4,7 +4,8 @@
     python benchmarks/gpu_check.py --out gpu-check-plan --dry-run     # anywhere: parse, plan, write the skeleton
     python benchmarks/gpu_check.py --out DIR --official-file ~/FaViT/classification/favit.py --data ~/data
 
-Steps (each a subprocess with its own time limit; about 8 minutes in all on one GPU):
+Steps (each a subprocess with its own time limit; the limits add up to about 8 minutes, but the script has
+never run on a GPU, so its real duration is unknown):
 
 1. ``env``: GPU, driver, torch and CUDA versions (``nvidia-smi``, ``torch.cuda``).
 2. ``cuda-tests``: the tests marked ``cuda`` (CUDA code paths: fast == exact ProbSparse, the sparsity-measure
@@ -44,7 +45,7 @@ INFORMER_CMD = (
 # step name -> time limit in seconds (sum 480 s: the 8-minute budget; the cuda tests include torch.compile)
 LIMITS = {"env": 20, "cuda-tests": 150, "attention": 90, "favit": 140, "informer": 80}
 
-# the FaViT table on a GPU: the setting (224², batch 128) in float32 and bf16 autocast
+# the FaViT table on a GPU: the project's reference setting (224², batch 128) in float32 and bf16 autocast
 FAVIT_GPU_ARGS = (
     "--batch 128 --bf16 --rounds 8 --rounds-large 5 --warmup 2 --fusions official max probsparse hierarchical"
 )
