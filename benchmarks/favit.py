@@ -43,9 +43,10 @@ import torch
 import torch.nn.functional as F
 
 import favit_probsparse.models  # noqa: F401  (registers favit_*)
-from favit_probsparse.experiments.provenance import hardware_summary, provenance
 from favit_probsparse.models.favit import checkpoint_filter_fn
 from favit_probsparse.testing.favit_official import official_forward, to_official_keys
+from favit_probsparse.utils.io import write_text
+from favit_probsparse.utils.provenance import hardware_summary, provenance
 
 FUSIONS = ("official", "max", "mean", "conv1x1", "linear", "probsparse", "hierarchical")
 OFFICIAL = "official code"
@@ -300,10 +301,7 @@ def main(argv=None) -> int:
     text = "\n".join(head + body) + "\n"
     print(text)
     if args.out:
-        out = Path(args.out)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(out)
+        write_text(args.out, text)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(meta=meta, results=raw), indent=1))
     return 0

@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from favit_probsparse.utils.io import write_text
+
 REPO = Path(__file__).resolve().parents[1]
 
 # ---- the one Informer line (update it here when the forecaster configs change) --------------------------------
@@ -149,9 +151,7 @@ def write_summary(out: Path, steps: list[dict], header: str) -> None:
         ("summary.md", "\n".join(lines) + "\n"),
         ("summary.json", json.dumps(steps, indent=1)),
     ):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        write_text(out / name, text)
 
 
 def main(argv: list[str] | None = None) -> int:

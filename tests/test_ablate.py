@@ -114,6 +114,8 @@ def test_report_marks_best_failed_and_missing(tmp_path):
     assert "seed 0: skipped (budget)" in table
     assert "| 50.0 |" in table  # reference column
     assert "Seed-to-seed spread (median std over rows): 7.07; best minus second: 15.00" in md
+    status = md.split("\n\n")[1]  # right under the title: what, when, on what, which command
+    assert status.startswith("**Status.** Top-1") and status.endswith("on hw, with `favit-ps ablate g.yaml`.")
     assert (tmp_path / "res" / "tiny-grid.png").stat().st_size > 1000
     raw = json.loads((tmp_path / "res" / "tiny-grid.json").read_text())
     assert raw["summary"][0]["metrics"]["test/acc1"]["n"] == 2
@@ -174,6 +176,7 @@ def test_stats_only_builds_every_row_without_training(tmp_path, capsys):
         == 1
     )
     md = (tmp_path / "res" / "tiny-grid-model-stats.md").read_text()
+    assert md.split("\n\n")[1].startswith("**Status.** Parameters and GMACs per row")
     lines = {
         ln.split("|")[1].strip(): ln for ln in md.splitlines() if ln.startswith("| ") and "Row" not in ln
     }
@@ -225,7 +228,7 @@ def test_mean_std_of_one_and_several_runs():
 def test_result_files_are_replaced_atomically(tmp_path, monkeypatch):
     import os
 
-    from favit_probsparse.experiments import records
+    from favit_probsparse.utils import io as records
 
     path = records.write_json(tmp_path / "r.json", {"a": 1, "nan": float("nan")})
     assert json.loads(path.read_text()) == {"a": 1, "nan": None}  # NaN is not JSON: written as null
@@ -241,8 +244,8 @@ def test_result_files_are_replaced_atomically(tmp_path, monkeypatch):
 
 
 def test_record_carries_provenance(tmp_path):
-    from favit_probsparse.experiments.provenance import cpu_model
     from favit_probsparse.experiments.records import read_record, write_record
+    from favit_probsparse.utils.provenance import cpu_model
 
     write_record(
         tmp_path / "m.json", status="done", seed=3, metrics={"x": 1.0}, config="c.yaml", command="cmd"

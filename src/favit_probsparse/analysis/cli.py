@@ -24,6 +24,9 @@ from pathlib import Path
 
 import torch
 
+from favit_probsparse.utils.io import write_text
+from favit_probsparse.utils.provenance import hardware_summary, status_line, utc_now
+
 __all__ = [
     "load_classifier",
     "load_forecaster",
@@ -134,7 +137,7 @@ def run_fusion(args) -> int:
         fp.plot_compare(rows, first_images, out / "compare.png", args.dpi)
         print(f"wrote {out}/compare.png")
     _write_json(out / "fusion_maps.json", report)
-    _write_text(out / "fusion_maps.md", tokens_read_table(report))
+    write_text(out / "fusion_maps.md", tokens_read_table(report))
     print(f"wrote {out}/fusion_maps.json, fusion_maps.md")
     return 0
 
@@ -160,14 +163,7 @@ def tokens_read_table(report: dict) -> str:
 
 
 def _write_json(path: Path, obj) -> None:
-    _write_text(path, json.dumps(obj, indent=1))
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text(path, json.dumps(obj, indent=1))
 
 
 def _datamodule(args, hp):
@@ -242,6 +238,14 @@ def run_cross_terms(args) -> int:
         n_windows=n,
         model_desc=_describe(hp),
         dpi=args.dpi,
+        status=status_line(
+            f"The attention-logit decomposition of `{args.ckpt}` over {n} test windows",
+            utc_now()[:16] + " UTC",
+            hardware_summary(),
+            f"favit-ps analyze cross-terms --ckpt {args.ckpt}"
+            + (f" --config {args.config}" if args.config else f" --data {args.data}")
+            + f" --batches {args.batches} --out {args.out}",
+        ),
     )
     print(f"wrote {args.out}/cross_terms.md ({n} test windows)")
     return 0
@@ -265,7 +269,7 @@ def _describe(hp: dict) -> str:
 
 
 def write_cross_term_report(
-    results, out: Path, title: str, n_windows: int, model_desc: str = "", dpi: int = 60
+    results, out: Path, title: str, n_windows: int, model_desc: str = "", dpi: int = 60, status: str = ""
 ) -> None:
     import matplotlib
 
@@ -322,6 +326,7 @@ def write_cross_term_report(
     lines = [
         f"# {title}",
         "",
+        *([status, ""] if status else []),
         f"Model: {model_desc}",
         "",
         f"Test windows: {n_windows}. Per layer, mean over heads "
@@ -358,7 +363,7 @@ def write_cross_term_report(
     for r in results:
         r2 = r.p2p_toeplitz_r2.mean()
         lines.append(f"| {r.name} | {r.max_abs_sum_error:.2e} | {'–' if torch.isnan(r2) else f'{r2:.3f}'} |")
-    (out / "cross_terms.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "cross_terms.md", "\n".join(lines) + "\n")
     (out / "cross_terms.json").write_text(
         json.dumps({"title": title, "model": model_desc, "n_windows": n_windows, "layers": js}, indent=1)
     )

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from favit_probsparse.attention import probsparse_attention, probsparse_counts
-from favit_probsparse.experiments.provenance import hardware_summary
+from favit_probsparse.utils.io import write_text
+from favit_probsparse.utils.provenance import hardware_summary
 
 METHODS = ("official", "exact", "fast", "sdpa")
 DEFAULT_LENGTHS = (96, 336, 720, 1440, 5760)
@@ -324,10 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines)
     print(table)
     if a.markdown:
-        tmp = f"{a.markdown}.tmp"
-        with open(tmp, "w") as f:
-            f.write(table + "\n")
-        os.replace(tmp, a.markdown)
+        write_text(a.markdown, table + "\n")
     return 0
 
 

@@ -8,7 +8,7 @@ The pieces, one job each: :mod:`~favit_probsparse.experiments.grid` (the grid fi
 :mod:`~favit_probsparse.experiments.worker` (one run), :mod:`~favit_probsparse.experiments.records` (the result
 record, atomic files, mean ± std), :mod:`~favit_probsparse.experiments.report` (table, JSON, chart),
 :mod:`~favit_probsparse.experiments.stats` (``--stats-only``) and
-:mod:`~favit_probsparse.experiments.provenance` (hardware, date, git commit).
+:mod:`~favit_probsparse.utils.provenance` (hardware, date, git commit).
 
 Each run is one Lightning config, fit then (by default) tested, in its own subprocess, so a crash or an
 out-of-memory in one run is recorded and the grid goes on. The merged config of each run is written to
@@ -50,7 +50,6 @@ from pathlib import Path
 
 from favit_probsparse import resources
 from favit_probsparse.experiments.grid import Grid, apply_overrides, load_grid, parse_set
-from favit_probsparse.experiments.provenance import hardware_summary
 from favit_probsparse.experiments.report import summarize, write_report
 from favit_probsparse.experiments.runner import (
     RunResult,
@@ -61,6 +60,7 @@ from favit_probsparse.experiments.runner import (
     run_grid,
 )
 from favit_probsparse.experiments.stats import model_stats_table, write_stats_report
+from favit_probsparse.utils.provenance import hardware_summary
 
 __all__ = [
     "Grid",

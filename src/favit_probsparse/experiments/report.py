@@ -4,16 +4,15 @@ JSON and a chart (:func:`write_report`); all written atomically."""
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from favit_probsparse.experiments.grid import Grid, Metric
 from favit_probsparse.experiments.paired import learning_curves, paired_differences, paired_table
-from favit_probsparse.experiments.provenance import git_commit, hardware_summary, utc_now
-from favit_probsparse.experiments.records import summarize_values, write_json, write_text
+from favit_probsparse.experiments.records import summarize_values
 from favit_probsparse.experiments.runner import RunResult
+from favit_probsparse.utils.io import save_figure, write_json, write_text
+from favit_probsparse.utils.provenance import git_commit, hardware_summary, status_line, utc_now
 
 __all__ = ["fmt_mean_std", "summarize", "write_report"]
 
@@ -163,7 +162,13 @@ def write_report(
     now = utc_now()
     commit = git_commit()
     fin = sorted(r.finished for r in results if r.finished)
-    md = [f"# {grid.title or grid.name}", ""]
+    when = f"{min(fin)[:16]} to {max(fin)[:16]} UTC" if fin else now[:16] + " UTC"
+    md = [
+        f"# {grid.title or grid.name}",
+        "",
+        status_line(f"{m.title} per row over seeds {seeds}", when, hardware, command),
+        "",
+    ]
     if grid.description:
         md += [grid.description.strip(), ""]
     md += [table, ""]
@@ -350,14 +355,9 @@ def _curves_chart(grid: Grid, curves: dict[str, dict[str, dict]], path: Path) ->
 def _save_fig(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        save_figure(fig, path, dpi=120)
     finally:
-        Path(tmp).unlink(missing_ok=True)
         plt.close(fig)
 
 

@@ -69,7 +69,6 @@ def main(argv: list[str]) -> int:
             f"favit-ps reproduce: no grid {a.target!r}: {e} (targets: {', '.join(TARGETS)}, a grid name "
             f"({', '.join(resources.grid_names())}) or a grid file)"
         ) from None
-    from favit_probsparse.data.vision import DatasetError
     from favit_probsparse.experiments.ablate import main as ablate_main
 
     # every download first, so a missing file stops the job before any training (the ablation runner prepares
@@ -77,8 +76,8 @@ def main(argv: list[str]) -> int:
     for grid in grids:
         try:
             prepare_grid_data(grid)
-        except (DatasetError, RuntimeError, OSError) as e:
-            # a download or dataset problem: the message names it
+        except (ValueError, RuntimeError, OSError) as e:
+            # a download or dataset problem (the data modules' errors are ValueErrors): the message names it
             raise SystemExit(f"favit-ps reproduce: preparing the data of {grid} failed: {e}") from None
     rc = 0
     for grid in grids:

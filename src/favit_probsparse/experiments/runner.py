@@ -39,11 +39,10 @@ from favit_probsparse.experiments.records import (
     FAILED,
     CorruptRecordError,
     read_record,
-    write_json,
     write_record,
-    write_text,
 )
 from favit_probsparse.imports import import_class
+from favit_probsparse.utils.io import write_json, write_text
 
 __all__ = [
     "RunResult",

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from favit_probsparse.experiments.grid import Grid, apply_overrides, read_config
-from favit_probsparse.experiments.provenance import hardware_summary, utc_now
-from favit_probsparse.experiments.records import write_text
 from favit_probsparse.experiments.report import stat_cell
 from favit_probsparse.experiments.worker import model_stats_of
 from favit_probsparse.imports import import_class
+from favit_probsparse.utils.io import write_text
+from favit_probsparse.utils.provenance import hardware_summary, status_line, utc_now
 
 __all__ = ["model_stats_table", "write_stats_report"]
 
@@ -85,6 +85,13 @@ def write_stats_report(grid: Grid, stats: list[dict], out_dir: Path, command: st
     table = "\n".join(lines)
     md = [
         f"# Model size and cost: {grid.title or grid.name}",
+        "",
+        status_line(
+            "Parameters and GMACs per row (they do not depend on the machine)",
+            utc_now()[:16] + " UTC",
+            hardware_summary(),
+            command,
+        ),
         "",
         table,
         "",
