@@ -9,9 +9,10 @@ import pytest
 import yaml
 
 from _helpers import vision_config, write_yaml
+from favit_probsparse.config import apply_overrides
 from favit_probsparse.data.vision import write_toy_image_folder
 from favit_probsparse.experiments.ablate import main
-from favit_probsparse.experiments.grid import apply_overrides, load_grid
+from favit_probsparse.experiments.grid import load_grid
 from favit_probsparse.experiments.report import write_report
 from favit_probsparse.experiments.runner import RunResult
 
@@ -193,7 +194,8 @@ def test_stats_only_builds_every_row_without_training(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------ one protocol
 def _fake_record(grid_path: Path, runs: Path, row: str, seed: int, acc1: float) -> Path:
     """A finished run's record as the worker writes it, for the config the runner would run (no training)."""
-    from favit_probsparse.experiments.grid import apply_overrides, config_hash, redirect_outputs
+    from favit_probsparse.config import apply_overrides
+    from favit_probsparse.experiments.grid import config_hash, redirect_outputs
     from favit_probsparse.experiments.records import write_record
     from favit_probsparse.experiments.runner import _base_config, run_dir_of
 
@@ -354,7 +356,7 @@ def test_no_module_imports_the_cli():
 
 
 def test_second_fit_into_the_same_checkpoint_folder_is_refused(tmp_path):
-    from favit_probsparse.training import lightning_cli
+    from favit_probsparse.training.project_cli import lightning_cli
 
     ckpts = tmp_path / "ckpts"
     cfg = {

@@ -170,7 +170,7 @@ def _datamodule(args, hp):
     from favit_probsparse.data.ett import ETTDataModule
 
     if args.config:
-        from favit_probsparse.training import load_config
+        from favit_probsparse.config import load_config
 
         cfg = load_config(args.config)  # follows `base:` presets
         init = dict(cfg.get("data", {}).get("init_args", {}))

@@ -53,19 +53,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from favit_probsparse.config import read_yaml
 
 __all__ = [
     "GRID_KEYS",
     "Grid",
     "Metric",
     "Row",
-    "apply_overrides",
     "config_hash",
     "load_grid",
-    "parse_set",
-    "read_config",
-    "read_yaml",
     "redirect_outputs",
 ]
 
@@ -156,32 +152,6 @@ GRID_KEYS = {
     "baseline",
     "curves",
 }
-
-
-def read_yaml(path: str | os.PathLike) -> Any:
-    """``yaml.safe_load`` of a file; a syntax error names the file, line and column."""
-    path = Path(path)
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        raise ValueError(f"{where}: invalid YAML: {e.problem or e.context}") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: invalid YAML: {e}") from None
-
-
-def read_config(path: str | os.PathLike) -> dict:
-    """A run config (a ``favit-ps fit`` YAML) with its ``base:`` chain merged, so that the grid's overrides and
-    the per-run ``config.yaml`` see the whole config (the chain's relative paths mean nothing in a run folder)."""
-    from favit_probsparse.training import load_config
-
-    raw = read_yaml(path)  # a syntax error names the file and line
-    if not isinstance(raw, dict):
-        if raw is None:
-            return {}
-        raise ValueError(f"{path}: a config file is a YAML mapping")
-    return load_config(path) if "base" in raw else raw
 
 
 def load_grid(path: str | os.PathLike) -> Grid:
@@ -276,41 +246,6 @@ def load_grid(path: str | os.PathLike) -> Grid:
     )
 
 
-def apply_overrides(cfg: dict, overrides: dict[str, Any]) -> dict:
-    """Return a copy of ``cfg`` with dotted-key ``overrides`` applied (see the module docstring)."""
-    cfg = copy.deepcopy(cfg)
-    for key, value in overrides.items():
-        parts = str(key).split(".")
-        node: Any = cfg
-        for j, part in enumerate(parts):
-            last = j == len(parts) - 1
-            if isinstance(node, list):
-                try:
-                    idx = int(part)
-                    node[idx]  # bounds check
-                except (ValueError, IndexError):
-                    raise KeyError(
-                        f"override {key!r}: {part!r} is not a valid index of a list of {len(node)}"
-                    ) from None
-                if last:
-                    node[idx] = copy.deepcopy(value)
-                else:
-                    node = node[idx]
-            elif isinstance(node, dict):
-                if last:
-                    node[part] = copy.deepcopy(value)
-                else:
-                    if node.get(part) is None:
-                        node[part] = {}
-                    node = node[part]
-            else:
-                raise KeyError(
-                    f"override {key!r}: {'.'.join(parts[:j])!r} is a {type(node).__name__}, "
-                    "not a mapping or list"
-                )
-    return cfg
-
-
 def redirect_outputs(cfg: dict, run_dir: Path, seed: int) -> dict:
     """Point the run's seed, ``default_root_dir``, loggers and checkpoints at ``run_dir`` (one folder per run)."""
     cfg = copy.deepcopy(cfg)
@@ -332,14 +267,3 @@ def config_hash(cfg: dict, cli_args: list[str] | None = None) -> str:
     """Content hash of a run's config (and extra CLI arguments): an unchanged hash means the run can be skipped."""
     payload = cfg if not cli_args else {"config": cfg, "cli_args": list(cli_args)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def parse_set(items: list[str] | None) -> dict[str, Any]:
-    """``["a.b=1", "c=[1, 2]"]`` -> ``{"a.b": 1, "c": [1, 2]}`` (values are YAML)."""
-    out = {}
-    for it in items or []:
-        if "=" not in it:
-            raise ValueError(f"--set expects key=value, got {it!r}")
-        k, v = it.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out

@@ -25,13 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from favit_probsparse.config import apply_overrides, read_config
 from favit_probsparse.experiments.grid import (
     Grid,
     Row,
-    apply_overrides,
     config_hash,
     load_grid,
-    read_config,
     redirect_outputs,
 )
 from favit_probsparse.experiments.records import (

@@ -15,7 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from favit_probsparse.experiments.grid import Grid, apply_overrides, read_config
+from favit_probsparse.config import apply_overrides, read_config
+from favit_probsparse.experiments.grid import Grid
 from favit_probsparse.experiments.report import stat_cell
 from favit_probsparse.experiments.worker import model_stats_of
 from favit_probsparse.imports import import_class
