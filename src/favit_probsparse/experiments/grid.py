@@ -154,6 +154,46 @@ GRID_KEYS = {
 }
 
 
+def _find_base_config(path: Path, given: str) -> Path:
+    """The grid's ``base_config``: as given (absolute, or relative to the current folder), else beside the grid."""
+    base = Path(given)
+    candidates = [base] if base.is_absolute() else [base, path.parent / base]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise FileNotFoundError(
+            f"{path}: base_config {given} not found (tried {', '.join(str(c) for c in candidates)})"
+        )
+    return found
+
+
+def _parse_row(path: Path, i: int, r: Any) -> Row:
+    """Row ``i`` of the grid at ``path``, validated (errors name the file and the row)."""
+    if not isinstance(r, dict) or "name" not in r:
+        raise ValueError(f"{path}: row {i} needs a 'name'")
+    bad = set(r) - {"name", "label", "overrides", "reference", "seeds"}
+    if bad:
+        raise ValueError(f"{path}: row {r['name']!r} has unknown keys {sorted(bad)}")
+    name = str(r["name"])
+    if not NAME_RE.match(name):
+        raise ValueError(f"{path}: row name {name!r} must be folder-safe (letters, digits, _ . + -)")
+    ov = r.get("overrides") or {}
+    if not isinstance(ov, dict):
+        raise ValueError(f"{path}: row {name!r} overrides must be a mapping of dotted keys")
+    row_seeds = r.get("seeds")
+    if row_seeds is not None:
+        try:
+            row_seeds = [int(x) for x in (row_seeds if isinstance(row_seeds, list) else [row_seeds])]
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: row {name!r} seeds must be integers, got {r['seeds']!r}") from None
+    return Row(
+        name=name,
+        label=str(r.get("label", name)),
+        overrides=ov,
+        reference=r.get("reference"),
+        seeds=row_seeds,
+    )
+
+
 def load_grid(path: str | os.PathLike) -> Grid:
     """Read and validate a grid YAML file (see the module docstring)."""
     path = Path(path)
@@ -168,44 +208,10 @@ def load_grid(path: str | os.PathLike) -> Grid:
     for key in ("base_config", "metric", "rows"):
         if key not in raw:
             raise ValueError(f"{path}: missing required key {key!r}")
-    base = Path(raw["base_config"])
-    candidates = [base] if base.is_absolute() else [base, path.parent / base]
-    found = next((c for c in candidates if c.is_file()), None)
-    if found is None:
-        raise FileNotFoundError(
-            f"{path}: base_config {raw['base_config']} not found (tried "
-            f"{', '.join(str(c) for c in candidates)})"
-        )
-    rows = []
+    found = _find_base_config(path, raw["base_config"])
     if not isinstance(raw["rows"], list) or not raw["rows"]:
         raise ValueError(f"{path}: 'rows' must be a non-empty list")
-    for i, r in enumerate(raw["rows"]):
-        if not isinstance(r, dict) or "name" not in r:
-            raise ValueError(f"{path}: row {i} needs a 'name'")
-        bad = set(r) - {"name", "label", "overrides", "reference", "seeds"}
-        if bad:
-            raise ValueError(f"{path}: row {r['name']!r} has unknown keys {sorted(bad)}")
-        name = str(r["name"])
-        if not NAME_RE.match(name):
-            raise ValueError(f"{path}: row name {name!r} must be folder-safe (letters, digits, _ . + -)")
-        ov = r.get("overrides") or {}
-        if not isinstance(ov, dict):
-            raise ValueError(f"{path}: row {name!r} overrides must be a mapping of dotted keys")
-        row_seeds = r.get("seeds")
-        if row_seeds is not None:
-            try:
-                row_seeds = [int(x) for x in (row_seeds if isinstance(row_seeds, list) else [row_seeds])]
-            except (TypeError, ValueError):
-                raise ValueError(f"{path}: row {name!r} seeds must be integers, got {r['seeds']!r}") from None
-        rows.append(
-            Row(
-                name=name,
-                label=str(r.get("label", name)),
-                overrides=ov,
-                reference=r.get("reference"),
-                seeds=row_seeds,
-            )
-        )
+    rows = [_parse_row(path, i, r) for i, r in enumerate(raw["rows"])]
     names = [r.name for r in rows]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
