@@ -116,7 +116,9 @@ def test_report_marks_best_failed_and_missing(tmp_path):
     assert "| 50.0 |" in table  # reference column
     assert "Seed-to-seed spread (median std over rows): 7.07; best minus second: 15.00" in md
     status = md.split("\n\n")[1]  # right under the title: what, when, on what, which command
-    assert status.startswith("**Status.** Top-1") and status.endswith("on hw, with `favit-ps ablate g.yaml`.")
+    assert status.startswith("**Status.** Top-1") and status.endswith(
+        " UTC on hw, with `favit-ps ablate g.yaml`."
+    )
     assert (tmp_path / "res" / "tiny-grid.png").stat().st_size > 1000
     raw = json.loads((tmp_path / "res" / "tiny-grid.json").read_text())
     assert raw["summary"][0]["metrics"]["test/acc1"]["n"] == 2

@@ -61,25 +61,29 @@ def model_stats_table(grid: Grid, extra_overrides: dict | None = None) -> list[d
     return out
 
 
+def _presentation(grid: Grid) -> tuple[dict[str, str], str]:
+    """The task's extra columns and note for the table: ``STATS_COLUMNS`` / ``STATS_NOTE`` of the module class the
+    grid's base config names (none when it names none or cannot be imported)."""
+    try:
+        cls = _class_of(read_config(grid.base_config).get("model") or {}, "model")
+    except Exception:
+        return {}, ""
+    return dict(getattr(cls, "STATS_COLUMNS", {}) or {}), str(getattr(cls, "STATS_NOTE", "") or "")
+
+
 def write_stats_report(grid: Grid, stats: list[dict], out_dir: Path, command: str) -> tuple[Path, str]:
-    """Write ``<out>/<name>-model-stats.md`` (params, GMACs per row, beside the reference)."""
+    """Write ``<out>/<name>-model-stats.md`` (params, GMACs per row, the task's own columns, the reference)."""
+    columns, note = _presentation(grid)
+    extra = {k: t for k, t in columns.items() if any(k in e for e in stats)}
     has_ref = any(e["reference"] is not None for e in stats)
-    has_windows = any("windows" in e for e in stats)
-    header = ["Row", "Params (M)", "GMACs", "img size"]
-    header += (["windows per branch, stages 1-4"] if has_windows else []) + (
-        [grid.reference_label] if has_ref else []
-    )
+    header = ["Row", "Params (M)", "GMACs", *extra.values()] + ([grid.reference_label] if has_ref else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for e in stats:
         if "error" in e:
-            cells = [e["label"], f"ERROR: `{e['error'][:200]}`", "–", "–"] + (["–"] if has_windows else [])
+            cells = [e["label"], f"ERROR: `{e['error'][:200]}`", "–"] + ["–"] * len(extra)
         else:
-            cells = [
-                e["label"],
-                stat_cell(e.get("params_m"), 3),
-                stat_cell(e.get("gmacs"), 3),
-                str(e.get("img_size", "–")),
-            ] + ([str(e.get("windows", "–"))] if has_windows else [])
+            cells = [e["label"], stat_cell(e.get("params_m"), 3), stat_cell(e.get("gmacs"), 3)]
+            cells += [str(e.get(k, "–")) for k in extra]
         if has_ref:
             cells.append("–" if e["reference"] is None else str(e["reference"]))
         lines.append("| " + " | ".join(cells) + " |")
@@ -96,11 +100,9 @@ def write_stats_report(grid: Grid, stats: list[dict], out_dir: Path, command: st
         "",
         table,
         "",
-        "Parameters of the network (EMA copies excluded); GMACs (multiply-accumulates, what vision papers call "
-        "FLOPs) of one forward pass of one image, counted by torch's FLOP counter (matmuls, convolutions, "
-        "attention). Nothing is trained for this table. Windows per branch: how many windows each FaSA window "
-        "branch (dilation 1, then the dilated one) fuses at each stage; a fusion has something to fuse only "
-        "where this is above 1.",
+        "Parameters of the network (EMA copies excluded); GMACs (multiply-accumulates, often called FLOPs) of "
+        "one forward pass of one sample, counted by torch's FLOP counter (matmuls, convolutions, attention). "
+        "Nothing is trained for this table." + (f" {note}" if note else ""),
         "",
         *([grid.reference_note.strip(), ""] if grid.reference_note else []),
         f"- Command: `{command}`",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,8 @@ def utc_now() -> str:
 
 def status_line(what: str, when: str, hardware: str, command: str) -> str:
     """The line every result file opens with: what it shows, measured when, on what, with which command."""
-    return f"**Status.** {what}. Measured {when.replace('T', ' ')} on {hardware}, with `{command}`."
+    when = re.sub(r"(\d)T(\d)", r"\1 \2", when)  # ISO 8601's date-time separator reads as a space
+    return f"**Status.** {what}. Measured {when} on {hardware}, with `{command}`."
 
 
 def provenance(command: str | None = None) -> dict[str, Any]:
