@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from favit_probsparse.utils.io import write_text
+from favit_probsparse.utils.provenance import hardware_summary, status_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -191,9 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         informer = next(s for s in steps if s["name"] == "informer")
         if informer["status"] == "planned":
             informer["status"] = f"skipped (no {csv}; pass --data DIR holding ETT/ETTh1.csv)"
-    header = (
-        f"Command: `{' '.join(shlex.quote(x) for x in [sys.executable, *sys.argv])}`; "
-        f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; host GPU: see env.txt."
+    header = status_line(  # the line every result file opens with
+        "The GPU checks (tests marked cuda, attention benchmark, FaViT throughput, one Informer epoch)",
+        time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        hardware_summary() + " (details in env.txt)",
+        " ".join(shlex.quote(x) for x in [sys.executable, *sys.argv]),
     )
     if a.dry_run:
         for s in steps:
