@@ -1,6 +1,6 @@
 """``favit-ps reproduce TARGET``: one-command reproductions.
 
-* ``quick`` (the README's main job, < 10 min on 2 CPU cores) shows both halves of the library, one grid each
+* ``quick`` (the README's main job, about 6 min on 2 CPU cores; measured times in results/quick.md) shows both halves of the library, one grid each
   through the ablation runner, and prints each result table:
 
   1. ``configs/ablations/quick.yaml``: a small FaViT (CIFAR variant, 32²) with three cross-window fusions, one
