@@ -40,7 +40,7 @@ clean:
 	rm -rf $(VENV) lightning_logs runs .pytest_cache
 
 # Everything that needs a GPU (CUDA tests, attention benchmark at B=32, FaViT throughput, one Informer epoch),
-# into one folder; ~8 minutes on one GPU. GPU_ARGS e.g. "--official-file PATH --data DIR" or "--dry-run".
+# into one folder (never run on a GPU yet, so its duration is unknown). GPU_ARGS e.g. "--official-file PATH --data DIR" or "--dry-run".
 GPU_OUT  ?= results/gpu-check
 GPU_ARGS ?=
 gpu-check: $(STAMP)

@@ -5,7 +5,7 @@
 (The attention benchmark that ``favit-ps reproduce attention`` runs is a module of the package,
 ``favit_probsparse.benchmarks.attention``; it needs no copy.)
 
-``favit_probsparse.resources`` finds it there through ``importlib.resources``, so an installed package works
+``favit_probsparse.config`` finds it there through ``importlib.resources``, so an installed package works
 without the checkout. An editable install skips the copy and reads it from the checkout instead.
 Everything else is declared in pyproject.toml.
 """

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 import favit_probsparse.models  # noqa: F401  (registers favit_*)
 from favit_probsparse.attention.fusion import reset_sampling
-from favit_probsparse.experiments.provenance import hardware_summary, utc_now
+from favit_probsparse.utils.provenance import hardware_summary, utc_now
 
 PRESETS = {
     "quick": dict(

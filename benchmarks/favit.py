@@ -43,9 +43,10 @@ import torch
 import torch.nn.functional as F
 
 import favit_probsparse.models  # noqa: F401  (registers favit_*)
-from favit_probsparse.experiments.provenance import hardware_summary, provenance
 from favit_probsparse.models.favit import checkpoint_filter_fn
 from favit_probsparse.testing.favit_official import official_forward, to_official_keys
+from favit_probsparse.utils.io import write_text
+from favit_probsparse.utils.provenance import hardware_summary, provenance, status_line
 
 FUSIONS = ("official", "max", "mean", "conv1x1", "linear", "probsparse", "hierarchical")
 OFFICIAL = "official code"
@@ -205,7 +206,7 @@ def table(arch: str, res: dict[str, dict[str, float]], notes: dict[str, str], mo
 
 
 def targets(arch: str, res: dict[str, dict[str, float]]) -> list[str]:
-    """The issue's targets, met or missed by how much (B0 only: that is where they are stated)."""
+    """The project's speed targets, met or missed by how much (B0 only: that is where they are stated)."""
     base, ours = res[OFFICIAL], res["ours [official]"]
     out = []
     tr, inf = ours["train"] / base["train"], ours["infer"] / base["infer"]
@@ -290,9 +291,17 @@ def main(argv=None) -> int:
         del models
     meta["load_after"] = os.getloadavg()[0]
     head = [
-        f"Measured {meta['date']} (git {meta['git_commit']}) on {meta['hardware']}; timm {meta['timm']}. Load "
-        f"average {meta['load_before']:.1f} before / {meta['load_after']:.1f} after the run.",
-        f"Command: `{meta['command']}`.",
+        "# FaViT throughput beside the released code and timm's PVTv2",
+        "",
+        status_line(
+            "Training-step and inference images/s, and the ratio to the released code",
+            meta["date"][:16] + " UTC",
+            meta["hardware"],
+            meta["command"],
+        ),
+        "",
+        f"Code at git {meta['git_commit']}; timm {meta['timm']}. Load average {meta['load_before']:.1f} before / "
+        f"{meta['load_after']:.1f} after the run.",
         f"Batch {args.batch}, {args.size}², fp32; every round times each model in turn (training step, then "
         f"inference); median of the timed rounds after {args.warmup} warm-up round(s).",
         "",
@@ -300,10 +309,7 @@ def main(argv=None) -> int:
     text = "\n".join(head + body) + "\n"
     print(text)
     if args.out:
-        out = Path(args.out)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(out)
+        write_text(args.out, text)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(meta=meta, results=raw), indent=1))
     return 0

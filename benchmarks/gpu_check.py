@@ -4,7 +4,8 @@
     python benchmarks/gpu_check.py --out gpu-check-plan --dry-run     # anywhere: parse, plan, write the skeleton
     python benchmarks/gpu_check.py --out DIR --official-file ~/FaViT/classification/favit.py --data ~/data
 
-Steps (each a subprocess with its own time limit; about 8 minutes in all on one GPU):
+Steps (each a subprocess with its own time limit; the limits add up to about 8 minutes, but the script has
+never run on a GPU, so its real duration is unknown):
 
 1. ``env``: GPU, driver, torch and CUDA versions (``nvidia-smi``, ``torch.cuda``).
 2. ``cuda-tests``: the tests marked ``cuda`` (CUDA code paths: fast == exact ProbSparse, the sparsity-measure
@@ -31,6 +32,9 @@ import sys
 import time
 from pathlib import Path
 
+from favit_probsparse.utils.io import write_text
+from favit_probsparse.utils.provenance import hardware_summary, status_line
+
 REPO = Path(__file__).resolve().parents[1]
 
 # ---- the one Informer line (update it here when the forecaster configs change) --------------------------------
@@ -44,7 +48,7 @@ INFORMER_CMD = (
 # step name -> time limit in seconds (sum 480 s: the 8-minute budget; the cuda tests include torch.compile)
 LIMITS = {"env": 20, "cuda-tests": 150, "attention": 90, "favit": 140, "informer": 80}
 
-# the FaViT table on a GPU: the setting (224², batch 128) in float32 and bf16 autocast
+# the FaViT table on a GPU: the project's reference setting (224², batch 128) in float32 and bf16 autocast
 FAVIT_GPU_ARGS = (
     "--batch 128 --bf16 --rounds 8 --rounds-large 5 --warmup 2 --fusions official max probsparse hierarchical"
 )
@@ -148,9 +152,7 @@ def write_summary(out: Path, steps: list[dict], header: str) -> None:
         ("summary.md", "\n".join(lines) + "\n"),
         ("summary.json", json.dumps(steps, indent=1)),
     ):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        write_text(out / name, text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,9 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         informer = next(s for s in steps if s["name"] == "informer")
         if informer["status"] == "planned":
             informer["status"] = f"skipped (no {csv}; pass --data DIR holding ETT/ETTh1.csv)"
-    header = (
-        f"Command: `{' '.join(shlex.quote(x) for x in [sys.executable, *sys.argv])}`; "
-        f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; host GPU: see env.txt."
+    header = status_line(  # the line every result file opens with
+        "The GPU checks (tests marked cuda, attention benchmark, FaViT throughput, one Informer epoch)",
+        time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        hardware_summary() + " (details in env.txt)",
+        " ".join(shlex.quote(x) for x in [sys.executable, *sys.argv]),
     )
     if a.dry_run:
         for s in steps:

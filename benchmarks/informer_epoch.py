@@ -37,8 +37,8 @@ import time
 import torch
 
 from favit_probsparse.data.ett import ETTDataModule, ett_path
-from favit_probsparse.experiments.provenance import hardware, utc_now
 from favit_probsparse.models.informer import Informer, decoder_input
+from favit_probsparse.utils.provenance import hardware, utc_now
 
 VARIANTS = {
     "official": dict(attention="prob", prob_impl="official", official_loop=True),

@@ -41,12 +41,13 @@ import torch
 import yaml
 from lightning.pytorch import Callback
 
+from favit_probsparse.config import apply_overrides
 from favit_probsparse.data import vision
-from favit_probsparse.experiments.grid import apply_overrides, load_grid, redirect_outputs
-from favit_probsparse.experiments.provenance import hardware_summary, utc_now
+from favit_probsparse.experiments.grid import load_grid, redirect_outputs
 from favit_probsparse.experiments.runner import _base_config
 from favit_probsparse.training import classification
 from favit_probsparse.training.project_cli import project_cli
+from favit_probsparse.utils.provenance import hardware_summary, utc_now
 
 PARTS = ("data", "forward", "backward", "optimizer")
 

@@ -30,8 +30,8 @@ from PIL import Image
 
 from favit_probsparse.data.shards import ShardStream, read_info, write_shards
 from favit_probsparse.data.vision import IMAGENET_MEAN, IMAGENET_STD, build_transform
-from favit_probsparse.experiments.provenance import hardware_summary, utc_now
 from favit_probsparse.paths import resolve_data_path
+from favit_probsparse.utils.provenance import hardware_summary, utc_now
 
 
 def _jpeg_folder(src: Path, dst: Path, n: int, size: tuple[int, int]) -> int:

@@ -15,9 +15,9 @@ import argparse
 import shlex
 import sys
 
-from favit_probsparse.experiments.provenance import hardware_summary, utc_now
 from favit_probsparse.experiments.records import write_text
 from favit_probsparse.layers.tubelet import TUBELET_EMBEDS, compare_embeddings, stats_markdown
+from favit_probsparse.utils.provenance import hardware_summary, utc_now
 
 
 def _size(s: str) -> tuple[int, int, int]:

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 import favit_probsparse.models  # noqa: F401  (registers favit_video_*)
 from favit_probsparse.attention.fusion import reset_sampling
 from favit_probsparse.benchmarks.attention import time_interleaved
-from favit_probsparse.experiments.provenance import hardware_summary, utc_now
 from favit_probsparse.training.classification import measure_gmacs
+from favit_probsparse.utils.provenance import hardware_summary, utc_now
 
 ROWS = {  # row name -> model_kwargs over the study's base
     "fasa-probsparse": dict(attention="fasa", fusion="probsparse"),

@@ -19,8 +19,8 @@ import time
 import torch
 
 from favit_probsparse.data.video import VideoClipDataModule
-from favit_probsparse.experiments.provenance import hardware_summary, utc_now
 from favit_probsparse.paths import resolve_data_path
+from favit_probsparse.utils.provenance import hardware_summary, utc_now
 
 
 def _run(data: str, cache: bool, batches: int) -> tuple[float, float, float]:

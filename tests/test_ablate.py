@@ -9,9 +9,10 @@ import pytest
 import yaml
 
 from _helpers import vision_config, write_yaml
+from favit_probsparse.config import apply_overrides
 from favit_probsparse.data.vision import write_toy_image_folder
 from favit_probsparse.experiments.ablate import main
-from favit_probsparse.experiments.grid import apply_overrides, load_grid
+from favit_probsparse.experiments.grid import load_grid
 from favit_probsparse.experiments.report import write_report
 from favit_probsparse.experiments.runner import RunResult
 
@@ -114,6 +115,10 @@ def test_report_marks_best_failed_and_missing(tmp_path):
     assert "seed 0: skipped (budget)" in table
     assert "| 50.0 |" in table  # reference column
     assert "Seed-to-seed spread (median std over rows): 7.07; best minus second: 15.00" in md
+    status = md.split("\n\n")[1]  # right under the title: what, when, on what, which command
+    assert status.startswith("**Status.** Top-1") and status.endswith(
+        " UTC on hw, with `favit-ps ablate g.yaml`."
+    )
     assert (tmp_path / "res" / "tiny-grid.png").stat().st_size > 1000
     raw = json.loads((tmp_path / "res" / "tiny-grid.json").read_text())
     assert raw["summary"][0]["metrics"]["test/acc1"]["n"] == 2
@@ -174,6 +179,7 @@ def test_stats_only_builds_every_row_without_training(tmp_path, capsys):
         == 1
     )
     md = (tmp_path / "res" / "tiny-grid-model-stats.md").read_text()
+    assert md.split("\n\n")[1].startswith("**Status.** Parameters and GMACs per row")
     lines = {
         ln.split("|")[1].strip(): ln for ln in md.splitlines() if ln.startswith("| ") and "Row" not in ln
     }
@@ -190,7 +196,8 @@ def test_stats_only_builds_every_row_without_training(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------ one protocol
 def _fake_record(grid_path: Path, runs: Path, row: str, seed: int, acc1: float) -> Path:
     """A finished run's record as the worker writes it, for the config the runner would run (no training)."""
-    from favit_probsparse.experiments.grid import apply_overrides, config_hash, redirect_outputs
+    from favit_probsparse.config import apply_overrides
+    from favit_probsparse.experiments.grid import config_hash, redirect_outputs
     from favit_probsparse.experiments.records import write_record
     from favit_probsparse.experiments.runner import _base_config, run_dir_of
 
@@ -225,7 +232,7 @@ def test_mean_std_of_one_and_several_runs():
 def test_result_files_are_replaced_atomically(tmp_path, monkeypatch):
     import os
 
-    from favit_probsparse.experiments import records
+    from favit_probsparse.utils import io as records
 
     path = records.write_json(tmp_path / "r.json", {"a": 1, "nan": float("nan")})
     assert json.loads(path.read_text()) == {"a": 1, "nan": None}  # NaN is not JSON: written as null
@@ -241,8 +248,8 @@ def test_result_files_are_replaced_atomically(tmp_path, monkeypatch):
 
 
 def test_record_carries_provenance(tmp_path):
-    from favit_probsparse.experiments.provenance import cpu_model
     from favit_probsparse.experiments.records import read_record, write_record
+    from favit_probsparse.utils.provenance import cpu_model
 
     write_record(
         tmp_path / "m.json", status="done", seed=3, metrics={"x": 1.0}, config="c.yaml", command="cmd"
@@ -351,7 +358,7 @@ def test_no_module_imports_the_cli():
 
 
 def test_second_fit_into_the_same_checkpoint_folder_is_refused(tmp_path):
-    from favit_probsparse.training import lightning_cli
+    from favit_probsparse.training.project_cli import lightning_cli
 
     ckpts = tmp_path / "ckpts"
     cfg = {

@@ -102,12 +102,12 @@ def test_a_failing_download_is_one_line_naming_the_grid(tmp_path, fake_runs, mon
 
 @pytest.mark.parametrize("name", ["quick", "configs/ablations/quick.yaml", "ablations/quick.yaml"])
 def test_a_shipped_grid_is_found_from_any_folder(tmp_path, fake_runs, monkeypatch, name):
-    from favit_probsparse import resources
+    from favit_probsparse import config
 
     monkeypatch.setattr(ablate, "prepare_grid_data", lambda *a, **k: 0)  # no CIFAR download here
     assert ablate.main([name, "--seeds", "5"]) == 0
     assert fake_runs["grid"].name == "quick" and fake_runs["seeds"] == [5]
-    assert fake_runs["grid"].path.resolve() == (resources.config_dir() / "ablations" / "quick.yaml").resolve()
+    assert fake_runs["grid"].path.resolve() == (config.config_dir() / "ablations" / "quick.yaml").resolve()
 
 
 def test_the_users_file_wins_and_an_unknown_grid_is_named(tmp_path, fake_runs):
@@ -160,12 +160,12 @@ def test_ctrl_c_is_one_line_with_exit_130(tmp_path, fake_runs, monkeypatch, caps
 
 
 def test_fit_itr_finds_a_shipped_config_from_any_folder(tmp_path, monkeypatch):
-    from favit_probsparse import resources
+    from favit_probsparse import config
     from favit_probsparse.experiments.repeat import itr_grid
 
     monkeypatch.chdir(tmp_path)
     grid = itr_grid("configs/forecast/informer_etth1_M_96_48_24.yaml")
-    assert grid.base_config == resources.config_dir() / "forecast" / "informer_etth1_M_96_48_24.yaml"
+    assert grid.base_config == config.config_dir() / "forecast" / "informer_etth1_M_96_48_24.yaml"
     assert grid.name == "informer_etth1_M_96_48_24"
     with pytest.raises(FileNotFoundError, match=r"config configs/forecast/nope\.yaml not found"):
         itr_grid("configs/forecast/nope.yaml")

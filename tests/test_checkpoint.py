@@ -404,7 +404,7 @@ def test_itr_must_be_positive(n, capsys):
 
 
 def test_no_lightning_args_warning(monkeypatch):
-    from favit_probsparse.training import lightning_cli
+    from favit_probsparse.training.project_cli import lightning_cli
 
     cfg = str(ROOT / "configs/forecast/informer_etth1_M_48_48_24.yaml")
     monkeypatch.setattr(sys, "argv", ["favit-ps", "fit", "--config", cfg])

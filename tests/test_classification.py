@@ -350,7 +350,8 @@ def test_shipped_vision_configs_parse_and_build(path, capsys):
 
 def test_shipped_vision_grids_resolve():
     """The vision ablation grids load and every row's overrides apply to their base config."""
-    from favit_probsparse.experiments.ablate import apply_overrides, load_grid
+    from favit_probsparse.config import apply_overrides
+    from favit_probsparse.experiments.grid import load_grid
 
     grids = [
         p for p in sorted((REPO / "configs" / "ablations").glob("*.yaml")) if not p.name.startswith("ett")

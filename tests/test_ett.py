@@ -15,12 +15,11 @@ import torch
 from favit_probsparse.data.ett import (
     EpochSeededRandomSampler,
     ETTDataModule,
-    ETTDataset,
-    ett_borders,
     ett_path,
     time_feature_dim,
     time_features,
 )
+from favit_probsparse.testing.ett_official import ETTDataset, ett_borders
 
 ETTH1 = ett_path("ETTh1")
 ETTM1 = ett_path("ETTm1")

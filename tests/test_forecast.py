@@ -239,7 +239,8 @@ assert len(CONFIGS) == 32  # 31 protocol configs + quick_informer_etth1 (the mai
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_configs_parse_and_agree_with_their_data(path):
-    from favit_probsparse.training import lightning_cli, load_config
+    from favit_probsparse.config import load_config
+    from favit_probsparse.training.project_cli import lightning_cli
 
     cfg = load_config(path)
     d_args = cfg["data"]["init_args"]
@@ -271,7 +272,7 @@ def test_configs_parse_and_agree_with_their_data(path):
 @needs_etth1
 @pytest.mark.slow
 def test_multi_seed_runner(tmp_path):
-    from favit_probsparse.training import load_config
+    from favit_probsparse.config import load_config
 
     cfg = load_config(ROOT / "configs" / "forecast" / "informer_etth1_M_96_48_24.yaml")
     cfg["trainer"].update(
@@ -307,8 +308,8 @@ def test_any_network_gets_the_linked_shapes_and_rebuilds_from_its_hyperparameter
     import inspect
 
     from favit_probsparse.models.dlinear import DLinear
-    from favit_probsparse.training import lightning_cli
     from favit_probsparse.training.forecast import build_network
+    from favit_probsparse.training.project_cli import lightning_cli
 
     csv = tmp_path / "s.csv"
     n = 400

@@ -189,7 +189,7 @@ def test_capture_keeps_forward_and_queries(fusion):
     with capture_fusions(model, 0) as recs, torch.enable_grad():
         out = model(x)
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
-    # issue 14 §1: 64² with the stride-2 stem gives 25/9/4/1 windows on the dilation-1 branches
+    # 64² with the stride-2 stem gives 25/9/4/1 windows on the dilation-1 branches
     assert [(r.stage, r.dilation, r.num_windows) for r in recs] == [
         (0, 1, 25),
         (0, 8, 1),

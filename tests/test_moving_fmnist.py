@@ -221,7 +221,7 @@ def test_real_fashion_mnist_through_the_cli(tmp_path, capsys):
 
 @pytest.mark.parametrize(("name", "view", "classes"), [("", "motion", 8), ("_appearance", "appearance", 10)])
 def test_data_configs_instantiate_on_a_prepared_tree(tmp_path, name, view, classes):
-    from favit_probsparse.training import load_config
+    from favit_probsparse.config import load_config
 
     cfg = load_config(
         Path(__file__).resolve().parents[1] / "configs" / "video" / f"_data_moving_fmnist{name}.yaml"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from favit_probsparse import resources
+from favit_probsparse import config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,8 +28,8 @@ def test_every_grid_reproduce_names_resolves_inside_the_configs(tmp_path, monkey
     from favit_probsparse.experiments.reproduce import _grid_file
 
     monkeypatch.chdir(tmp_path)
-    root = resources.config_dir().resolve()
-    names = resources.grid_names()
+    root = config.config_dir().resolve()
+    names = config.grid_names()
     assert "quick" in names and "fusion_cifar10_subset" in names
     assert "ett_posenc_base" not in names  # a base config, not a grid
     for name in names:
@@ -67,7 +67,7 @@ def test_every_config_the_readme_names_is_shipped(tmp_path, monkeypatch):
     missing = []
     for name in named:
         try:
-            resources.config_path(name)
+            config.config_path(name)
         except FileNotFoundError:
             missing.append(name)
     assert not missing, f"README names configs that are not shipped: {missing}"
@@ -75,13 +75,13 @@ def test_every_config_the_readme_names_is_shipped(tmp_path, monkeypatch):
 
 def test_config_path_prefers_the_users_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    shipped = resources.config_path("configs/ablations/quick.yaml")
-    assert shipped == resources.config_path("ablations/quick.yaml") and shipped.is_file()
+    shipped = config.config_path("configs/ablations/quick.yaml")
+    assert shipped == config.config_path("ablations/quick.yaml") and shipped.is_file()
     (tmp_path / "configs" / "ablations").mkdir(parents=True)
     (tmp_path / "configs" / "ablations" / "quick.yaml").write_text("mine: true\n")
-    assert resources.config_path("configs/ablations/quick.yaml") == Path("configs/ablations/quick.yaml")
+    assert config.config_path("configs/ablations/quick.yaml") == Path("configs/ablations/quick.yaml")
     with pytest.raises(FileNotFoundError, match=r"config ablations/nope\.yaml not found"):
-        resources.config_path("ablations/nope.yaml")
+        config.config_path("ablations/nope.yaml")
 
 
 def test_lightning_config_args_resolve_to_shipped_configs(tmp_path, monkeypatch):
@@ -89,7 +89,7 @@ def test_lightning_config_args_resolve_to_shipped_configs(tmp_path, monkeypatch)
     a file of the user's wins; other arguments and unknown names are left for Lightning to judge."""
     monkeypatch.chdir(tmp_path)
     name = "configs/vision/favit_tiny_cifar10subset.yaml"
-    shipped = str(resources.config_dir() / "vision" / "favit_tiny_cifar10subset.yaml")
+    shipped = str(config.config_dir() / "vision" / "favit_tiny_cifar10subset.yaml")
     assert Path(shipped).is_file()
     argv = [
         "fit",
@@ -98,18 +98,16 @@ def test_lightning_config_args_resolve_to_shipped_configs(tmp_path, monkeypatch)
         "--trainer.max_epochs=1",
         "--config=vision/favit_tiny_cifar10subset.yaml",
     ]
-    assert resources.resolve_config_args(argv) == ["fit", "--config", shipped, "--trainer.max_epochs=1",
+    assert config.resolve_config_args(argv) == ["fit", "--config", shipped, "--trainer.max_epochs=1",
                                                    f"--config={shipped}"]  # fmt: skip
-    assert resources.resolve_config_args(["test", "-c", name, "--ckpt_path", "last"]) == [
+    assert config.resolve_config_args(["test", "-c", name, "--ckpt_path", "last"]) == [
         "test", "-c", shipped, "--ckpt_path", "last"
     ]  # fmt: skip
     unknown = ["fit", "--config", "configs/nope.yaml", "--model.config", name, "--config"]
-    assert (
-        resources.resolve_config_args(unknown) == unknown
-    )  # no such config; not a --config option; no value
+    assert config.resolve_config_args(unknown) == unknown  # no such config; not a --config option; no value
     (tmp_path / "configs" / "vision").mkdir(parents=True)
     (tmp_path / name).write_text("mine: true\n")
-    assert resources.resolve_config_args(["fit", "--config", name]) == ["fit", "--config", name]
+    assert config.resolve_config_args(["fit", "--config", name]) == ["fit", "--config", name]
 
 
 @pytest.mark.slow
@@ -137,7 +135,7 @@ def test_installed_wheel_works_without_the_checkout(tmp_path):
     )  # fmt: skip
     assert r.returncode == 0 and "quick" in r.stdout, r.stderr[-3000:]
     probe = (
-        "import favit_probsparse, favit_probsparse.resources as r\n"
+        "import favit_probsparse, favit_probsparse.config as r\n"
         "from favit_probsparse.experiments.grid import load_grid\n"
         "g = load_grid(r.config_path('configs/ablations/quick.yaml'))\n"
         "print(favit_probsparse.__file__); print(g.path); print(g.base_config)\n"

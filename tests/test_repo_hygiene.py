@@ -96,3 +96,49 @@ def test_docs_references_resolve():
                     missing.append(f"{rel}:{lineno}: {ref}")
     assert seen > 0, "no docs/*.md references found: the code should point at its docs"
     assert not missing, "references to missing docs:\n" + "\n".join(missing)
+
+
+# A reference to this project's tracker (an issue number) or to a work branch (a branch name in backquotes): the repository
+# outlives both. Links to other projects' trackers (".../issues/134") are citations and pass.
+TRACKER_REF = re.compile(r"(?<![/\w])issues? ?#?\d+|\bbranch `[\w./-]{2,}`", re.IGNORECASE)
+
+
+@pytest.mark.parametrize(
+    ("text", "bad"),
+    [
+        ("as asked in iss" + "ue 12 §1", True),
+        ("Issue" + " #3", True),
+        ("code of branch " + "`fv` at commit abc", True),
+        ("https://github.com/zhouhaoyi/Informer2020/" + "issues/134 reports", False),
+        ("window branch ``i`` of the shared K/V source; the issue tracker", False),
+    ],
+)
+def test_tracker_reference_pattern(text, bad):
+    assert bool(TRACKER_REF.search(text)) is bad
+
+
+def test_no_tracker_or_branch_references_in_tracked_files():
+    hits = []
+    for path in _tracked_files():
+        if path.name == "LICENSE" or path.suffix == ".json":
+            continue
+        text = _text(path)
+        if text is None:
+            continue
+        for lineno, line in enumerate(text.splitlines(), 1):
+            m = TRACKER_REF.search(line)
+            if m:
+                hits.append(f"{path.relative_to(REPO)}:{lineno}: {m.group(0)}")
+    assert not hits, "references to issue numbers or work branches:\n" + "\n".join(hits)
+
+
+def test_every_result_file_opens_with_a_status_line():
+    """Each ``results/**/*.md`` says right under its title what it shows, when, on what and with which command."""
+    files = sorted((REPO / "results").rglob("*.md"))
+    assert files
+    missing = [
+        f.relative_to(REPO).as_posix()
+        for f in files
+        if not f.read_text(encoding="utf-8").split("\n\n", 2)[1].startswith("**Status.**")
+    ]
+    assert not missing, "results files without a status line under the title:\n" + "\n".join(missing)

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from favit_probsparse.config import apply_overrides, read_config
 from favit_probsparse.data.ett import ett_path
 from favit_probsparse.experiments import ablate, reproduce
-from favit_probsparse.experiments.grid import apply_overrides, load_grid, read_config, redirect_outputs
+from favit_probsparse.experiments.grid import load_grid, redirect_outputs
 
 ETTH1 = ett_path("ETTh1")
 
@@ -78,8 +79,8 @@ def test_forecast_after_writes_the_24_hours_after_etth1_from_the_run(tmp_path, m
     from favit_probsparse.data.ett import ETTDataModule
     from favit_probsparse.experiments.records import DONE, write_record
     from favit_probsparse.experiments.runner import run_dir_of
-    from favit_probsparse.training import lightning_cli
     from favit_probsparse.training.forecast import forecaster_from_checkpoint
+    from favit_probsparse.training.project_cli import lightning_cli
 
     monkeypatch.setenv(
         "FAVIT_DATA", str(ETTH1.parents[1])

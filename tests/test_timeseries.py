@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from favit_probsparse.data.ett import ETTDataModule, ETTDataset, ett_path
+from favit_probsparse.data.ett import ETTDataModule, ett_path
 from favit_probsparse.data.timeseries import DataError, TimeSeriesDataModule, time_features
+from favit_probsparse.testing.ett_official import ETTDataset
 
 needs_etth1 = pytest.mark.skipif(not ett_path("ETTh1").exists(), reason="real ETTh1.csv not present")
 

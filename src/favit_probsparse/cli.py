@@ -85,8 +85,8 @@ def _rewrite_ckpt(argv: list[str]) -> list[str]:
 
 def run_lightning(argv: Sequence[str]):
     """Run Lightning's CLI on ``argv`` (a subcommand first) and return the LightningCLI object."""
-    from favit_probsparse.resources import resolve_config_args
-    from favit_probsparse.training import lightning_cli
+    from favit_probsparse.config import resolve_config_args
+    from favit_probsparse.training.project_cli import lightning_cli
 
     # a --config that is not in the current folder may name a config shipped with the package
     return lightning_cli(_rewrite_ckpt(resolve_config_args(list(argv))))

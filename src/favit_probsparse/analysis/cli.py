@@ -24,6 +24,9 @@ from pathlib import Path
 
 import torch
 
+from favit_probsparse.utils.io import save_figure, write_text
+from favit_probsparse.utils.provenance import hardware_summary, status_line, utc_now
+
 __all__ = [
     "load_classifier",
     "load_forecaster",
@@ -196,7 +199,7 @@ def run_fusion(args) -> int:
         fp.plot_compare(rows, first_images, out / "compare.png", args.dpi)
         print(f"wrote {out}/compare.png")
     _write_json(out / "fusion_maps.json", report)
-    _write_text(out / "fusion_maps.md", tokens_read_table(report))
+    write_text(out / "fusion_maps.md", tokens_read_table(report))
     print(f"wrote {out}/fusion_maps.json, fusion_maps.md")
     return 0
 
@@ -222,21 +225,14 @@ def tokens_read_table(report: dict) -> str:
 
 
 def _write_json(path: Path, obj) -> None:
-    _write_text(path, json.dumps(obj, indent=1))
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text(path, json.dumps(obj, indent=1))
 
 
 def _datamodule(args, hp):
     from favit_probsparse.data.ett import ETTDataModule
 
     if args.config:
-        from favit_probsparse.training import load_config
+        from favit_probsparse.config import load_config
 
         cfg = load_config(args.config)  # follows `base:` presets
         init = dict(cfg.get("data", {}).get("init_args", {}))
@@ -304,6 +300,14 @@ def run_cross_terms(args) -> int:
         n_windows=n,
         model_desc=_describe(hp),
         dpi=args.dpi,
+        status=status_line(
+            f"The attention-logit decomposition of `{args.ckpt}` over {n} test windows",
+            utc_now()[:16] + " UTC",
+            hardware_summary(),
+            f"favit-ps analyze cross-terms --ckpt {args.ckpt}"
+            + (f" --config {args.config}" if args.config else f" --data {args.data}")
+            + f" --batches {args.batches} --out {args.out}",
+        ),
     )
     print(f"wrote {args.out}/cross_terms.md ({n} test windows)")
     return 0
@@ -326,44 +330,41 @@ def _describe(hp: dict) -> str:
     return ", ".join(f"{k}={hp[k]}" for k in keys if k in hp)
 
 
-def write_cross_term_report(
-    results, out: Path, title: str, n_windows: int, model_desc: str = "", dpi: int = 60
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _plot_layer_maps(plt, r, out: Path, n_windows: int, dpi: int) -> None:
+    """One figure per layer: a row per head, a column per term (and the bias remainder and the logits)."""
     from .cross_terms import TERM_LABELS
 
-    out.mkdir(parents=True, exist_ok=True)
     cols = ("c2c", "c2p", "p2c", "p2p", "bias", "logits")
-    for r in results:
-        n_heads = r.maps["logits"].shape[0]
-        fig, axes = plt.subplots(n_heads, len(cols), figsize=(1.6 * len(cols), 1.5 * n_heads), squeeze=False)
-        for h in range(n_heads):
-            vmax = max(float(r.maps[c][h].abs().max()) for c in cols) or 1.0
-            for j, c in enumerate(cols):
-                ax = axes[h, j]
-                ax.imshow(
-                    r.maps[c][h].float().numpy(),
-                    cmap="RdBu_r",
-                    vmin=-vmax,
-                    vmax=vmax,
-                    interpolation="nearest",
-                )
-                ax.set_xticks([]), ax.set_yticks([])
-                if h == 0:
-                    lab = TERM_LABELS.get(c, c) + ("" if c in (*r.active, "bias", "logits") else " (off)")
-                    ax.set_title(lab, fontsize=7)
-                if j == 0:
-                    ax.set_ylabel(f"head {h}", fontsize=7)
-        fig.suptitle(
-            f"{r.name} [{r.mode}]; row-centred, mean over {n_windows} windows; one scale per head", fontsize=8
-        )
-        fig.tight_layout()
-        fig.savefig(out / f"cross_terms_{r.name.replace('.', '_')}.png", dpi=dpi)
-        plt.close(fig)
+    n_heads = r.maps["logits"].shape[0]
+    fig, axes = plt.subplots(n_heads, len(cols), figsize=(1.6 * len(cols), 1.5 * n_heads), squeeze=False)
+    for h in range(n_heads):
+        vmax = max(float(r.maps[c][h].abs().max()) for c in cols) or 1.0
+        for j, c in enumerate(cols):
+            ax = axes[h, j]
+            ax.imshow(
+                r.maps[c][h].float().numpy(),
+                cmap="RdBu_r",
+                vmin=-vmax,
+                vmax=vmax,
+                interpolation="nearest",
+            )
+            ax.set_xticks([]), ax.set_yticks([])
+            if h == 0:
+                lab = TERM_LABELS.get(c, c) + ("" if c in (*r.active, "bias", "logits") else " (off)")
+                ax.set_title(lab, fontsize=7)
+            if j == 0:
+                ax.set_ylabel(f"head {h}", fontsize=7)
+    fig.suptitle(
+        f"{r.name} [{r.mode}]; row-centred, mean over {n_windows} windows; one scale per head", fontsize=8
+    )
+    fig.tight_layout()
+    save_figure(fig, out / f"cross_terms_{r.name.replace('.', '_')}.png", dpi=dpi)
+    plt.close(fig)
+
+
+def _plot_shares(plt, results, out: Path, dpi: int) -> None:
+    """Stacked bars per layer and head: each active term's share of the row-centred RMS."""
+    from .cross_terms import TERM_LABELS
 
     fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 2.8), squeeze=False)
     for ax, r in zip(axes[0], results):
@@ -378,12 +379,30 @@ def write_cross_term_report(
     axes[0][0].set_ylabel("share of row-centred RMS")
     axes[0][-1].legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(out / "cross_terms_shares.png", dpi=dpi + 20)
+    save_figure(fig, out / "cross_terms_shares.png", dpi=dpi + 20)
     plt.close(fig)
+
+
+def write_cross_term_report(
+    results, out: Path, title: str, n_windows: int, model_desc: str = "", dpi: int = 60, status: str = ""
+) -> None:
+    """Heatmaps per layer, the shares chart, ``cross_terms.md`` (tables) and ``cross_terms.json`` in ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .cross_terms import TERM_LABELS
+
+    out.mkdir(parents=True, exist_ok=True)
+    for r in results:
+        _plot_layer_maps(plt, r, out, n_windows, dpi)
+    _plot_shares(plt, results, out, dpi)
 
     lines = [
         f"# {title}",
         "",
+        *([status, ""] if status else []),
         f"Model: {model_desc}",
         "",
         f"Test windows: {n_windows}. Per layer, mean over heads "
@@ -420,9 +439,10 @@ def write_cross_term_report(
     for r in results:
         r2 = r.p2p_toeplitz_r2.mean()
         lines.append(f"| {r.name} | {r.max_abs_sum_error:.2e} | {'–' if torch.isnan(r2) else f'{r2:.3f}'} |")
-    (out / "cross_terms.md").write_text("\n".join(lines) + "\n")
-    (out / "cross_terms.json").write_text(
-        json.dumps({"title": title, "model": model_desc, "n_windows": n_windows, "layers": js}, indent=1)
+    write_text(out / "cross_terms.md", "\n".join(lines) + "\n")
+    write_text(
+        out / "cross_terms.json",
+        json.dumps({"title": title, "model": model_desc, "n_windows": n_windows, "layers": js}, indent=1),
     )
 
 

@@ -8,17 +8,17 @@ branch's heads. Nothing here computes an index; it only draws what :func:`.fusio
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from favit_probsparse.utils.io import save_figure
+
 from .fusion_maps import token_boxes
 
-__all__ = ["SELECTING", "plot_attention", "plot_compare", "plot_sources", "plot_windows", "save_figure"]
+__all__ = ["SELECTING", "plot_attention", "plot_compare", "plot_sources", "plot_windows"]
 
 #: fusion classes whose keys are a subset (or averages of a subset) of the candidates
 SELECTING = ("ProbSparseFusion", "HierarchicalFusion")
@@ -31,23 +31,6 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def save_figure(fig, path: Path, dpi: int) -> None:
-    """Write ``fig`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}", suffix=path.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _centres(tokens: torch.Tensor, feat_hw, img_hw) -> tuple[torch.Tensor, torch.Tensor]:

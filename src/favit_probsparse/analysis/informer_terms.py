@@ -65,6 +65,41 @@ def _row_centre(t: Tensor, mask: Tensor | None) -> Tensor:
     return (t - mean) * m
 
 
+def _split_input(
+    layer, emb, h: Tensor, raw: tuple, first: bool
+) -> tuple[Tensor, Tensor, str, tuple[str, ...]]:
+    """The layer input ``h`` as token part x + position part p: (x, p, how it was split, the active terms)."""
+    pe = emb.position_embedding
+    length = h.shape[1]
+    if pe.kind == "none":
+        return h, torch.zeros_like(h[:1]), "no position encoding", ("c2c",)
+    if layer.pos_terms is not None:
+        return h, pe.table(length)[None].to(h.dtype), "injected", tuple(layer.pos_terms)
+    if "position" in emb.parts and first:  # the first layer sees the embeddings: the split is exact
+        xin, mark = raw
+        x = emb.value_embedding(xin)
+        if mark is not None and "temporal" in emb.parts:
+            x = x + emb.temporal_embedding(mark)
+        return x, pe.table(length)[None].to(h.dtype), "input (exact)", TERMS
+    p = mean_decomposition(h)["pos"]
+    return h - p, p, "mean decomposition", TERMS
+
+
+def _use_injected_logits(layer, h: Tensor, terms: dict[str, Tensor], active: tuple[str, ...]) -> None:
+    """A layer that injects position into q/k itself: its real logits, the inactive terms zeroed, the rest bias."""
+    length = h.shape[1]
+    qx = layer.query_projection(h).view(h.shape[0], length, layer.n_heads, -1).transpose(1, 2)
+    kx = layer.key_projection(h).view(h.shape[0], length, layer.n_heads, -1).transpose(1, 2)
+    qp, kp = layer.position_qk(length, length)
+    q2, k2 = select_term_qk(qx, kx, qp, kp, active)
+    logits = (q2 @ k2.mT) / q2.shape[-1] ** 0.5
+    for t in TERMS:
+        if t not in active:
+            terms[t] = torch.zeros_like(terms[t])
+    terms["logits"] = logits
+    terms["bias"] = logits - sum(terms[t] for t in TERMS)
+
+
 @torch.no_grad()
 def informer_cross_terms(
     model: Informer, x_enc: Tensor, x_mark_enc: Tensor | None, x_dec: Tensor, x_mark_dec: Tensor | None
@@ -92,42 +127,16 @@ def informer_cross_terms(
         side = name.split(".")[0]
         first = side not in first_seen
         first_seen.add(side)
-        pe = emb.position_embedding
         length = h.shape[1]
-        active: tuple[str, ...] = TERMS
-        if pe.kind in ("rotary", "bias"):
+        if emb.position_embedding.kind in ("rotary", "bias"):
             continue  # no additive decomposition of rotated / biased logits
-        if pe.kind == "none":
-            x, p, mode = h, torch.zeros_like(h[:1]), "no position encoding"
-            active = ("c2c",)
-        elif layer.pos_terms is not None:
-            x, p, mode = h, pe.table(length)[None].to(h.dtype), "injected"
-            active = layer.pos_terms
-        elif "position" in emb.parts and first:
-            xin, mark = raw[side]
-            x = emb.value_embedding(xin)
-            if mark is not None and "temporal" in emb.parts:
-                x = x + emb.temporal_embedding(mark)
-            p, mode = pe.table(length)[None].to(h.dtype), "input (exact)"
-        else:
-            md = mean_decomposition(h)
-            p, mode = md["pos"], "mean decomposition"
-            x = h - p
+        x, p, mode, active = _split_input(layer, emb, h, raw[side], first)
         wq, bq = layer.query_projection.weight, layer.query_projection.bias
         wk, bk = layer.key_projection.weight, layer.key_projection.bias
         terms = cross_terms(x, p, wq, wk, bq, bk, n_heads=layer.n_heads)
         recon = None if layer.pos_terms is not None else (x + p - h).abs().max().item()
         if mode == "injected":
-            qx = layer.query_projection(h).view(h.shape[0], length, layer.n_heads, -1).transpose(1, 2)
-            kx = layer.key_projection(h).view(h.shape[0], length, layer.n_heads, -1).transpose(1, 2)
-            qp, kp = layer.position_qk(length, length)
-            q2, k2 = select_term_qk(qx, kx, qp, kp, active)
-            logits = (q2 @ k2.mT) / q2.shape[-1] ** 0.5
-            for t in TERMS:
-                if t not in active:
-                    terms[t] = torch.zeros_like(terms[t])
-            terms["logits"] = logits
-            terms["bias"] = logits - sum(terms[t] for t in TERMS)
+            _use_injected_logits(layer, h, terms, active)
         mask = torch.ones(length, length, dtype=torch.bool, device=h.device).tril() if causal else None
         names = (*active, "bias")
         metrics = term_metrics(terms, mask=mask, names=names)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..posenc import legendre_basis_b, legendre_table_a, sinusoidal_table
+from ..utils.io import save_figure, write_text
 
 __all__ = ["cosine_vs_distance", "decay_tables", "gram_row", "make_pos_decay_plots", "report_estimator"]
 
@@ -69,25 +70,7 @@ def cosine_vs_distance(
     return np.array(mean), np.array(lo), np.array(hi)
 
 
-def make_pos_decay_plots(
-    out_dir: str | Path,
-    max_len: int = 100,
-    d_model: int = 512,
-    i: int = 10,
-    n_trials: int = 25000,
-    dpi: int = 90,
-) -> dict[str, Path]:
-    """Write the three PNGs and a small CSV summary; returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tables = decay_tables(max_len, d_model)
-    paths: dict[str, Path] = {}
-
+def _plot_report_estimator(plt, tables, i, max_len, d_model, n_trials, path: Path, dpi: int) -> None:
     fig, axes = plt.subplots(1, len(tables), figsize=(4 * len(tables), 3.2), sharex=True)
     j = np.arange(i + 1, max_len)
     for ax, (name, pe) in zip(axes, tables.items()):
@@ -104,10 +87,11 @@ def make_pos_decay_plots(
         fontsize=10,
     )
     fig.tight_layout()
-    paths["report_estimator"] = out / "pos_decay_report_estimator.png"
-    fig.savefig(paths["report_estimator"], dpi=dpi)
+    save_figure(fig, path, dpi=dpi)
     plt.close(fig)
 
+
+def _plot_gram(plt, tables, i, max_len, d_model, path: Path, dpi: int) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     jj = np.arange(max_len)
     for name, pe in tables.items():
@@ -118,10 +102,12 @@ def make_pos_decay_plots(
     ax.set_title(f"Position–position inner product, i = {i}, d = {d_model}", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    paths["gram"] = out / "pos_decay_gram.png"
-    fig.savefig(paths["gram"], dpi=dpi)
+    save_figure(fig, path, dpi=dpi)
     plt.close(fig)
 
+
+def _plot_cosine(plt, tables, d_model, path: Path, dpi: int) -> list[tuple]:
+    """The cosine-vs-distance figure; returns the summary rows (table, features, three statistics)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     rows = []
     for name, pe in tables.items():
@@ -146,14 +132,38 @@ def make_pos_decay_plots(
     axes[0].set_ylabel("cos (mean; band: min..max)")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    paths["cosine"] = out / "pos_decay_cosine.png"
-    fig.savefig(paths["cosine"], dpi=dpi)
+    save_figure(fig, path, dpi=dpi)
     plt.close(fig)
+    return rows
 
-    csv = out / "pos_decay_summary.csv"
-    with open(csv, "w") as f:
-        f.write("table,features,max_abs_mean_cos_offdiag,min_mean_cos,mean_cos_at_delta50\n")
-        for r in rows:
-            f.write(f"{r[0]},{r[1]},{r[2]:.4f},{r[3]:.4f},{r[4]:.4f}\n")
-    paths["summary"] = csv
+
+def make_pos_decay_plots(
+    out_dir: str | Path,
+    max_len: int = 100,
+    d_model: int = 512,
+    i: int = 10,
+    n_trials: int = 25000,
+    dpi: int = 90,
+) -> dict[str, Path]:
+    """Write the three PNGs and a small CSV summary; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = decay_tables(max_len, d_model)
+    paths = {
+        "report_estimator": out / "pos_decay_report_estimator.png",
+        "gram": out / "pos_decay_gram.png",
+        "cosine": out / "pos_decay_cosine.png",
+        "summary": out / "pos_decay_summary.csv",
+    }
+    _plot_report_estimator(plt, tables, i, max_len, d_model, n_trials, paths["report_estimator"], dpi)
+    _plot_gram(plt, tables, i, max_len, d_model, paths["gram"], dpi)
+    rows = _plot_cosine(plt, tables, d_model, paths["cosine"], dpi)
+    csv = ["table,features,max_abs_mean_cos_offdiag,min_mean_cos,mean_cos_at_delta50"]
+    csv += [f"{r[0]},{r[1]},{r[2]:.4f},{r[3]:.4f},{r[4]:.4f}" for r in rows]
+    write_text(paths["summary"], "\n".join(csv) + "\n")
     return paths

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from favit_probsparse.attention import probsparse_attention, probsparse_counts
-from favit_probsparse.experiments.provenance import hardware_summary
+from favit_probsparse.utils.io import write_text
+from favit_probsparse.utils.provenance import hardware_summary
 
 METHODS = ("official", "exact", "fast", "sdpa")
 DEFAULT_LENGTHS = (96, 336, 720, 1440, 5760)
@@ -189,7 +190,7 @@ def fmt_bytes(n):
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", type=int, default=None, help="default 32 on GPU, 1 on CPU")
@@ -211,24 +212,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory columns")
     p.add_argument("--markdown", default=None, help="also write the table to this file")
     p.add_argument("--_one", default=None, help=argparse.SUPPRESS)  # internal: peak memory of one case
-    a = p.parse_args(argv)
-    if a.device == "cpu" and a.clock is None:
-        a.clock = "cpu"
-    if a.clock == "cpu":
-        a.threads = 1
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    batch = a.batch or (32 if a.device == "cuda" else 1)
-    dtype = getattr(torch, a.dtype)
-    if a._one:
-        method, l = a._one.split(":")
-        print(json.dumps({"peak_bytes": peak_memory(method, batch, a.heads, int(l), a.dim, a.device, dtype)}))
-        return 0
+    return p
 
-    load_before = os.getloadavg()
-    gflops, gbs = machine_peaks(a.device, dtype)
-    print(f"  measured peaks: GEMM {gflops:.1f} GFLOP/s, copy {gbs:.1f} GB/s", file=sys.stderr)
-    rows = {}
+
+def _case_peak(a: argparse.Namespace, m: str, l: int, batch: int, dtype) -> int:
+    """Peak memory of one case in bytes (-1: not measured): CUDA's counter, or a fresh process on the CPU."""
+    if a.device == "cuda":
+        peak = -1
+        with contextlib.suppress(torch.OutOfMemoryError):
+            peak = peak_memory(m, batch, a.heads, l, a.dim, a.device, dtype)
+        torch.cuda.empty_cache()
+        return peak
+    # a fresh process per case so that ru_maxrss measures this case alone; by module name, so that it runs from
+    # an installed package as from the checkout
+    cmd = [
+        sys.executable,
+        "-m",
+        "favit_probsparse.benchmarks.attention",
+        "--_one",
+        f"{m}:{l}",
+        "--device",
+        "cpu",
+    ]
+    cmd += ["--batch", str(batch), "--heads", str(a.heads), "--dim", str(a.dim), "--dtype", a.dtype]
+    cmd += ["--threads", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=_child_env())
+    if out.returncode == 0:
+        return json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
+    print(out.stderr[-2000:], file=sys.stderr)
+    return -1
+
+
+def _measure(a: argparse.Namespace, batch: int, dtype) -> dict[tuple[str, int], dict]:
+    """Per (method, L): the median step time (NaN when out of memory) and the peak memory."""
+    rows: dict[tuple[str, int], dict] = {}
     for l in a.lengths:
         steps = {}
         for m in a.methods:
@@ -244,50 +261,31 @@ def main(argv: list[str] | None = None) -> int:
             rows[(m, l)] = {"ms": ms}
         del steps
         for m in a.methods:
-            peak = -1
-            if a.no_memory or rows[(m, l)]["ms"] != rows[(m, l)]["ms"]:
-                pass
-            elif a.device == "cuda":
-                with contextlib.suppress(torch.OutOfMemoryError):
-                    peak = peak_memory(m, batch, a.heads, l, a.dim, a.device, dtype)
-                torch.cuda.empty_cache()
-            else:  # fresh process per case so that ru_maxrss measures this case alone
-                cmd = [  # by module name, so that it runs from an installed package as from the checkout
-                    sys.executable,
-                    "-m",
-                    "favit_probsparse.benchmarks.attention",
-                    "--_one",
-                    f"{m}:{l}",
-                    "--device",
-                    "cpu",
-                    "--batch",
-                    str(batch),
-                ]
-                cmd += ["--heads", str(a.heads), "--dim", str(a.dim), "--dtype", a.dtype, "--threads", "1"]
-                out = subprocess.run(cmd, capture_output=True, text=True, env=_child_env())
-                if out.returncode == 0:
-                    peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
-                else:
-                    print(out.stderr[-2000:], file=sys.stderr)
+            failed = rows[(m, l)]["ms"] != rows[(m, l)]["ms"]  # NaN
+            peak = -1 if a.no_memory or failed else _case_peak(a, m, l, batch, dtype)
             rows[(m, l)]["peak_bytes"] = peak
             print(
                 f"  {m:>8} L={l:<5} {rows[(m, l)]['ms']:9.2f} ms  {fmt_bytes(peak):>10}",
                 file=sys.stderr,
             )
+    return rows
 
+
+def _table(a, rows, batch, dtype, peaks: tuple[float, float], loads: tuple[float, float]) -> str:
+    """The Markdown report: one header paragraph (device, settings, date, load), the roofline note, the table."""
+    gflops, gbs = peaks
     timing = (
         "CUDA events"
         if a.device == "cuda"
         else ("per-thread CPU time, 1 thread" if a.clock == "cpu" else "wall clock")
     )
-    load_after = os.getloadavg()
     lines = [
         f"Device: {a.device} ({hardware_summary()}); dtype {a.dtype}; "
         f"B={batch}, H={a.heads}, D={a.dim}; forward+backward, median of {a.repeats} interleaved rounds "
         f"after {a.warmup} warm-up ({timing}); peak memory above the inputs "
         f"({'CUDA max_memory_allocated' if a.device == 'cuda' else 'growth of peak RSS in a fresh process'}); "
         f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; 1-min load average "
-        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after.",
+        f"{loads[0]:.1f} before, {loads[1]:.1f} after.",
         "",
         f"Roofline floor = max(FLOPs / {gflops:.1f} GFLOP/s, bytes / {gbs:.1f} GB/s), both measured here "
         "(a square GEMM and a large copy in this dtype and thread count). FLOPs and bytes are ProbSparse's "
@@ -321,13 +319,32 @@ def main(argv: list[str] | None = None) -> int:
             + " | ".join(pk)
             + f" | {speed} | {ratio} | {flops / 1e9:.3f} | {nbytes / 1e6:.1f} | {floor:.2f} | {over} |"
         )
-    table = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    if a.device == "cpu" and a.clock is None:
+        a.clock = "cpu"
+    if a.clock == "cpu":
+        a.threads = 1
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    batch = a.batch or (32 if a.device == "cuda" else 1)
+    dtype = getattr(torch, a.dtype)
+    if a._one:
+        method, l = a._one.split(":")
+        print(json.dumps({"peak_bytes": peak_memory(method, batch, a.heads, int(l), a.dim, a.device, dtype)}))
+        return 0
+
+    load_before = os.getloadavg()
+    gflops, gbs = machine_peaks(a.device, dtype)
+    print(f"  measured peaks: GEMM {gflops:.1f} GFLOP/s, copy {gbs:.1f} GB/s", file=sys.stderr)
+    rows = _measure(a, batch, dtype)
+    table = _table(a, rows, batch, dtype, (gflops, gbs), (load_before[0], os.getloadavg()[0]))
     print(table)
     if a.markdown:
-        tmp = f"{a.markdown}.tmp"
-        with open(tmp, "w") as f:
-            f.write(table + "\n")
-        os.replace(tmp, a.markdown)
+        write_text(a.markdown, table + "\n")
     return 0
 
 

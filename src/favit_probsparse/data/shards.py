@@ -90,7 +90,7 @@ def write_shards(
     Returns the path of ``out/_info.json``.
     """
     from favit_probsparse.data.vision import DatasetError, checked_image_folder
-    from favit_probsparse.experiments.records import write_json
+    from favit_probsparse.utils.io import write_json
 
     wds = _webdataset()
     folder, out = Path(folder), Path(out)

@@ -8,7 +8,7 @@ The pieces, one job each: :mod:`~favit_probsparse.experiments.grid` (the grid fi
 :mod:`~favit_probsparse.experiments.worker` (one run), :mod:`~favit_probsparse.experiments.records` (the result
 record, atomic files, mean ± std), :mod:`~favit_probsparse.experiments.report` (table, JSON, chart),
 :mod:`~favit_probsparse.experiments.stats` (``--stats-only``) and
-:mod:`~favit_probsparse.experiments.provenance` (hardware, date, git commit).
+:mod:`~favit_probsparse.utils.provenance` (hardware, date, git commit).
 
 Each run is one Lightning config, fit then (by default) tested, in its own subprocess, so a crash or an
 out-of-memory in one run is recorded and the grid goes on. The merged config of each run is written to
@@ -17,7 +17,7 @@ logger's ``save_dir`` and any ``ModelCheckpoint`` ``dirpath`` into that folder, 
 the seed.
 
 GRID is a file (relative to the current folder), else a grid shipped with the package, by name (``quick``) or
-by path (``configs/ablations/quick.yaml``, found through :mod:`favit_probsparse.resources` from any folder).
+by path (``configs/ablations/quick.yaml``, found through :mod:`favit_probsparse.config` from any folder).
 Before the first run starts, the data of the runs about to start is prepared once, in the foreground
 (:func:`~favit_probsparse.experiments.runner.prepare_grid_data`: downloads with their progress bars). Ctrl-C or
 SIGTERM stops the current run, prints one line and exits with 128 + the signal number; the same command resumes.
@@ -49,10 +49,9 @@ import sys
 import threading
 from pathlib import Path
 
-from favit_probsparse import resources
+from favit_probsparse.config import apply_overrides, grid_names, grid_path, parse_set
 from favit_probsparse.experiments import launch
-from favit_probsparse.experiments.grid import Grid, apply_overrides, load_grid, parse_set
-from favit_probsparse.experiments.provenance import hardware_summary
+from favit_probsparse.experiments.grid import Grid, load_grid
 from favit_probsparse.experiments.report import summarize, write_report
 from favit_probsparse.experiments.runner import (
     RunResult,
@@ -63,6 +62,7 @@ from favit_probsparse.experiments.runner import (
     run_grid,
 )
 from favit_probsparse.experiments.stats import model_stats_table, write_stats_report
+from favit_probsparse.utils.provenance import hardware_summary
 
 __all__ = [
     "Grid",
@@ -213,11 +213,9 @@ def _prepare_data(grid: Grid, seeds: list[int], runs_dir: Path, a: argparse.Name
 
 def _main(a: argparse.Namespace, argv: list[str]) -> int:
     try:  # a file of the user's, else a shipped grid by name (`quick`) or path (`configs/ablations/quick.yaml`)
-        grid = load_grid(resources.grid_path(a.grid))
+        grid = load_grid(grid_path(a.grid))
     except FileNotFoundError as e:
-        raise SystemExit(
-            f"favit-ps ablate: {e} (shipped grids: {', '.join(resources.grid_names())})"
-        ) from None
+        raise SystemExit(f"favit-ps ablate: {e} (shipped grids: {', '.join(grid_names())})") from None
     seeds = a.seeds if a.seeds is not None else grid.seeds
     extra = parse_set(a.set)
     runs_dir = Path(a.runs_dir)

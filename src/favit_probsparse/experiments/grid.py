@@ -55,19 +55,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from favit_probsparse.config import read_yaml
 
 __all__ = [
     "GRID_KEYS",
     "Grid",
     "Metric",
     "Row",
-    "apply_overrides",
     "config_hash",
     "load_grid",
-    "parse_set",
-    "read_config",
-    "read_yaml",
     "redirect_outputs",
 ]
 
@@ -162,30 +158,44 @@ GRID_KEYS = {
 }
 
 
-def read_yaml(path: str | os.PathLike) -> Any:
-    """``yaml.safe_load`` of a file; a syntax error names the file, line and column."""
-    path = Path(path)
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        raise ValueError(f"{where}: invalid YAML: {e.problem or e.context}") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: invalid YAML: {e}") from None
+def _find_base_config(path: Path, given: str) -> Path:
+    """The grid's ``base_config``: as given (absolute, or relative to the current folder), else beside the grid."""
+    base = Path(given)
+    candidates = [base] if base.is_absolute() else [base, path.parent / base]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise FileNotFoundError(
+            f"{path}: base_config {given} not found (tried {', '.join(str(c) for c in candidates)})"
+        )
+    return found
 
 
-def read_config(path: str | os.PathLike) -> dict:
-    """A run config (a ``favit-ps fit`` YAML) with its ``base:`` chain merged, so that the grid's overrides and
-    the per-run ``config.yaml`` see the whole config (the chain's relative paths mean nothing in a run folder)."""
-    from favit_probsparse.training import load_config
-
-    raw = read_yaml(path)  # a syntax error names the file and line
-    if not isinstance(raw, dict):
-        if raw is None:
-            return {}
-        raise ValueError(f"{path}: a config file is a YAML mapping")
-    return load_config(path) if "base" in raw else raw
+def _parse_row(path: Path, i: int, r: Any) -> Row:
+    """Row ``i`` of the grid at ``path``, validated (errors name the file and the row)."""
+    if not isinstance(r, dict) or "name" not in r:
+        raise ValueError(f"{path}: row {i} needs a 'name'")
+    bad = set(r) - {"name", "label", "overrides", "reference", "seeds"}
+    if bad:
+        raise ValueError(f"{path}: row {r['name']!r} has unknown keys {sorted(bad)}")
+    name = str(r["name"])
+    if not NAME_RE.match(name):
+        raise ValueError(f"{path}: row name {name!r} must be folder-safe (letters, digits, _ . + -)")
+    ov = r.get("overrides") or {}
+    if not isinstance(ov, dict):
+        raise ValueError(f"{path}: row {name!r} overrides must be a mapping of dotted keys")
+    row_seeds = r.get("seeds")
+    if row_seeds is not None:
+        try:
+            row_seeds = [int(x) for x in (row_seeds if isinstance(row_seeds, list) else [row_seeds])]
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: row {name!r} seeds must be integers, got {r['seeds']!r}") from None
+    return Row(
+        name=name,
+        label=str(r.get("label", name)),
+        overrides=ov,
+        reference=r.get("reference"),
+        seeds=row_seeds,
+    )
 
 
 def load_grid(path: str | os.PathLike) -> Grid:
@@ -202,44 +212,10 @@ def load_grid(path: str | os.PathLike) -> Grid:
     for key in ("base_config", "metric", "rows"):
         if key not in raw:
             raise ValueError(f"{path}: missing required key {key!r}")
-    base = Path(raw["base_config"])
-    candidates = [base] if base.is_absolute() else [base, path.parent / base]
-    found = next((c for c in candidates if c.is_file()), None)
-    if found is None:
-        raise FileNotFoundError(
-            f"{path}: base_config {raw['base_config']} not found (tried "
-            f"{', '.join(str(c) for c in candidates)})"
-        )
-    rows = []
+    found = _find_base_config(path, raw["base_config"])
     if not isinstance(raw["rows"], list) or not raw["rows"]:
         raise ValueError(f"{path}: 'rows' must be a non-empty list")
-    for i, r in enumerate(raw["rows"]):
-        if not isinstance(r, dict) or "name" not in r:
-            raise ValueError(f"{path}: row {i} needs a 'name'")
-        bad = set(r) - {"name", "label", "overrides", "reference", "seeds"}
-        if bad:
-            raise ValueError(f"{path}: row {r['name']!r} has unknown keys {sorted(bad)}")
-        name = str(r["name"])
-        if not NAME_RE.match(name):
-            raise ValueError(f"{path}: row name {name!r} must be folder-safe (letters, digits, _ . + -)")
-        ov = r.get("overrides") or {}
-        if not isinstance(ov, dict):
-            raise ValueError(f"{path}: row {name!r} overrides must be a mapping of dotted keys")
-        row_seeds = r.get("seeds")
-        if row_seeds is not None:
-            try:
-                row_seeds = [int(x) for x in (row_seeds if isinstance(row_seeds, list) else [row_seeds])]
-            except (TypeError, ValueError):
-                raise ValueError(f"{path}: row {name!r} seeds must be integers, got {r['seeds']!r}") from None
-        rows.append(
-            Row(
-                name=name,
-                label=str(r.get("label", name)),
-                overrides=ov,
-                reference=r.get("reference"),
-                seeds=row_seeds,
-            )
-        )
+    rows = [_parse_row(path, i, r) for i, r in enumerate(raw["rows"])]
     names = [r.name for r in rows]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -287,41 +263,6 @@ def _mapping(value: Any, where: str) -> dict:
     return dict(value or {})
 
 
-def apply_overrides(cfg: dict, overrides: dict[str, Any]) -> dict:
-    """Return a copy of ``cfg`` with dotted-key ``overrides`` applied (see the module docstring)."""
-    cfg = copy.deepcopy(cfg)
-    for key, value in overrides.items():
-        parts = str(key).split(".")
-        node: Any = cfg
-        for j, part in enumerate(parts):
-            last = j == len(parts) - 1
-            if isinstance(node, list):
-                try:
-                    idx = int(part)
-                    node[idx]  # bounds check
-                except (ValueError, IndexError):
-                    raise KeyError(
-                        f"override {key!r}: {part!r} is not a valid index of a list of {len(node)}"
-                    ) from None
-                if last:
-                    node[idx] = copy.deepcopy(value)
-                else:
-                    node = node[idx]
-            elif isinstance(node, dict):
-                if last:
-                    node[part] = copy.deepcopy(value)
-                else:
-                    if node.get(part) is None:
-                        node[part] = {}
-                    node = node[part]
-            else:
-                raise KeyError(
-                    f"override {key!r}: {'.'.join(parts[:j])!r} is a {type(node).__name__}, "
-                    "not a mapping or list"
-                )
-    return cfg
-
-
 def redirect_outputs(cfg: dict, run_dir: Path, seed: int) -> dict:
     """Point the run's seed, ``default_root_dir``, loggers and checkpoints at ``run_dir`` (one folder per run)."""
     cfg = copy.deepcopy(cfg)
@@ -343,14 +284,3 @@ def config_hash(cfg: dict, cli_args: list[str] | None = None) -> str:
     """Content hash of a run's config (and extra CLI arguments): an unchanged hash means the run can be skipped."""
     payload = cfg if not cli_args else {"config": cfg, "cli_args": list(cli_args)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def parse_set(items: list[str] | None) -> dict[str, Any]:
-    """``["a.b=1", "c=[1, 2]"]`` -> ``{"a.b": 1, "c": [1, 2]}`` (values are YAML)."""
-    out = {}
-    for it in items or []:
-        if "=" not in it:
-            raise ValueError(f"--set expects key=value, got {it!r}")
-        k, v = it.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out

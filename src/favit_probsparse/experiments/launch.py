@@ -48,16 +48,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from favit_probsparse.experiments.grid import (
-    Grid,
-    apply_overrides,
-    config_hash,
-    load_grid,
-    parse_set,
-    redirect_outputs,
-)
-from favit_probsparse.experiments.records import DONE, FAILED, read_record, write_json, write_record
+from favit_probsparse.config import apply_overrides, parse_set
+from favit_probsparse.experiments.grid import Grid, config_hash, load_grid, redirect_outputs
+from favit_probsparse.experiments.records import DONE, FAILED, read_record, write_record
 from favit_probsparse.experiments.runner import _base_config, run_dir_of, run_grid
+from favit_probsparse.utils.io import write_json
 
 __all__ = [
     "LAUNCHERS",

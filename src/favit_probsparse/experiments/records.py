@@ -2,8 +2,8 @@
 
 A run folder ends with ``metrics.json`` (finished) or ``failed.json`` (crashed, timed out); both are result
 records written by :func:`write_record`: the metrics, the seed, the config (path and hash), the command, the
-hardware, the date and the git commit (:func:`favit_probsparse.experiments.provenance.provenance`). Every
-result file goes through :func:`write_json` / :func:`write_text` (temporary file + ``os.replace``), so an
+hardware, the date and the git commit (:func:`favit_probsparse.utils.provenance.provenance`). Every
+result file goes through :mod:`favit_probsparse.utils.io` (temporary file + ``os.replace``), so an
 interrupted write never leaves half a file behind.
 
 :func:`mean_std` is the one summary of repeated runs: the mean and the sample standard deviation. With one
@@ -14,15 +14,14 @@ alone when n = 1).
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from favit_probsparse.experiments.provenance import provenance
+from favit_probsparse.utils.io import write_json
+from favit_probsparse.utils.provenance import provenance
 
 __all__ = [
     "DONE",
@@ -31,9 +30,7 @@ __all__ = [
     "mean_std",
     "read_record",
     "summarize_values",
-    "write_json",
     "write_record",
-    "write_text",
 ]
 
 DONE = "metrics.json"  # the done-marker of a run folder
@@ -42,36 +39,6 @@ FAILED = "failed.json"
 
 class CorruptRecordError(ValueError):
     """A result record that cannot be read (the message names the file)."""
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically: a temporary file in the same folder, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Atomic JSON (NaN and inf are written as null: they are not JSON)."""
-    return write_text(path, json.dumps(_finite(obj), indent=2, default=str) + "\n")
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def write_record(

@@ -15,7 +15,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from favit_probsparse import resources
+from favit_probsparse.config import config_path
 from favit_probsparse.experiments.ablate import finish_grid, interruptible
 from favit_probsparse.experiments.grid import NAME_RE, Grid, Metric, Row
 from favit_probsparse.experiments.runner import run_grid
@@ -47,8 +47,8 @@ def itr_grid(
     threads: int | None = None,
 ) -> Grid:
     """The one-row grid of ``--itr``: ``config`` as is (plus ``cli_args``), tested after fit. A ``config`` that is
-    not a file under the current folder may name a shipped one (:func:`favit_probsparse.resources.config_path`)."""
-    config = resources.config_path(config)
+    not a file under the current folder may name a shipped one (:func:`favit_probsparse.config.config_path`)."""
+    config = config_path(config)
     name = config.stem if NAME_RE.match(config.stem) else "itr"
     return Grid(
         name=name,

@@ -4,16 +4,15 @@ JSON and a chart (:func:`write_report`); all written atomically."""
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from favit_probsparse.experiments.grid import Grid, Metric
 from favit_probsparse.experiments.paired import learning_curves, paired_differences, paired_table
-from favit_probsparse.experiments.provenance import git_commit, hardware_summary, utc_now
-from favit_probsparse.experiments.records import summarize_values, write_json, write_text
+from favit_probsparse.experiments.records import summarize_values
 from favit_probsparse.experiments.runner import RunResult
+from favit_probsparse.utils.io import save_figure, write_json, write_text
+from favit_probsparse.utils.provenance import git_commit, hardware_summary, status_line, utc_now
 
 __all__ = ["fmt_mean_std", "summarize", "write_report"]
 
@@ -134,6 +133,32 @@ def _table(grid: Grid, summary: list[dict], runs_label: str) -> tuple[str, str |
     return "\n".join(lines), best, footnotes
 
 
+def _how_made(grid, results, seeds, command, command_note, hardware, now, commit, runs_label) -> list[str]:
+    """The report's provenance section: command, grid, seeds and outcomes, hardware, wall time, date, commit."""
+    m = grid.metric
+    n_done = sum(r.status == "done" for r in results)
+    n_failed = sum(r.status == "failed" for r in results)
+    total_wall = sum(r.wall_s or 0 for r in results if r.status in ("done", "failed"))
+    fin = sorted(r.finished for r in results if r.finished)
+    grid_src = f"`{grid.path}`; base config: " if grid.path else "base config: "
+    return [
+        "## How these numbers were made",
+        "",
+        f"- Command: `{command}`" + (f" ({command_note})" if command_note else ""),
+        f"- Grid: {grid_src}`{grid.base_config}`"
+        + (f" with `{' '.join(grid.cli_args)}`" if grid.cli_args else "")
+        + f"; metric: `{m.name}` ({'test set' if grid.test else 'last logged'}, "
+        f"{grid.test_ckpt} weights when tested)",
+        f"- Seeds: {', '.join(map(str, seeds))}; runs finished: {n_done}, failed: {n_failed}, "
+        f"of {len(results)}",
+        f"- Hardware: {hardware}",
+        f"- Wall time of the runs: {total_wall / 60:.1f} min in total"
+        + (f"; runs finished between {min(fin)} and {max(fin)}" if fin else ""),
+        f"- Written: {now}" + (f"; git commit {commit}" if commit else ""),
+        f"- Per-run configs, logs and result records: `{runs_label}/<row>/seed<k>/` (not committed)",
+    ]
+
+
 def write_report(
     grid: Grid,
     results: list[RunResult],
@@ -157,13 +182,16 @@ def write_report(
     hardware = hardware or hardware_summary()
     m = grid.metric
     table, best, footnotes = _table(grid, summary, runs_label)
-    n_done = sum(r.status == "done" for r in results)
-    n_failed = sum(r.status == "failed" for r in results)
-    total_wall = sum(r.wall_s or 0 for r in results if r.status in ("done", "failed"))
     now = utc_now()
     commit = git_commit()
     fin = sorted(r.finished for r in results if r.finished)
-    md = [f"# {grid.title or grid.name}", ""]
+    when = f"{min(fin)[:16]} to {max(fin)[:16]} UTC" if fin else now[:16] + " UTC"
+    md = [
+        f"# {grid.title or grid.name}",
+        "",
+        status_line(f"{m.title} per row over seeds {seeds}", when, hardware, command),
+        "",
+    ]
     if grid.description:
         md += [grid.description.strip(), ""]
     md += [table, ""]
@@ -187,24 +215,7 @@ def write_report(
             _curves_chart(grid, curves, out_dir / f"{grid.name}-curves.png")
     if grid.reference_note:
         md += ["", grid.reference_note.strip()]
-    grid_src = f"`{grid.path}`; base config: " if grid.path else "base config: "
-    md += [
-        "",
-        "## How these numbers were made",
-        "",
-        f"- Command: `{command}`" + (f" ({command_note})" if command_note else ""),
-        f"- Grid: {grid_src}`{grid.base_config}`"
-        + (f" with `{' '.join(grid.cli_args)}`" if grid.cli_args else "")
-        + f"; metric: `{m.name}` ({'test set' if grid.test else 'last logged'}, "
-        f"{grid.test_ckpt} weights when tested)",
-        f"- Seeds: {', '.join(map(str, seeds))}; runs finished: {n_done}, failed: {n_failed}, "
-        f"of {len(results)}",
-        f"- Hardware: {hardware}",
-        f"- Wall time of the runs: {total_wall / 60:.1f} min in total"
-        + (f"; runs finished between {min(fin)} and {max(fin)}" if fin else ""),
-        f"- Written: {now}" + (f"; git commit {commit}" if commit else ""),
-        f"- Per-run configs, logs and result records: `{runs_label}/<row>/seed<k>/` (not committed)",
-    ]
+    md += ["", *_how_made(grid, results, seeds, command, command_note, hardware, now, commit, runs_label)]
     md_path = write_text(out_dir / f"{grid.name}.md", "\n".join(md) + "\n")
     raw = {
         "grid": grid.name,
@@ -218,15 +229,7 @@ def write_report(
         "paired": pairs[1] if pairs else None,
         "curves": curves,
         "runs": [
-            {
-                "row": r.row,
-                "seed": r.seed,
-                "status": r.status,
-                "metrics": r.metrics,
-                "stats": r.stats,
-                "wall_s": r.wall_s,
-                "error": r.error,
-            }
+            {k: getattr(r, k) for k in ("row", "seed", "status", "metrics", "stats", "wall_s", "error")}
             for r in results
         ],
     }
@@ -350,14 +353,9 @@ def _curves_chart(grid: Grid, curves: dict[str, dict[str, dict]], path: Path) ->
 def _save_fig(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        save_figure(fig, path, dpi=120)
     finally:
-        Path(tmp).unlink(missing_ok=True)
         plt.close(fig)
 
 

@@ -1,6 +1,6 @@
 """``favit-ps reproduce TARGET``: one-command reproductions.
 
-* ``quick`` (the README's main job, < 10 min on 2 CPU cores) shows both halves of the library, one grid each
+* ``quick`` (the README's main job, about 6 min on 2 CPU cores; measured times in results/quick.md) shows both halves of the library, one grid each
   through the ablation runner, and prints each result table:
 
   1. ``configs/ablations/quick.yaml``: a small FaViT (CIFAR variant, 32²) with three cross-window fusions, one
@@ -18,7 +18,7 @@
 A grid whose runs configure a :class:`~favit_probsparse.training.forecast.ForecastWriter` callback is followed by
 a forecast past the end of its data, from the first finished seed of each row (:func:`forecast_after`).
 
-Configs and grids are read from the installed package (:mod:`favit_probsparse.resources`),
+Configs and grids are read from the installed package (:mod:`favit_probsparse.config`),
 so this works without the repository checkout. Before the runs start, the data every run of the grid uses is
 prepared once, in the foreground, for every grid of the target before the first run (``prepare_data`` of each distinct datamodule, with ``download=True`` unless the
 config sets it: downloads with a progress bar; the CIFAR subsets are built from the full download, see
@@ -32,7 +32,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from favit_probsparse import resources
+from favit_probsparse.config import grid_names, grid_path
 from favit_probsparse.experiments.runner import prepare_grid_data
 
 __all__ = ["forecast_after", "main", "prepare_grid_data"]
@@ -44,7 +44,7 @@ RUNS_DIR = Path("runs")  # the ablation runner's default run folder
 
 
 def _grid_file(target: str) -> Path:
-    return resources.grid_path(target)
+    return grid_path(target)
 
 
 def main(argv: list[str]) -> int:
@@ -67,9 +67,8 @@ def main(argv: list[str]) -> int:
     except FileNotFoundError as e:
         raise SystemExit(
             f"favit-ps reproduce: no grid {a.target!r}: {e} (targets: {', '.join(TARGETS)}, a grid name "
-            f"({', '.join(resources.grid_names())}) or a grid file)"
+            f"({', '.join(grid_names())}) or a grid file)"
         ) from None
-    from favit_probsparse.data.vision import DatasetError
     from favit_probsparse.experiments.ablate import main as ablate_main
 
     # every download first, so a missing file stops the job before any training (the ablation runner prepares
@@ -77,8 +76,8 @@ def main(argv: list[str]) -> int:
     for grid in grids:
         try:
             prepare_grid_data(grid)
-        except (DatasetError, RuntimeError, OSError) as e:
-            # a download or dataset problem: the message names it
+        except (ValueError, RuntimeError, OSError) as e:
+            # a download or dataset problem (the data modules' errors are ValueErrors): the message names it
             raise SystemExit(f"favit-ps reproduce: preparing the data of {grid} failed: {e}") from None
     rc = 0
     for grid in grids:
@@ -124,15 +123,16 @@ def forecast_after(grid_file: Path, seeds: list[int] | None = None, runs_dir: Pa
     """If the grid's runs configure a ``ForecastWriter``: ``favit-ps predict`` with the run's config and last
     checkpoint, for the first finished seed of each row; the writer puts ``forecast.csv`` and ``forecast.png``
     (the steps after the end of the data, original units) in ``<run>/forecast/``. Returns {row: written paths}."""
-    from favit_probsparse.experiments.grid import load_grid, read_config
+    from favit_probsparse.config import read_config
+    from favit_probsparse.experiments.grid import load_grid
     from favit_probsparse.experiments.records import DONE
     from favit_probsparse.experiments.runner import run_dir_of
 
     grid = load_grid(grid_file)
     if not _writes_forecasts(read_config(grid.base_config)):
         return {}
-    from favit_probsparse.training import lightning_cli
     from favit_probsparse.training.forecast import ForecastWriter
+    from favit_probsparse.training.project_cli import lightning_cli
 
     out = {}
     for row in grid.rows:

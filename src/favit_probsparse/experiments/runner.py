@@ -25,13 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from favit_probsparse.config import apply_overrides, read_config
 from favit_probsparse.experiments.grid import (
     Grid,
     Row,
-    apply_overrides,
     config_hash,
     load_grid,
-    read_config,
     redirect_outputs,
 )
 from favit_probsparse.experiments.records import (
@@ -39,11 +38,10 @@ from favit_probsparse.experiments.records import (
     FAILED,
     CorruptRecordError,
     read_record,
-    write_json,
     write_record,
-    write_text,
 )
 from favit_probsparse.imports import import_class
+from favit_probsparse.utils.io import write_json, write_text
 
 __all__ = [
     "RunResult",

@@ -15,12 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from favit_probsparse.experiments.grid import Grid, apply_overrides, read_config
-from favit_probsparse.experiments.provenance import hardware_summary, utc_now
-from favit_probsparse.experiments.records import write_text
+from favit_probsparse.config import apply_overrides, read_config
+from favit_probsparse.experiments.grid import Grid
 from favit_probsparse.experiments.report import stat_cell
 from favit_probsparse.experiments.worker import model_stats_of
 from favit_probsparse.imports import import_class
+from favit_probsparse.utils.io import write_text
+from favit_probsparse.utils.provenance import hardware_summary, status_line, utc_now
 
 __all__ = ["model_stats_table", "write_stats_report"]
 
@@ -60,25 +61,29 @@ def model_stats_table(grid: Grid, extra_overrides: dict | None = None) -> list[d
     return out
 
 
+def _presentation(grid: Grid) -> tuple[dict[str, str], str]:
+    """The task's extra columns and note for the table: ``STATS_COLUMNS`` / ``STATS_NOTE`` of the module class the
+    grid's base config names (none when it names none or cannot be imported)."""
+    try:
+        cls = _class_of(read_config(grid.base_config).get("model") or {}, "model")
+    except Exception:
+        return {}, ""
+    return dict(getattr(cls, "STATS_COLUMNS", {}) or {}), str(getattr(cls, "STATS_NOTE", "") or "")
+
+
 def write_stats_report(grid: Grid, stats: list[dict], out_dir: Path, command: str) -> tuple[Path, str]:
-    """Write ``<out>/<name>-model-stats.md`` (params, GMACs per row, beside the reference)."""
+    """Write ``<out>/<name>-model-stats.md`` (params, GMACs per row, the task's own columns, the reference)."""
+    columns, note = _presentation(grid)
+    extra = {k: t for k, t in columns.items() if any(k in e for e in stats)}
     has_ref = any(e["reference"] is not None for e in stats)
-    has_windows = any("windows" in e for e in stats)
-    header = ["Row", "Params (M)", "GMACs", "img size"]
-    header += (["windows per branch, stages 1-4"] if has_windows else []) + (
-        [grid.reference_label] if has_ref else []
-    )
+    header = ["Row", "Params (M)", "GMACs", *extra.values()] + ([grid.reference_label] if has_ref else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for e in stats:
         if "error" in e:
-            cells = [e["label"], f"ERROR: `{e['error'][:200]}`", "–", "–"] + (["–"] if has_windows else [])
+            cells = [e["label"], f"ERROR: `{e['error'][:200]}`", "–"] + ["–"] * len(extra)
         else:
-            cells = [
-                e["label"],
-                stat_cell(e.get("params_m"), 3),
-                stat_cell(e.get("gmacs"), 3),
-                str(e.get("img_size", "–")),
-            ] + ([str(e.get("windows", "–"))] if has_windows else [])
+            cells = [e["label"], stat_cell(e.get("params_m"), 3), stat_cell(e.get("gmacs"), 3)]
+            cells += [str(e.get(k, "–")) for k in extra]
         if has_ref:
             cells.append("–" if e["reference"] is None else str(e["reference"]))
         lines.append("| " + " | ".join(cells) + " |")
@@ -86,13 +91,18 @@ def write_stats_report(grid: Grid, stats: list[dict], out_dir: Path, command: st
     md = [
         f"# Model size and cost: {grid.title or grid.name}",
         "",
+        status_line(
+            "Parameters and GMACs per row (they do not depend on the machine)",
+            utc_now()[:16] + " UTC",
+            hardware_summary(),
+            command,
+        ),
+        "",
         table,
         "",
-        "Parameters of the network (EMA copies excluded); GMACs (multiply-accumulates, what vision papers call "
-        "FLOPs) of one forward pass of one image, counted by torch's FLOP counter (matmuls, convolutions, "
-        "attention). Nothing is trained for this table. Windows per branch: how many windows each FaSA window "
-        "branch (dilation 1, then the dilated one) fuses at each stage; a fusion has something to fuse only "
-        "where this is above 1.",
+        "Parameters of the network (EMA copies excluded); GMACs (multiply-accumulates, often called FLOPs) of "
+        "one forward pass of one sample, counted by torch's FLOP counter (matmuls, convolutions, attention). "
+        "Nothing is trained for this table." + (f" {note}" if note else ""),
         "",
         *([grid.reference_note.strip(), ""] if grid.reference_note else []),
         f"- Command: `{command}`",

@@ -36,7 +36,7 @@ def model_stats_of(lm) -> dict[str, Any]:
 
 def run_worker(run_dir: str | Path) -> int:
     """Fit (then test) ``run_dir/config.yaml``; write ``run_dir/metrics.json``. Returns the exit code."""
-    from favit_probsparse.training import lightning_cli
+    from favit_probsparse.training.project_cli import lightning_cli
 
     run_dir = Path(run_dir)
     spec = json.loads((run_dir / "run.json").read_text())

@@ -14,12 +14,10 @@ Lightning's own checkpoint reads (``--ckpt_path last|best|FILE``, ``TestAfterFit
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import os
 import pathlib
 import pickle
-import platform
 import sys
 import zipfile
 from collections.abc import Mapping
@@ -27,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from favit_probsparse.utils.provenance import cpu_model
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -36,7 +36,6 @@ __all__ = [
     "SafeCheckpointIO",
     "check_state_dict_fits",
     "class_path",
-    "cpu_model",
     "hparam_differences",
     "load_checkpoint",
     "rebuild_module",
@@ -55,15 +54,6 @@ class CheckpointError(ValueError):
 
 def class_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _plain(value: Any) -> Any:

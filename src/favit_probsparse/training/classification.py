@@ -39,7 +39,7 @@ import math
 import os
 import random
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -140,6 +140,15 @@ class ImageClassifier(CheckpointMetadata, LightningModule):
     """
 
     TASK = "image-classification"
+    # what `favit-ps ablate --stats-only` shows beside params and GMACs: model_stats() keys -> column titles
+    STATS_COLUMNS: ClassVar[dict[str, str]] = {
+        "img_size": "img size",
+        "windows": "windows per branch, stages 1-4",
+    }
+    STATS_NOTE: ClassVar[str] = (
+        "A sample is one image. Windows per branch: how many windows each FaSA window branch (dilation 1, then "
+        "the dilated one) fuses at each stage; a fusion has something to fuse only where this is above 1."
+    )
 
     def __init__(
         self,

@@ -25,7 +25,6 @@ import argparse
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from torch import nn
 
 from favit_probsparse.imports import import_class
 from favit_probsparse.training.checkpoint import META_KEY, CheckpointError, rebuild_module
+from favit_probsparse.utils.io import atomic_write
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -63,17 +63,6 @@ class ExportError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -197,10 +186,10 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike) 
     net = module.export_network().cpu().float().eval()
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
-    _atomic_write(out / WEIGHTS, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    atomic_write(out / WEIGHTS, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
     if cfg["task"] == "image-classification":
         config: dict[str, Any] = {}
-        _atomic_write(out / "config.json", lambda p: config.update(_timm_config(net, cfg.get("data", {}), p)))
+        atomic_write(out / "config.json", lambda p: config.update(_timm_config(net, cfg.get("data", {}), p)))
     else:
         config = dict(cfg)
     config.update(
@@ -211,9 +200,9 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike) 
         weights_bytes=(out / WEIGHTS).stat().st_size,
     )
     text = json.dumps(config, indent=2)
-    _atomic_write(out / "config.json", lambda p: p.write_text(text))
+    atomic_write(out / "config.json", lambda p: p.write_text(text))
     card = model_card(cfg["task"], config, meta, ckpt_path, ckpt.get("hyper_parameters"))
-    _atomic_write(out / "README.md", lambda p: p.write_text(card))
+    atomic_write(out / "README.md", lambda p: p.write_text(card))
     return out
 
 
@@ -416,7 +405,7 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
         raise FileNotFoundError(f"{path}: no such file")
     forecast = model.forecast(pd.read_csv(path), source=str(path))
     if args.out:
-        _atomic_write(Path(args.out), lambda p: forecast.to_csv(p, index=False))
+        atomic_write(Path(args.out), lambda p: forecast.to_csv(p, index=False))
         print(f"wrote {args.out} ({len(forecast)} steps)")
     else:
         print(forecast.to_csv(index=False), end="")

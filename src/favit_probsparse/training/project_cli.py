@@ -34,7 +34,25 @@ from favit_probsparse.training.checkpoint import (
 )
 from favit_probsparse.training.checkpoints import FreshRunCLI
 
-__all__ = ["USER_ERRORS", "ProjectCLI", "user_error_message"]
+__all__ = [
+    "FORECAST_LINKS",
+    "USER_ERRORS",
+    "ProjectCLI",
+    "lightning_cli",
+    "project_cli",
+    "user_error_message",
+]
+
+# Shapes a forecasting data module states once (attribute on the data) -> where the CLI links them.
+# Links into the network reach every network class; a class that lacks one of these arguments never sees it
+# (jsonargparse drops it at instantiation and Forecaster keeps only accepted keys in its saved hyperparameters).
+FORECAST_LINKS: tuple[tuple[str, str], ...] = (
+    *(
+        (f"data.{k}", f"model.init_args.network.init_args.{k}")
+        for k in ("enc_in", "dec_in", "c_out", "seq_len", "label_len", "pred_len", "freq", "embed")
+    ),
+    *((f"data.{k}", f"model.init_args.{k}") for k in ("features", "label_len", "pred_len")),
+)
 
 _LIGHTNING_CKPT_WORDS = ("last", "best", "hpc", "registry")
 _EVAL_SUBCOMMANDS = ("validate", "test", "predict")
@@ -245,3 +263,20 @@ def project_cli(args: Sequence[str], run: bool = True, links: Sequence[tuple[str
             **{s: {"exit_on_error": False} for s in ("fit", *_EVAL_SUBCOMMANDS)},
         },
     )
+
+
+def lightning_cli(args: Sequence[str], run: bool = True) -> ProjectCLI:
+    """Lightning's CLI with this project's settings: any LightningModule / LightningDataModule named by
+    ``class_path`` in the config, config files overwritten on re-runs, optimizers from the module itself, config
+    files with a ``base:`` key expanded (:func:`favit_probsparse.config.expand_config_args`), for a forecasting
+    module (its class's ``TASK``, :func:`favit_probsparse.config.config_task`) the data module's shapes linked
+    into the forecaster and its network (:data:`FORECAST_LINKS`), and the checkpoint rules above.
+
+    ``run=True``: ``args`` starts with a subcommand (fit/validate/test/predict) and it runs; ``run=False``:
+    only parse and instantiate (``cli.trainer``, ``cli.model``, ``cli.datamodule``)."""
+    from favit_probsparse.config import config_task, expand_config_args
+    from favit_probsparse.training.forecast import Forecaster
+
+    args = expand_config_args(args)
+    links = FORECAST_LINKS if config_task(args) == Forecaster.TASK else ()
+    return project_cli(args, run=run, links=links)
