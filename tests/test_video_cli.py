@@ -39,6 +39,7 @@ def trained(tmp_path_factory):
             "devices": 1,
             "enable_progress_bar": False,
             "logger": False,
+            "default_root_dir": str(tmp / "run"),  # the CLI saves config.yaml there
             "callbacks": [checkpoint_callback(ckdir)],
         },
         "model": {
