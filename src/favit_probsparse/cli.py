@@ -124,8 +124,13 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
 
         return int(itr_main(rest) or 0)
     if cmd in LIGHTNING_SUBCOMMANDS:
+        from favit_probsparse.training.checkpoints import RunInterrupted
+
         try:
             run_lightning([cmd, *rest])
+        except RunInterrupted as stop:  # SIGTERM: 128 + 15, as `ablate` exits
+            print(f"favit-ps {cmd}: {stop}", file=sys.stderr)
+            return stop.exit_code
         except (
             _user_errors()
         ) as err:  # bad data / diverged training: one line, non-zero exit (FAVIT_DEBUG=1: trace)

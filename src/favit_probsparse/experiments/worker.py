@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from favit_probsparse.experiments.records import DONE, write_record
+from favit_probsparse.training.checkpoints import check_trained
 
 __all__ = ["run_worker"]
 
@@ -46,6 +47,7 @@ def run_worker(run_dir: str | Path) -> int:
     trainer = cli.trainer
     if getattr(trainer, "interrupted", False):
         raise RuntimeError("training was interrupted")
+    check_trained(trainer)  # never a record of untrained weights
     metrics = _scalars(trainer.callback_metrics)
     test_s = None
     test = spec.get("test", True)

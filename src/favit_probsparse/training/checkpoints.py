@@ -13,7 +13,46 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
-__all__ = ["FreshRunCLI", "refuse_stale_checkpoints", "stale_checkpoints"]
+__all__ = [
+    "FreshRunCLI",
+    "RunInterrupted",
+    "UntrainedRunError",
+    "check_trained",
+    "refuse_stale_checkpoints",
+    "stale_checkpoints",
+]
+
+
+class UntrainedRunError(ValueError):
+    """A ``fit`` that ran no training step: its weights are the initial ones, not a result."""
+
+
+class RunInterrupted(Exception):
+    """``fit`` stopped by a signal (SIGTERM); ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
+
+
+def check_trained(trainer) -> None:
+    """Raise :class:`UntrainedRunError` when ``trainer`` finished a fit without one optimizer step."""
+    if trainer.global_step > 0:
+        return
+    raise UntrainedRunError(
+        f"the run trained no step (max_epochs={trainer.max_epochs}, max_steps={trainer.max_steps}, "
+        f"{trainer.num_training_batches} training batches per epoch): its weights are untrained, so nothing is "
+        "tested or recorded; give it epochs and batches to train"
+    )
+
+
+def last_checkpoint_note(trainer) -> str:
+    """Where the run's newest ``last.ckpt`` is (or that there is none yet), for a message."""
+    for cb in trainer.checkpoint_callbacks:
+        last = getattr(cb, "last_model_path", "")
+        if last and Path(last).is_file():
+            return f"the last checkpoint is {last} (resume with --ckpt {last})"
+    return "no checkpoint was written yet"
 
 
 def stale_checkpoints(trainer) -> list[Path]:
@@ -62,3 +101,20 @@ class FreshRunCLI(LightningCLI):
     def before_fit(self) -> None:
         cfg = self.config.get(str(self.subcommand), self.config)
         refuse_stale_checkpoints(self.trainer, cfg.get("ckpt_path"), bool(cfg.get("overwrite", False)))
+
+    def after_fit(self) -> None:
+        if not self.trainer.interrupted:
+            check_trained(self.trainer)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        # Lightning turns SIGTERM into SIGTERMException, a SystemExit without a code: the process would exit 0
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        try:
+            super()._run_subcommand(subcommand)
+        except SIGTERMException:
+            import signal
+
+            raise RunInterrupted(
+                f"stopped by SIGTERM; {last_checkpoint_note(self.trainer)}", signal.SIGTERM
+            ) from None

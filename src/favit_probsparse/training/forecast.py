@@ -39,6 +39,7 @@ from torch import nn
 
 from favit_probsparse.models.informer import decoder_input
 from favit_probsparse.training.checkpoint import META_KEY, CheckpointMetadata, class_path, rebuild_module
+from favit_probsparse.training.checkpoints import check_trained
 
 __all__ = [
     "METRICS",
@@ -298,10 +299,15 @@ class Forecaster(CheckpointMetadata, LightningModule):
                 "features": hp.features,
                 **data_kwargs,
             }
+            trained = (self.data_info or {}).get("columns")
+            if trained and "columns" not in kw and "target" not in kw:
+                # the trained columns by name (other columns of the frame are left out)
+                kw.update(columns=list(trained), target=trained[-1])
             dm = TimeSeriesDataModule.from_frame(data, **kw)
         else:
             dm = data
         dm.setup("predict")
+        self._use_training_columns(dm, (self.data_info or {}).get("columns"))
         self.check_data(dm)
         self._use_training_scaler(dm)
         batch = next(iter(dm.predict_dataloader()))
@@ -331,6 +337,14 @@ class Forecaster(CheckpointMetadata, LightningModule):
             self.set_scaler(dm.scaler.mean, dm.scaler.std)
         self._record_data_info(dm)
 
+    @staticmethod
+    def _use_training_columns(dm, columns) -> bool:
+        """Read ``dm``'s columns by name in the trained order (a data module that can); True if it could."""
+        if not columns or not hasattr(dm, "use_columns"):
+            return False
+        dm.use_columns(list(columns))
+        return True
+
     def _use_training_scaler(self, dm) -> None:
         """Scale ``dm`` with the training data's statistics when they are known (else keep its own)."""
         known = (self.data_info or {}).get("scaler")
@@ -343,12 +357,18 @@ class Forecaster(CheckpointMetadata, LightningModule):
         super().on_load_checkpoint(checkpoint)
         # Lightning restores a checkpoint after setup(), which recorded the data at hand: evaluating or
         # forecasting other data must still use the training data's scaler, saved in the checkpoint
-        trained = ((checkpoint.get(META_KEY) or {}).get("data") or {}).get("scaler")
+        data = (checkpoint.get(META_KEY) or {}).get("data") or {}
+        trainer = self._trainer
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        # the data at hand may list the trained columns in another order: read them by name
+        if dm is not None and self._use_training_columns(dm, data.get("columns")):
+            self._record_data_info(dm)
+            if hasattr(dm, "scaler"):
+                self.set_scaler(dm.scaler.mean, dm.scaler.std)
+        trained = data.get("scaler")
         if not trained:
             return
         self.data_info = {**(self.data_info or {}), "scaler": trained}
-        trainer = self._trainer
-        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
         if dm is not None and not trainer.training:
             self._use_training_scaler(dm)
 
@@ -612,6 +632,7 @@ class TestAfterFit(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.enabled or trainer.interrupted or trainer.fast_dev_run:
             return
+        check_trained(trainer)  # testing the initial weights would report them as a result
         ckpt = self.ckpt_path
         if ckpt == "best" and not (
             trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path

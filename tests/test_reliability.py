@@ -1,0 +1,287 @@
+"""Bad or unusual input met through the command line: every case ends with a one-line error that names the file,
+column or row (asserted here, never only a non-zero exit), or gives the same numbers as the well-formed input.
+
+One tiny DLinear forecaster is trained once (module fixture) and exported; the tests feed it reordered columns,
+numeric dates, damaged files, and runs that would never train."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from favit_probsparse.cli import main
+
+SEQ, LABEL, PRED = 24, 12, 12
+COLS = ["a", "b", "c"]
+
+
+def _series(n: int = 300, seed: int = 0) -> pd.DataFrame:
+    """Three channels on very different scales, so a channel swap changes every number."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    df = pd.DataFrame(
+        {
+            "a": np.sin(t / 6) + 0.1 * rng.normal(size=n),
+            "b": 50 + 10 * np.cos(t / 9) + rng.normal(size=n),
+            "c": 1000 + 0.5 * t + 5 * rng.normal(size=n),
+        }
+    )
+    df.insert(0, "date", pd.date_range("2021-03-01", periods=n, freq="h").strftime("%Y-%m-%d %H:%M:%S"))
+    return df
+
+
+def _config(root: Path, csv: Path | str, trainer: dict | None = None, data: dict | None = None) -> dict:
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": 1,
+            "accelerator": "cpu",
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+            "default_root_dir": str(root),
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": str(root / "checkpoints"), "save_last": True},
+                },
+                {"class_path": "favit_probsparse.training.forecast.ForecastWriter"},
+            ],
+            **(trainer or {}),
+        },
+        "model": {
+            "class_path": "favit_probsparse.training.forecast.Forecaster",
+            "init_args": {
+                "learning_rate": 0.01,
+                "network": {
+                    "class_path": "favit_probsparse.models.dlinear.DLinear",
+                    "init_args": {"kernel_size": 5},
+                },
+            },
+        },
+        "data": {
+            "class_path": "favit_probsparse.data.timeseries.TimeSeriesDataModule",
+            "init_args": {
+                "path": str(csv),
+                "seq_len": SEQ,
+                "label_len": LABEL,
+                "pred_len": PRED,
+                "batch_size": 16,
+                **(data or {}),
+            },
+        },
+    }
+
+
+def _write(path: Path, cfg: dict) -> str:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return str(path)
+
+
+def _err(capsys) -> str:
+    """The one error line favit-ps printed (Lightning's log lines aside)."""
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("favit-ps ")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(folder, csv, checkpoint, export folder) of one tiny run on `_series()`."""
+    root = tmp_path_factory.mktemp("trained")
+    csv = root / "series.csv"
+    _series().to_csv(csv, index=False)
+    cfg = _write(root / "fit.yaml", _config(root / "run", csv))
+    assert main(["fit", "--config", cfg]) == 0
+    ckpt = root / "run" / "checkpoints" / "last.ckpt"
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(root / "export")]) == 0
+    return root, csv, ckpt, root / "export"
+
+
+# ------------------------------------------------------------------------------------------------ columns
+def _test_mse(cfg: str, ckpt: Path) -> float:
+    from favit_probsparse.cli import run_lightning
+
+    cli = run_lightning(["test", "--config", cfg, "--ckpt", str(ckpt)])
+    return float(cli.trainer.callback_metrics["test_mse_original"])
+
+
+def test_reordered_columns_are_read_by_name_in_test_predict_and_forecast(trained, tmp_path):
+    _, csv, ckpt, _ = trained
+    df = _series()
+    swapped = tmp_path / "swapped.csv"
+    df[["date", "c", "b", "a"]].to_csv(swapped, index=False)
+    same = _write(tmp_path / "same.yaml", _config(tmp_path / "same", csv))
+    other = _write(tmp_path / "other.yaml", _config(tmp_path / "other", swapped))
+    assert _test_mse(other, ckpt) == pytest.approx(_test_mse(same, ckpt), rel=1e-6)
+
+    for cfg in (same, other):
+        assert main(["predict", "--config", cfg, "--ckpt", str(ckpt)]) == 0
+    a = pd.read_csv(tmp_path / "same" / "forecast" / "forecast.csv")
+    b = pd.read_csv(tmp_path / "other" / "forecast" / "forecast.csv")
+    assert list(b.columns) == ["date", *COLS]  # the model's order, whatever the file's
+    pd.testing.assert_frame_equal(a, b)
+
+    from favit_probsparse.training.forecast import forecaster_from_checkpoint
+
+    model = forecaster_from_checkpoint(ckpt)
+    pd.testing.assert_frame_equal(model.forecast(df[["date", "c", "b", "a"]]), model.forecast(df))
+
+
+def test_other_column_names_name_both_lists(trained, tmp_path, capsys):
+    ckpt = trained[2]
+    renamed = tmp_path / "renamed.csv"
+    _series().rename(columns={"b": "B"}).to_csv(renamed, index=False)
+    cfg = _write(tmp_path / "c.yaml", _config(tmp_path / "run", renamed))
+    assert main(["test", "--config", cfg, "--ckpt", str(ckpt)]) == 1
+    err = _err(capsys)
+    assert (
+        "renamed.csv: the model was trained on columns ['a', 'b', 'c'] but this data has ['a', 'B', 'c']"
+        in err
+    )
+
+    wider = tmp_path / "wider.csv"
+    _series().assign(d=1.0).to_csv(wider, index=False)  # another column count: not a weight-shape error
+    cfg = _write(tmp_path / "w.yaml", _config(tmp_path / "run", wider))
+    assert main(["predict", "--config", cfg, "--ckpt", str(ckpt)]) == 1
+    err = _err(capsys)
+    assert "trained on columns ['a', 'b', 'c'] but this data has ['a', 'b', 'c', 'd']" in err, err
+
+
+# ------------------------------------------------------------------------------------------------ dates
+def test_numeric_dates_are_refused_in_fit_and_predict_model(trained, tmp_path, capsys):
+    _, _, _, export = trained
+    df = _series()
+    df["date"] = (pd.to_datetime(df["date"]) - pd.Timestamp(0)) // pd.Timedelta("1s")  # epoch seconds
+    epoch = tmp_path / "epoch.csv"
+    df.to_csv(epoch, index=False)
+    cfg = _write(tmp_path / "c.yaml", _config(tmp_path / "run", epoch))
+    assert main(["fit", "--config", cfg]) == 1
+    err = _err(capsys)
+    assert "epoch.csv: column 'date' holds numbers (1614556800 in row 0 (line 2)), not dates" in err, err
+    assert main(["predict", "--model", str(export), "--input", str(epoch)]) == 2
+    assert "epoch.csv: column 'date' holds numbers" in _err(capsys)
+
+
+# ------------------------------------------------------------------------------------------------ predict --model
+def test_predict_model_checks_the_input_as_fit_does(trained, tmp_path, capsys):
+    _, _, _, export = trained
+    df = _series()
+    dup = df.copy()
+    dup.loc[290, "date"] = dup.loc[289, "date"]
+    dup.to_csv(tmp_path / "dup.csv", index=False)
+    assert main(["predict", "--model", str(export), "--input", str(tmp_path / "dup.csv")]) == 2
+    assert "dup.csv: column 'date', row 290 (line 292): duplicate timestamp" in _err(capsys)
+
+    swapped = df.copy()
+    swapped.iloc[[285, 286]] = swapped.iloc[[286, 285]].to_numpy()
+    swapped.to_csv(tmp_path / "rows.csv", index=False)
+    assert main(["predict", "--model", str(export), "--input", str(tmp_path / "rows.csv")]) == 2
+    assert "rows.csv: column 'date', row 286 (line 288): timestamps not increasing" in _err(capsys)
+
+
+def test_predict_model_reads_parquet_like_csv(trained, tmp_path, capsys):
+    pytest.importorskip("pyarrow")
+    _, csv, _, export = trained
+    _series()[["date", "c", "a", "b"]].to_parquet(tmp_path / "x.parquet")
+    out_csv, out_pq = tmp_path / "from_csv.csv", tmp_path / "from_pq.csv"
+    assert main(["predict", "--model", str(export), "--input", str(csv), "--out", str(out_csv)]) == 0
+    assert (
+        main(
+            ["predict", "--model", str(export), "--input", str(tmp_path / "x.parquet"), "--out", str(out_pq)]
+        )
+        == 0
+    )
+    pd.testing.assert_frame_equal(pd.read_csv(out_csv), pd.read_csv(out_pq))
+    assert list(pd.read_csv(out_pq).columns) == ["date", *COLS]
+
+
+# ------------------------------------------------------------------------------------------------ never trained
+def test_batch_size_above_the_training_windows_is_refused(tmp_path, capsys):
+    csv = tmp_path / "s.csv"
+    _series().to_csv(csv, index=False)
+    # 300 rows: 210 train rows -> 210 - 24 - 12 + 1 = 175 windows
+    cfg = _write(tmp_path / "c.yaml", _config(tmp_path / "run", csv, data={"batch_size": 1000}))
+    assert main(["fit", "--config", cfg]) == 1
+    err = _err(capsys)
+    assert "s.csv: batch_size=1000 is larger than the 175 training windows; lower batch_size" in err, err
+    assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_max_epochs_zero_is_not_tested(tmp_path, capsys):
+    csv = tmp_path / "s.csv"
+    _series().to_csv(csv, index=False)
+    trainer = {"max_epochs": 0}
+    trainer["callbacks"] = [{"class_path": "favit_probsparse.training.forecast.TestAfterFit"}]
+    cfg = _write(tmp_path / "c.yaml", _config(tmp_path / "run", csv, trainer=trainer))
+    assert main(["fit", "--config", cfg]) == 2
+    err = _err(capsys)
+    assert "the run trained no step (max_epochs=0" in err and "nothing is tested or recorded" in err, err
+    assert "test_mse" not in capsys.readouterr().out
+
+
+def test_ablate_records_an_untrained_run_as_failed(tmp_path, monkeypatch, capsys):
+    from favit_probsparse.experiments.ablate import main as ablate
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    csv = tmp_path / "s.csv"
+    _series().to_csv(csv, index=False)
+    base = _config(tmp_path / "unused", csv, trainer={"max_epochs": 0})
+    base["trainer"]["callbacks"] = []
+    grid = {
+        "name": "untrained",
+        "base_config": _write(tmp_path / "base.yaml", base),
+        "metric": {"name": "test_mse", "mode": "min"},
+        "seeds": [0],
+        "rows": [{"name": "dlinear"}],
+    }
+    path = _write(tmp_path / "grid.yaml", grid)
+    runs = tmp_path / "runs"
+    assert ablate([path, "--runs-dir", str(runs), "--no-chart"]) == 1
+    run = runs / "untrained" / "dlinear" / "seed0"
+    assert not (run / "metrics.json").exists()
+    failed = json.loads((run / "failed.json").read_text())
+    assert "the run trained no step (max_epochs=0" in failed["error"], failed["error"]
+
+
+# ------------------------------------------------------------------------------------------------ signals
+def test_sigterm_during_fit_exits_143_and_names_last_ckpt(tmp_path):
+    csv = tmp_path / "s.csv"
+    _series(400).to_csv(csv, index=False)
+    cfg = _write(tmp_path / "c.yaml", _config(tmp_path / "run", csv, trainer={"max_epochs": 1000}))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "favit_probsparse.cli", "fit", "--config", cfg],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=env,
+        )
+    try:
+        deadline = time.time() + 300
+        while not last.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert last.exists(), f"no last.ckpt (exit code {proc.poll()}): {log.read_text()[-2000:]}"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = log.read_text()
+    assert proc.returncode == 143, err[-2000:]
+    assert (
+        f"favit-ps fit: stopped by SIGTERM; the last checkpoint is {last} (resume with --ckpt {last})" in err
+    )
