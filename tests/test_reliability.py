@@ -285,3 +285,151 @@ def test_sigterm_during_fit_exits_143_and_names_last_ckpt(tmp_path):
     assert (
         f"favit-ps fit: stopped by SIGTERM; the last checkpoint is {last} (resume with --ckpt {last})" in err
     )
+
+
+# ------------------------------------------------------------------------------------------------ file reading
+def _parquet_named_csv(path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    _series().to_parquet(path)
+
+
+def _bad_tail_date(path: Path) -> None:
+    df = _series()
+    df.loc[297, "date"] = "2021-03-13 25:00:00"
+    df.to_csv(path, index=False)
+
+
+def _dst(path: Path) -> None:
+    df = _series()
+    dates = pd.date_range("2021-03-27 00:00", periods=len(df), freq="h", tz="Europe/Berlin")
+    df["date"] = [d.isoformat(sep=" ") for d in dates]  # +01:00 until 2021-03-28 02:00, then +02:00
+    df.to_csv(path, index=False)
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (_parquet_named_csv, "data.csv: a Parquet file with a .csv suffix; name it .parquet"),
+        (lambda p: p.write_text(""), "data.csv: empty file (no header, no rows)"),
+        (lambda p: p.write_text("date,a,b,c\n"), "data.csv: no rows (only a header)"),
+        (
+            _bad_tail_date,
+            "data.csv: column 'date', row 297 (line 299): cannot parse '2021-03-13 25:00:00' as a date",
+        ),
+        (_dst, "data.csv: column 'date', row 26 (line 28): UTC offset changes from 1:00:00 to 2:00:00"),
+    ],
+    ids=["parquet-as-csv", "empty", "header-only", "bad-tail-date", "dst"],
+)
+def test_unreadable_files_are_one_line_naming_file_column_row(tmp_path, capsys, write, message):
+    csv = tmp_path / "data.csv"
+    write(csv)
+    cfg = _write(tmp_path / "c.yaml", _config(tmp_path / "run", csv))
+    assert main(["fit", "--config", cfg]) == 1
+    err = _err(capsys)
+    assert err.startswith("favit-ps fit: error: DataError: ") and message in err, err
+
+
+def test_a_given_freq_that_disagrees_with_the_timestamps_warns(tmp_path):
+    csv = tmp_path / "s.csv"
+    _series().to_csv(csv, index=False)
+    short = {"max_epochs": 1, "limit_train_batches": 1, "limit_val_batches": 1, "callbacks": []}
+    cfg = _write(tmp_path / "c.yaml", _config(tmp_path / "run", csv, trainer=short, data={"freq": "15min"}))
+    with pytest.warns(UserWarning, match=r"s\.csv: freq='15min' \(0 days 00:15:00\) but the timestamps are "):
+        assert main(["fit", "--config", cfg]) == 0
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints, exports
+def test_load_from_checkpoint_goes_through_the_safe_loader(trained, tmp_path):
+    from favit_probsparse.training.checkpoint import CheckpointError
+    from favit_probsparse.training.forecast import Forecaster
+
+    ckpt = trained[2]
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    (tmp_path / "random.ckpt").write_bytes(np.random.default_rng(0).bytes(4096))
+    (tmp_path / "cut.ckpt").write_bytes(ckpt.read_bytes()[:5000])
+    for name, msg in (("empty", "is empty"), ("random", "not a PyTorch checkpoint"), ("cut", "truncated")):
+        with pytest.raises(CheckpointError, match=rf"checkpoint \S*{name}\.ckpt: .*{msg}"):
+            Forecaster.load_from_checkpoint(tmp_path / f"{name}.ckpt", map_location="cpu")
+    model = Forecaster.load_from_checkpoint(ckpt, map_location="cpu")  # the README's call still works
+    assert model.data_info["columns"] == COLS
+
+
+def test_forecaster_export_refuses_timm_and_another_export_is_not_overwritten(trained, tmp_path, capsys):
+    import timm
+
+    _, _, ckpt, export = trained
+    with pytest.raises(RuntimeError, match=r"Unknown model \(favit-probsparse-forecaster \(not a timm model: "
+                       r"load it with favit_probsparse\.training\.export\.from_pretrained\)\)"):  # fmt: skip
+        timm.create_model(f"local-dir:{export}", pretrained=True)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text('{"architecture": "another_model"}')
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(out)]) == 2
+    assert (
+        f"{out} already holds an exported model (config.json); choose another --out, or give --overwrite"
+        in _err(capsys)
+    )
+    assert json.loads((out / "config.json").read_text()) == {"architecture": "another_model"}
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "config.json").read_text())["data"]["columns"] == COLS
+
+
+# ------------------------------------------------------------------------------------------------ one-line errors
+def test_trainer_option_errors_are_one_line(tmp_path, capsys):
+    csv = tmp_path / "s.csv"
+    _series().to_csv(csv, index=False)
+    cfg = _write(tmp_path / "neg.yaml", _config(tmp_path / "neg", csv, trainer={"max_epochs": -3}))
+    assert main(["fit", "--config", cfg]) == 2
+    assert "`max_epochs` must be a non-negative integer or -1. You passed in -3." in _err(capsys)
+
+    stop = {"class_path": "lightning.pytorch.callbacks.EarlyStopping", "init_args": {"monitor": "val_loss"}}
+    cfg = _write(
+        tmp_path / "es.yaml", _config(tmp_path / "es", csv, trainer={"max_steps": 2, "callbacks": [stop]})
+    )
+    assert main(["fit", "--config", cfg]) == 2
+    err = _err(capsys)
+    assert "Early stopping conditioned on metric `val_loss` which is not available" in err
+    assert "let the run validate, or remove EarlyStopping" in err
+
+
+def test_unwritable_output_folder_is_one_line(tmp_path, capsys):
+    csv = tmp_path / "s.csv"
+    _series().to_csv(csv, index=False)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if os.geteuid() == 0:  # root writes anywhere a mode allows nothing; an immutable folder stops it
+        if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+            pytest.skip("running as root without chattr: no folder is unwritable")
+    else:
+        locked.chmod(0o500)
+    try:
+        cfg = _write(tmp_path / "c.yaml", _config(locked / "run", csv))
+        assert main(["fit", "--config", cfg]) == 2
+        err = _err(capsys)
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(locked)], check=True)
+        else:
+            locked.chmod(0o700)
+    assert f"{locked / 'run'}" in err and ("Permission denied" in err or "not permitted" in err), err
+
+
+def test_ckpt_last_without_a_checkpoint_is_refused_and_the_hint_names_last(tmp_path, capsys):
+    csv = tmp_path / "s.csv"
+    _series().to_csv(csv, index=False)
+    cfg = _write(tmp_path / "c.yaml", _config(tmp_path / "run", csv, trainer={"limit_train_batches": 2}))
+    assert main(["fit", "--config", cfg, "--ckpt", "last"]) == 1
+    err = _err(capsys)
+    assert (
+        f"--ckpt last: no last.ckpt in {tmp_path / 'run' / 'checkpoints'}; give the checkpoint's path" in err
+    )
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+    assert main(["fit", "--config", cfg]) == 0
+    capsys.readouterr()
+    assert main(["fit", "--config", cfg]) == 2
+    err = _err(capsys)
+    folder = tmp_path / "run" / "checkpoints"
+    assert "already holds checkpoints of an earlier run (last.ckpt, epoch=0-step=2.ckpt)" in err, err
+    assert f"resume it with --ckpt {folder / 'last.ckpt'}" in err

@@ -18,6 +18,7 @@ __all__ = [
     "RunInterrupted",
     "UntrainedRunError",
     "check_trained",
+    "refuse_missing_last",
     "refuse_stale_checkpoints",
     "stale_checkpoints",
 ]
@@ -36,8 +37,9 @@ class RunInterrupted(Exception):
 
 
 def check_trained(trainer) -> None:
-    """Raise :class:`UntrainedRunError` when ``trainer`` finished a fit without one optimizer step."""
-    if trainer.global_step > 0:
+    """Raise :class:`UntrainedRunError` when ``trainer`` finished a fit without one optimizer step (weights
+    loaded from a checkpoint by ``fit --ckpt_override`` are trained weights, even then)."""
+    if trainer.global_step > 0 or getattr(trainer.lightning_module, "_weights_from_checkpoint", None):
         return
     raise UntrainedRunError(
         f"the run trained no step (max_epochs={trainer.max_epochs}, max_steps={trainer.max_steps}, "
@@ -79,12 +81,36 @@ def refuse_stale_checkpoints(trainer, ckpt_path, overwrite: bool = False) -> Non
         for p in stale:
             p.unlink(missing_ok=True)
         return
+    stale.sort(key=lambda p: (not p.name.startswith("last"), p.name))  # last.ckpt first: the one to resume
     folder = stale[0].parent
     raise FileExistsError(
         f"{folder} already holds checkpoints of an earlier run ({', '.join(p.name for p in stale[:3])}"
         f"{', ...' if len(stale) > 3 else ''}); resume it with --ckpt {folder / stale[0].name}, start over "
         "with --overwrite true (deletes them), or set another trainer.default_root_dir / checkpoint dirpath"
     )
+
+
+def refuse_missing_last(trainer, ckpt_path) -> None:
+    """``fit --ckpt last`` with no ``last*.ckpt`` where this run writes: Lightning would warn and train from
+    scratch; refuse instead."""
+    if str(ckpt_path) != "last" or trainer.global_rank != 0:
+        return
+    dirs = set()
+    for cb in trainer.checkpoint_callbacks:
+        dirpath = getattr(cb, "dirpath", None)
+        if dirpath is None and trainer.loggers:  # Lightning's <save_dir>/<name>/<version>/checkpoints
+            log = trainer.loggers[0]
+            version = log.version if isinstance(log.version, str) else f"version_{log.version}"
+            dirpath = Path(log.save_dir or trainer.default_root_dir, str(log.name), version, "checkpoints")
+        elif dirpath is None:
+            dirpath = Path(trainer.default_root_dir) / "checkpoints"
+        dirs.add(Path(dirpath))
+    if not any(p.name.startswith("last") for d in dirs if d.is_dir() for p in d.glob("*.ckpt")):
+        where = ", ".join(sorted(map(str, dirs))) or "the run's folder (it has no ModelCheckpoint)"
+        raise FileNotFoundError(
+            f"--ckpt last: no last.ckpt in {where}; give the checkpoint's path, or leave --ckpt out to train "
+            "from scratch"
+        )
 
 
 class FreshRunCLI(LightningCLI):
@@ -100,6 +126,7 @@ class FreshRunCLI(LightningCLI):
 
     def before_fit(self) -> None:
         cfg = self.config.get(str(self.subcommand), self.config)
+        refuse_missing_last(self.trainer, cfg.get("ckpt_path"))
         refuse_stale_checkpoints(self.trainer, cfg.get("ckpt_path"), bool(cfg.get("overwrite", False)))
 
     def after_fit(self) -> None:
@@ -117,4 +144,12 @@ class FreshRunCLI(LightningCLI):
 
             raise RunInterrupted(
                 f"stopped by SIGTERM; {last_checkpoint_note(self.trainer)}", signal.SIGTERM
+            ) from None
+        except RuntimeError as e:
+            if "Early stopping conditioned on metric" not in str(e):
+                raise
+            cause = str(e).split(". ")[0]
+            raise ValueError(
+                f"{cause}: no validation ran before EarlyStopping checked it (max_steps, limit_val_batches or "
+                "check_val_every_n_epoch leave no validation); let the run validate, or remove EarlyStopping"
             ) from None

@@ -58,6 +58,10 @@ DATA_LICENSES = {
 }
 
 
+#: the ``architecture`` of a forecaster export: what timm's ``local-dir:`` loader shows when asked to load it
+_NOT_TIMM = "favit-probsparse-forecaster (not a timm model: load it with favit_probsparse.training.export.from_pretrained)"
+
+
 class ExportError(ValueError):
     """An exported model folder is missing a file, or a file is damaged or was modified."""
 
@@ -99,7 +103,7 @@ def model_card(task: str, config: dict, meta: dict, ckpt_path: Path, hparams: di
     data = meta.get("data", {})
     hw = prov.get("hardware", {})
     metrics = prov.get("metrics", {})
-    name = config.get("architecture") or config.get("network", {}).get("class_path", "?")
+    name = config.get("network", {}).get("class_path") or config.get("architecture", "?")
     lines = [
         "---",
         f"pipeline_tag: {task}",
@@ -182,11 +186,20 @@ def _timm_config(net: nn.Module, data: dict, path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Write ``model.safetensors``, ``config.json`` and ``README.md`` for a checkpoint (see module docstring)."""
+def export_checkpoint(
+    ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False
+) -> Path:
+    """Write ``model.safetensors``, ``config.json`` and ``README.md`` for a checkpoint (see module docstring);
+    a folder that already holds an export is refused unless ``overwrite``."""
     from safetensors.torch import save_file
 
     ckpt_path, out = Path(ckpt_path), Path(out_dir)
+    held = [n for n in (WEIGHTS, "config.json") if (out / n).exists()]
+    if held and not overwrite:
+        raise FileExistsError(
+            f"{out} already holds an exported model ({', '.join(held)}); choose another --out, or give "
+            "--overwrite to replace it"
+        )
     module, ckpt = rebuild_module(ckpt_path)
     meta = ckpt[META_KEY]
     if not callable(getattr(module, "export_config", None)):
@@ -202,7 +215,9 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike) 
         config: dict[str, Any] = {}
         _atomic_write(out / "config.json", lambda p: config.update(_timm_config(net, cfg.get("data", {}), p)))
     else:
-        config = dict(cfg)
+        # timm's ``local-dir:`` loader reads ``architecture`` first: name this as no timm model (timm then stops
+        # with "Unknown model (...)" quoting it) instead of failing with KeyError: 'architecture'
+        config = {"architecture": _NOT_TIMM, **cfg}
     config.update(
         export_format=EXPORT_FORMAT,
         task=cfg["task"],
@@ -385,8 +400,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--out", required=True, help="folder to write model.safetensors, config.json, README.md"
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the export a folder already holds (default: refuse)"
+    )
     args = parser.parse_args(argv)
-    out = export_checkpoint(args.ckpt, args.out)
+    out = export_checkpoint(args.ckpt, args.out, overwrite=args.overwrite)
     print(f"wrote {out}/{WEIGHTS}, {out}/config.json, {out}/README.md")
     return 0
 

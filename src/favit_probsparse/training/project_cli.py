@@ -43,6 +43,7 @@ _EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from jsonargparse import ArgumentError
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     return (
         ValueError,
@@ -50,8 +51,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         FileNotFoundError,
         FileExistsError,
         NotADirectoryError,
+        PermissionError,  # an unwritable output folder: the message names it
         FloatingPointError,
         ArgumentError,
+        MisconfigurationException,  # Lightning's checks of trainer options (e.g. a negative max_epochs)
     )
 
 
@@ -232,6 +235,7 @@ class ProjectCLI(FreshRunCLI):
         check_state_dict_fits(self._ckpt_file, state, self.model)
         if self._init_from_ckpt:
             self.model.load_state_dict(state, strict=True)
+            self.model._weights_from_checkpoint = self._ckpt_file  # trained weights, even with no step here
         self._ckpt_state = None
 
 
