@@ -433,3 +433,195 @@ def test_ckpt_last_without_a_checkpoint_is_refused_and_the_hint_names_last(tmp_p
     folder = tmp_path / "run" / "checkpoints"
     assert "already holds checkpoints of an earlier run (last.ckpt, epoch=0-step=2.ckpt)" in err, err
     assert f"resume it with --ckpt {folder / 'last.ckpt'}" in err
+
+
+# ------------------------------------------------------------------------------------------------ concurrency
+def _grid(tmp_path: Path, rows: list[dict], trainer: dict | None = None) -> str:
+    csv = tmp_path / "s.csv"
+    _series().to_csv(csv, index=False)
+    base = _config(
+        tmp_path / "unused",
+        csv,
+        trainer={"limit_train_batches": 2, "limit_val_batches": 1, **(trainer or {})},
+    )
+    base["trainer"]["callbacks"] = []
+    grid = {
+        "name": "g",
+        "base_config": _write(tmp_path / "base.yaml", base),
+        "metric": {"name": "test_mse", "mode": "min"},
+        "seeds": [0],
+        "rows": rows,
+    }
+    return _write(tmp_path / "grid.yaml", grid)
+
+
+def test_a_second_fit_into_a_folder_in_use_is_refused(tmp_path, capsys):
+    from favit_probsparse.training.checkpoints import lock_folder
+
+    csv = tmp_path / "s.csv"
+    _series().to_csv(csv, index=False)
+    cfg = _write(tmp_path / "c.yaml", _config(tmp_path / "run", csv))
+    fd = lock_folder(tmp_path / "run" / "checkpoints")  # as a running fit holds it
+    try:
+        assert main(["fit", "--config", cfg]) == 2
+    finally:
+        os.close(fd)
+    err = _err(capsys)
+    assert (
+        f"{tmp_path / 'run' / 'checkpoints'}: another fit is writing into this folder (pid {os.getpid()})"
+        in err
+    )
+    assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_ablate_skips_a_run_another_ablate_holds(tmp_path, capsys):
+    from favit_probsparse.experiments.ablate import main as ablate
+    from favit_probsparse.training.checkpoints import lock_folder
+
+    grid = _grid(tmp_path, [{"name": "r"}])
+    run = tmp_path / "runs" / "g" / "r" / "seed0"
+    fd = lock_folder(run, "ablate run", name=".favit-ps-ablate.lock")
+    try:
+        ablate([grid, "--runs-dir", str(tmp_path / "runs"), "--no-chart"])
+    finally:
+        os.close(fd)
+    out = capsys.readouterr().out
+    assert (
+        f"r/seed0: skipped: {run}: another ablate run is writing into this folder (pid {os.getpid()})" in out
+    )
+    assert not (run / "metrics.json").exists() and not (run / "failed.json").exists()
+
+
+def test_ablate_records_one_result_and_names_a_killing_signal(tmp_path, monkeypatch, capsys):
+    from favit_probsparse.experiments import runner
+    from favit_probsparse.experiments.ablate import main as ablate
+
+    grid = _grid(tmp_path, [{"name": "r"}])
+    run = tmp_path / "runs" / "g" / "r" / "seed0"
+    # a worker that writes its record, then is killed: the run failed, and only failed.json says so
+    script = (
+        "import json, os, signal, sys; "
+        "open(os.path.join(sys.argv[1], 'metrics.json'), 'w').write(json.dumps({'metrics': {'test_mse': 1.0}})); "
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    monkeypatch.setattr(runner, "_worker_command", lambda d: [sys.executable, "-c", script, str(d)])
+    assert ablate([grid, "--runs-dir", str(tmp_path / "runs"), "--no-chart"]) == 1
+    assert not (run / "metrics.json").exists()
+    assert json.loads((run / "failed.json").read_text())["error"] == "killed by signal 9 (SIGKILL)"
+
+
+def test_ablate_checks_every_row_before_the_first_run(tmp_path, capsys):
+    grid = _grid(
+        tmp_path,
+        [{"name": "good"}, {"name": "typo", "overrides": {"model.init_args.learning_rat": 0.1}}],
+    )
+    with pytest.raises(SystemExit) as stop:
+        main(["ablate", grid, "--runs-dir", str(tmp_path / "runs"), "--no-chart"])
+    msg = str(stop.value)
+    assert msg.startswith(f"favit-ps ablate: {grid}: row 'typo': ") and "learning_rat" in msg, msg
+    assert "\n" not in msg and not (tmp_path / "runs" / "g" / "good").exists()
+
+    with pytest.raises(SystemExit, match=r"favit-ps ablate: seeds must be in \[0, 2\*\*32\), got \[-1\]"):
+        main(["ablate", grid, "--seeds", "0", "-1", "--dry-run"])
+
+
+def test_ablate_stores_the_one_line_cause_of_a_failed_run(tmp_path):
+    from favit_probsparse.experiments.ablate import main as ablate
+
+    grid = _grid(tmp_path, [{"name": "big", "overrides": {"data.init_args.batch_size": 1000}}])
+    assert ablate([grid, "--runs-dir", str(tmp_path / "runs"), "--no-chart"]) == 1
+    rec = json.loads((tmp_path / "runs" / "g" / "big" / "seed0" / "failed.json").read_text())
+    assert (
+        rec["error"].startswith("DataError: ")
+        and "batch_size=1000 is larger than the 175 training" in rec["error"]
+    )
+
+
+def test_a_killed_ablate_takes_its_worker_with_it(tmp_path):
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("reads the worker's state from /proc")
+    grid = _grid(tmp_path, [{"name": "long"}], trainer={"max_epochs": 1000, "limit_train_batches": None})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "favit_probsparse.cli", "ablate", grid, "--runs-dir", str(tmp_path / "runs")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    lock = tmp_path / "runs" / "g" / "long" / "seed0" / ".favit-ps.lock"  # the worker's fit writes its pid
+    try:
+        deadline = time.time() + 180
+        while not (lock.exists() and lock.read_text().strip()) and time.time() < deadline:
+            time.sleep(0.2)
+        worker = int(lock.read_text())
+        parent.kill()
+        parent.wait()
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                state = Path(f"/proc/{worker}/stat").read_text().split()[2]
+            except FileNotFoundError:
+                break
+            if state == "Z":  # exited, not yet reaped by init
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(worker, signal.SIGKILL)
+            pytest.fail("the worker outlived its killed parent by 30 s")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+# ------------------------------------------------------------------------------------------------ numbers
+def test_a_value_beyond_float32_is_named(tmp_path, capsys):
+    df = _series()
+    df.loc[250, "b"] = 1e300  # in the test split
+    df.to_csv(tmp_path / "s.csv", index=False)
+    cfg = _write(tmp_path / "c.yaml", _config(tmp_path / "run", tmp_path / "s.csv"))
+    assert main(["fit", "--config", cfg]) == 1
+    err = _err(capsys)
+    assert (
+        "s.csv: column 'b', row 250 (line 252) (2021-03-11 10:00:00): value 1e+300 is beyond float32's range"
+        in err
+    )
+
+
+def test_a_nan_validation_loss_stops_the_forecast_run(tmp_path, capsys):
+    """A learning rate of 1e30 with one training step: the step's loss is finite, the weights after it are not."""
+    csv = tmp_path / "s.csv"
+    _series().to_csv(csv, index=False)
+    cfg = _config(tmp_path / "run", csv, trainer={"limit_train_batches": 1, "limit_val_batches": 2})
+    cfg["model"]["init_args"].update(learning_rate=1e30, lradj="constant")
+    assert main(["fit", "--config", _write(tmp_path / "c.yaml", cfg)]) == 1
+    err = _err(capsys)
+    assert "NonFiniteLossError: val loss (MSE) is " in err and "at epoch 0: the weights diverged" in err, err
+
+
+def test_a_nan_validation_loss_stops_the_vision_run(tmp_path, capsys):
+    from _helpers import vision_config
+    from favit_probsparse.data.vision import write_toy_image_folder
+
+    toy = write_toy_image_folder(tmp_path / "toy", num_classes=3, train_per_class=8, test_per_class=4)
+    trainer = {"limit_train_batches": 1, "limit_val_batches": 1, "num_sanity_val_steps": 0, "logger": False,
+               "enable_checkpointing": False, "enable_model_summary": False, "enable_progress_bar": False,
+               "default_root_dir": str(tmp_path / "run")}  # fmt: skip
+    model = {"base_batch_size": None, "warmup_epochs": 0.0, "lr": 1e30}
+    cfg = _write(tmp_path / "v.yaml", vision_config(toy, trainer, model))
+    assert main(["fit", "--config", cfg]) == 2
+    err = _err(capsys)
+    assert "validation loss is NaN or inf on 1 batch(es) at epoch 0: the weights diverged" in err, err
+
+
+def test_a_network_fed_the_wrong_number_of_steps_says_so(trained):
+    import torch
+
+    from favit_probsparse.training.forecast import forecaster_from_checkpoint
+
+    model = forecaster_from_checkpoint(trained[2])
+    x = torch.zeros(2, SEQ + 6, 3)
+    y = torch.zeros(2, LABEL + PRED, 3)
+    with pytest.raises(
+        ValueError, match=rf"the network reads seq_len={SEQ} input steps but the batch has {SEQ + 6}"
+    ):
+        model(x, y, torch.zeros(2, SEQ + 6, 4), torch.zeros(2, LABEL + PRED, 4))

@@ -435,6 +435,13 @@ class TimeSeriesDataModule(LightningDataModule):
                     f"{src}: column {c!r}, {self._row(i)} ({dates[i]}): missing or infinite value ({v[i]}); "
                     "fill or drop it first"
                 )
+            big = np.abs(v) > np.finfo(np.float32).max
+            if big.any():  # the windows are float32: it would become inf there
+                i = int(np.flatnonzero(big)[0])
+                raise DataError(
+                    f"{src}: column {c!r}, {self._row(i)} ({dates[i]}): value {v[i]:g} is beyond float32's range "
+                    "(3.4e38) that the model computes in; rescale the column"
+                )
             values[:, j] = v
 
         if hp.freq is not None:

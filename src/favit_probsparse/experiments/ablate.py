@@ -54,6 +54,7 @@ from favit_probsparse.experiments.provenance import hardware_summary
 from favit_probsparse.experiments.report import summarize, write_report
 from favit_probsparse.experiments.runner import (
     RunResult,
+    check_rows,
     collect,
     prepare_grid_data,
     raise_interrupt,
@@ -216,8 +217,16 @@ def _main(a: argparse.Namespace, argv: list[str]) -> int:
             f"favit-ps ablate: {e} (shipped grids: {', '.join(resources.grid_names())})"
         ) from None
     seeds = a.seeds if a.seeds is not None else grid.seeds
+    bad = [s for s in seeds if not 0 <= s < 2**32]
+    if bad:
+        raise SystemExit(f"favit-ps ablate: seeds must be in [0, 2**32), got {bad}")
     extra = parse_set(a.set)
     runs_dir = Path(a.runs_dir)
+    if not (a.stats_only or a.report_only):
+        try:  # every row's options, before the first run starts
+            check_rows(grid, a.rows, extra)
+        except ValueError as e:
+            raise SystemExit(f"favit-ps ablate: {e}") from None
     if not (a.stats_only or a.dry_run or a.report_only):
         _prepare_data(grid, seeds, runs_dir, a, extra)
     if a.stats_only:

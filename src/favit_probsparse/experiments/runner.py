@@ -43,10 +43,13 @@ from favit_probsparse.experiments.records import (
     write_record,
     write_text,
 )
+from favit_probsparse.experiments.worker import PARENT_PID, WORKER_ERROR
 from favit_probsparse.imports import import_class
+from favit_probsparse.training.checkpoints import FolderLockedError, lock_folder
 
 __all__ = [
     "RunResult",
+    "check_rows",
     "collect",
     "prepare_grid_data",
     "raise_interrupt",
@@ -97,6 +100,9 @@ def _tail(path: Path, n: int = 15) -> str:
 
 
 def _error_line(log_tail: str) -> str:
+    for line in reversed(log_tail.splitlines()):  # the worker's own one-line cause, when it printed one
+        if line.startswith(WORKER_ERROR):
+            return line[len(WORKER_ERROR) :].strip()[:300]
     for line in reversed(log_tail.splitlines()):
         s = line.strip()
         if re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b", s) or s.startswith(
@@ -104,6 +110,15 @@ def _error_line(log_tail: str) -> str:
         ):
             return s[:300]
     return (log_tail.splitlines() or ["(no output)"])[-1][:300]
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "unknown signal"
 
 
 def _stop(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
@@ -177,7 +192,27 @@ def _run_one(
             prev = _result_of(done, "done", None, row.name, seed)
             prev = prev if prev is not None and prev.status == "failed" else None
         return prev or RunResult(row.name, seed, "pending")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        # held by this runner and inherited by its worker: a second ablate (or a re-run while an orphaned
+        # worker still runs) skips this run instead of running it twice in one folder
+        lock = lock_folder(run_dir, "ablate run", name=".favit-ps-ablate.lock")
+    except FolderLockedError as e:
+        if not quiet:
+            print(f"[runner] {row.name}/seed{seed}: skipped: {e}", flush=True)
+        return RunResult(row.name, seed, "skipped (running elsewhere)", error=str(e))
+    try:
+        return _launch(grid, row, seed, cfg, chash, run_dir, timeout_s, quiet, command, lock)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _worker_command(run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "favit_probsparse.experiments.worker", str(run_dir)]
+
+
+def _launch(grid, row, seed, cfg, chash, run_dir, timeout_s, quiet, command, lock) -> RunResult:
+    done = run_dir / DONE
     for stale in (DONE, FAILED):
         (run_dir / stale).unlink(missing_ok=True)
     # a fresh checkpoint folder: `last.ckpt` must be this run's, not an earlier attempt's
@@ -197,16 +232,23 @@ def _run_one(
         "command": command,
     }
     write_json(run_dir / "run.json", spec)
-    cmd = [sys.executable, "-m", "favit_probsparse.experiments.worker", str(run_dir)]
+    cmd = _worker_command(run_dir)
     t0 = time.time()
     if not quiet:
         print(f"[runner] {grid.name}: {row.name} seed {seed} ...", flush=True)
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env[PARENT_PID] = str(os.getpid())  # the worker stops when this process is gone (no orphaned run)
     for k, v in grid.env.items():  # the grid's defaults; the caller's environment wins
         env.setdefault(k, v)
     with open(run_dir / "log.txt", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            pass_fds=(lock,) if lock is not None else (),
+        )
         try:
             rc = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -240,11 +282,13 @@ def _run_one(
             )
     tail = _tail(run_dir / "log.txt")
     if err is None:
-        err = (
-            f"timed out after {timeout_s:.0f}s"
-            if rc is None
-            else (_error_line(tail) if rc != 0 else f"the run exited 0 but wrote no {DONE}")
-        )
+        if rc is None:
+            err = f"timed out after {timeout_s:.0f}s"
+        elif rc < 0:
+            err = f"killed by signal {-rc} ({_signal_name(-rc)})"
+        else:
+            err = _error_line(tail) if rc != 0 else f"the run exited 0 but wrote no {DONE}"
+    done.unlink(missing_ok=True)  # one record per run
     write_record(
         run_dir / FAILED,
         status="failed",
@@ -320,6 +364,49 @@ def run_grid(
                 )
             )
     return results
+
+
+def check_rows(grid: Grid, rows: list[str] | None = None, extra_overrides: dict | None = None) -> None:
+    """Parse every row's merged config with the CLI's parser (nothing is built) before the first run starts: an
+    unknown or invalid option is a ValueError naming the row and the option, not a failure at the row's turn."""
+    import yaml
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    from favit_probsparse.training import expand_config_args
+    from favit_probsparse.training.project_cli import USER_ERRORS, ProjectCLI, user_error_message
+
+    class _ParseOnly(ProjectCLI):
+        def _parse_ckpt_path(self) -> None:  # a checkpoint is the run's business
+            pass
+
+        def _set_seed(self) -> None:
+            pass
+
+        def instantiate_classes(self) -> None:
+            pass
+
+        def after_instantiate_classes(self) -> None:
+            pass
+
+    base = _base_config(grid)
+    for row in grid.rows:
+        if rows is not None and row.name not in rows:
+            continue
+        cfg = apply_overrides(base, {**grid.base_overrides, **(extra_overrides or {}), **row.overrides})
+        args = expand_config_args(["--config", yaml.safe_dump(cfg, sort_keys=False), *grid.cli_args])
+        try:
+            _ParseOnly(
+                LightningModule,
+                LightningDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                args=args,
+                run=False,
+                auto_configure_optimizers=False,
+                parser_kwargs={"exit_on_error": False},
+            )
+        except USER_ERRORS as e:
+            raise ValueError(f"{grid.path}: row {row.name!r}: {user_error_message(e)}") from None
 
 
 def seeds_on_disk(grid: Grid, runs_dir: Path) -> list[int]:

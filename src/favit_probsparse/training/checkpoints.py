@@ -9,19 +9,66 @@ every run; the check matters for fixed ``dirpath`` (the vision configs) and for 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
 __all__ = [
+    "LOCK_NAME",
+    "FolderLockedError",
     "FreshRunCLI",
     "RunInterrupted",
     "UntrainedRunError",
     "check_trained",
+    "fit_folders",
+    "lock_folder",
     "refuse_missing_last",
     "refuse_stale_checkpoints",
     "stale_checkpoints",
 ]
+
+
+class FolderLockedError(FileExistsError):
+    """Another process is writing into the folder (it holds the folder's lock)."""
+
+
+LOCK_NAME = ".favit-ps.lock"
+
+
+def lock_folder(folder: str | os.PathLike, what: str = "run", name: str = LOCK_NAME) -> int | None:
+    """Hold ``folder``'s lock (an ``flock`` on ``folder/<name>``) until the returned descriptor is closed
+    or the process ends, even by a kill; a folder another process holds raises :class:`FolderLockedError`
+    naming its pid. Returns None where ``fcntl`` does not exist (Windows): no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise FolderLockedError(
+            f"{folder}: another {what} is writing into this folder (pid {holder}); wait for it to end, or "
+            "choose another folder"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def fit_folders(trainer) -> list[Path]:
+    """The folders a fit writes into that another fit could share: fixed checkpoint folders, and the root folder
+    when there is no logger (``config.yaml``, ``checkpoints/``); a logger's version folder is new per run."""
+    out = {Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)}
+    if not trainer.loggers:
+        out.add(Path(trainer.default_root_dir))
+    return sorted(out)
 
 
 class UntrainedRunError(ValueError):
@@ -128,6 +175,10 @@ class FreshRunCLI(LightningCLI):
         cfg = self.config.get(str(self.subcommand), self.config)
         refuse_missing_last(self.trainer, cfg.get("ckpt_path"))
         refuse_stale_checkpoints(self.trainer, cfg.get("ckpt_path"), bool(cfg.get("overwrite", False)))
+        if self.trainer.global_rank == 0:
+            # two fits into one folder would mix their checkpoints and config.yaml: the second is refused
+            for d in fit_folders(self.trainer):
+                self._locks.append(lock_folder(d, "fit"))
 
     def after_fit(self) -> None:
         if not self.trainer.interrupted:
@@ -137,6 +188,7 @@ class FreshRunCLI(LightningCLI):
         # Lightning turns SIGTERM into SIGTERMException, a SystemExit without a code: the process would exit 0
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+        self._locks: list[int | None] = []
         try:
             super()._run_subcommand(subcommand)
         except SIGTERMException:
@@ -153,3 +205,7 @@ class FreshRunCLI(LightningCLI):
                 f"{cause}: no validation ran before EarlyStopping checked it (max_steps, limit_val_batches or "
                 "check_val_every_n_epoch leave no validation); let the run validate, or remove EarlyStopping"
             ) from None
+        finally:
+            for fd in self._locks:
+                if fd is not None:
+                    os.close(fd)

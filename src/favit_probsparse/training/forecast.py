@@ -27,6 +27,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -463,6 +464,12 @@ class Forecaster(CheckpointMetadata, LightningModule):
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, batch_x, batch_y, batch_x_mark, batch_y_mark):
         hp = self.hparams
+        seq_len = getattr(self.model, "seq_len", None)
+        if seq_len is not None and batch_x.shape[1] != seq_len:  # a shape, no host sync
+            raise ValueError(
+                f"the network reads seq_len={seq_len} input steps but the batch has {batch_x.shape[1]}; give the "
+                "data the network's seq_len"
+            )
         dec_inp = decoder_input(batch_y, hp.label_len, hp.pred_len, dec_fill=hp.dec_fill)
         return self.model(batch_x, batch_x_mark, dec_inp, batch_y_mark)
 
@@ -542,8 +549,10 @@ class Forecaster(CheckpointMetadata, LightningModule):
 
     def _eval_update(self, name: str, pred: torch.Tensor, true: torch.Tensor) -> None:
         self._sums[name].update(pred, true)
-        if len(self._mean):
-            self._sums[name + "_orig"].update(self.inverse_transform(pred), self.inverse_transform(true))
+        if len(self._mean):  # float64: original units can exceed float32's range (3e38)
+            self._sums[name + "_orig"].update(
+                self.inverse_transform(pred.double()), self.inverse_transform(true.double())
+            )
 
     def inverse_transform(self, x: torch.Tensor) -> torch.Tensor:
         """Scaled values of the predicted channels (last dim: the last ``C`` of them) -> original units."""
@@ -555,8 +564,21 @@ class Forecaster(CheckpointMetadata, LightningModule):
         (``<metric>_original``)."""
         self._join_rng()
         res = dict(self._sums[name].compute())
+        if not math.isfinite(res["mse"]):
+            raise NonFiniteLossError(
+                f"{name} loss (MSE) is {res['mse']} at epoch {self.current_epoch}: the weights diverged or the "
+                "data holds extreme values; lower the learning rate or check the data"
+            )
         if len(self._mean):
-            res.update({f"{k}_original": v for k, v in self._sums[name + "_orig"].compute().items()})
+            orig = self._sums[name + "_orig"].compute()
+            bad = sorted(k for k, v in orig.items() if not math.isfinite(v))
+            if bad:
+                warnings.warn(
+                    f"{name} metrics in original units {bad} are not finite: the data's values are too large to "
+                    "square in float64 (the z-scored metrics are fine); rescale the data to compare in its units",
+                    stacklevel=2,
+                )
+            res.update({f"{k}_original": v for k, v in orig.items()})
         return res
 
     def on_validation_epoch_start(self) -> None:
