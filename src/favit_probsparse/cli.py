@@ -14,7 +14,8 @@
 * ``favit-ps reproduce quick`` is the README's main job.
 
 User errors (a bad option, file, or checkpoint) print one line, ``favit-ps CMD: error: <cause>``, and exit 2
-(``FAVIT_DEBUG=1`` shows the traceback instead); errors of the data or a diverged run exit 1.
+(``FAVIT_DEBUG=1`` shows the traceback instead); errors of the data or a diverged run exit 1; SIGTERM during
+``fit`` exits 143 and names the last checkpoint.
 
 The subcommand modules are imported lazily so ``favit-ps --help`` stays fast.
 """

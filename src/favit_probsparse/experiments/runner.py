@@ -6,6 +6,11 @@ Each run gets its own folder ``runs/<grid>/<row>/seed<k>/`` with the merged ``co
 recorded and the grid goes on. Re-running skips finished runs whose config is unchanged and re-runs failed or
 changed ones (``force`` re-runs all). Ctrl-C or SIGTERM stops the current run's process too.
 
+A run folder is locked while its run is on (the lock is inherited by the worker, and the worker stops itself when
+its runner is gone, even killed by SIGKILL): a second ``ablate`` on the same grid skips the runs the first one
+holds. A run ends with one record, ``metrics.json`` or ``failed.json``; the failure's cause is the worker's
+one-line error, or the signal that killed it.
+
 :func:`collect` reads back every record present for a grid (also seeds of earlier invocations), so a report
 built from it merges runs made at different times (``--seeds 1`` after ``--seeds 0`` reports both).
 """

@@ -5,6 +5,12 @@
 Configs whose ``ModelCheckpoint`` has no ``dirpath`` save under the logger's versioned folder, which is fresh on
 every run; the check matters for fixed ``dirpath`` (the vision configs) and for runs without a logger
 (``<default_root_dir>/checkpoints``).
+
+The same CLI also: refuses ``fit --ckpt last`` when there is no ``last.ckpt`` (Lightning would train from
+scratch); holds a lock on the folders a fit shares with other fits (fixed checkpoint folders, the root folder
+without a logger), so a second fit into them at the same time is refused; fails a fit that ran no optimizer step
+(:func:`check_trained`: its weights are not a result); and turns Lightning's SIGTERM exit (a ``SystemExit``
+without a code, so exit 0) into :class:`RunInterrupted` (exit 143, naming the last checkpoint).
 """
 
 from __future__ import annotations
@@ -194,9 +200,8 @@ class FreshRunCLI(LightningCLI):
         except SIGTERMException:
             import signal
 
-            raise RunInterrupted(
-                f"stopped by SIGTERM; {last_checkpoint_note(self.trainer)}", signal.SIGTERM
-            ) from None
+            note = f"; {last_checkpoint_note(self.trainer)}" if subcommand == "fit" else ""
+            raise RunInterrupted(f"stopped by SIGTERM{note}", signal.SIGTERM) from None
         except RuntimeError as e:
             if "Early stopping conditioned on metric" not in str(e):
                 raise
