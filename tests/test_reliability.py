@@ -139,6 +139,29 @@ def test_reordered_columns_are_read_by_name_in_test_predict_and_forecast(trained
     pd.testing.assert_frame_equal(model.forecast(df[["date", "c", "b", "a"]]), model.forecast(df))
 
 
+def test_reordered_columns_through_lightning_restore(trained, tmp_path):
+    """The Python API: ``Trainer.test(ckpt_path=...)`` on reordered data restores, then reads by name."""
+    from lightning.pytorch import Trainer
+
+    from favit_probsparse.data.timeseries import TimeSeriesDataModule
+    from favit_probsparse.training.forecast import forecaster_from_checkpoint
+
+    _, csv, ckpt, _ = trained
+    swapped = tmp_path / "swapped.csv"
+    _series()[["date", "b", "c", "a"]].to_csv(swapped, index=False)
+    kw = dict(seq_len=SEQ, label_len=LABEL, pred_len=PRED, batch_size=16)
+    results = []
+    for path in (csv, swapped):
+        trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+        model = forecaster_from_checkpoint(ckpt)
+        model.data_info = {}  # as a module built in Python: the checkpoint's columns come with the restore
+        trainer.test(
+            model, datamodule=TimeSeriesDataModule(str(path), **kw), ckpt_path=str(ckpt), weights_only=True
+        )
+        results.append(model.test_results["mse_original"])
+    assert results[1] == pytest.approx(results[0], rel=1e-6)
+
+
 def test_other_column_names_name_both_lists(trained, tmp_path, capsys):
     ckpt = trained[2]
     renamed = tmp_path / "renamed.csv"
