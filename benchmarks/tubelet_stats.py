@@ -15,8 +15,8 @@ import argparse
 import shlex
 import sys
 
-from favit_probsparse.experiments.records import write_text
 from favit_probsparse.layers.tubelet import TUBELET_EMBEDS, compare_embeddings, stats_markdown
+from favit_probsparse.utils.io import write_text
 from favit_probsparse.utils.provenance import hardware_summary, utc_now
 
 

@@ -15,7 +15,8 @@
 * ``favit-ps reproduce quick`` is the README's main job.
 
 User errors (a bad option, file, or checkpoint) print one line, ``favit-ps CMD: error: <cause>``, and exit 2
-(``FAVIT_DEBUG=1`` shows the traceback instead); errors of the data or a diverged run exit 1.
+(``FAVIT_DEBUG=1`` shows the traceback instead); errors of the data or a diverged run exit 1; SIGTERM during
+``fit`` exits 143 and names the last checkpoint.
 
 The subcommand modules are imported lazily so ``favit-ps --help`` stays fast.
 """
@@ -133,8 +134,13 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
 
         return int(itr_main(rest) or 0)
     if cmd in LIGHTNING_SUBCOMMANDS:
+        from favit_probsparse.training.checkpoints import RunInterrupted
+
         try:
             run_lightning([cmd, *rest])
+        except RunInterrupted as stop:  # SIGTERM: 128 + 15, as `ablate` exits
+            print(f"favit-ps {cmd}: {stop}", file=sys.stderr)
+            return stop.exit_code
         except (
             _user_errors()
         ) as err:  # bad data / diverged training: one line, non-zero exit (FAVIT_DEBUG=1: trace)

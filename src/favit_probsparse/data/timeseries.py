@@ -41,6 +41,7 @@ __all__ = [
     "ett_split_borders",
     "infer_frequency",
     "ratio_split_borders",
+    "read_table",
     "time_feature_code",
     "time_feature_dim",
     "time_features",
@@ -379,9 +380,7 @@ class TimeSeriesDataModule(LightningDataModule):
         p = Path(self.path).expanduser()
         if not p.is_file():
             raise FileNotFoundError(f"data file not found: {p}")
-        if p.suffix.lower() in (".parquet", ".pq"):
-            return pd.read_parquet(p)
-        return pd.read_csv(p)
+        return read_table(p)
 
     def _row(self, i: int) -> str:
         """How a user finds data row ``i`` (0-based): in a CSV, line i + 2 (after the header)."""
@@ -412,14 +411,7 @@ class TimeSeriesDataModule(LightningDataModule):
         cols = [c for c in cols if c != target] + [target]
         self._columns = cols if self.features in ("M", "MS") else [target]
 
-        raw_dates = df[self.date_column]
-        dates = pd.to_datetime(raw_dates, errors="coerce")
-        if dates.isna().any():
-            i = int(np.flatnonzero(dates.isna().to_numpy())[0])
-            raise DataError(
-                f"{src}: column {self.date_column!r}, {self._row(i)}: cannot parse {raw_dates.iloc[i]!r} as a date"
-            )
-        dates = pd.DatetimeIndex(dates)
+        dates = self._parse_dates(df[self.date_column], src)
         steps = np.diff(dates.asi8)
         if (steps <= 0).any():
             i = int(np.flatnonzero(steps <= 0)[0]) + 1
@@ -443,8 +435,17 @@ class TimeSeriesDataModule(LightningDataModule):
                     f"{src}: column {c!r}, {self._row(i)} ({dates[i]}): missing or infinite value ({v[i]}); "
                     "fill or drop it first"
                 )
+            big = np.abs(v) > np.finfo(np.float32).max
+            if big.any():  # the windows are float32: it would become inf there
+                i = int(np.flatnonzero(big)[0])
+                raise DataError(
+                    f"{src}: column {c!r}, {self._row(i)} ({dates[i]}): value {v[i]:g} is beyond float32's range "
+                    "(3.4e38) that the model computes in; rescale the column"
+                )
             values[:, j] = v
 
+        if hp.freq is not None:
+            _check_given_freq(hp.freq, dates, src, self._notes)
         self.data_freq = hp.freq if hp.freq is not None else infer_frequency(dates, src, self._notes)
         self.time_freq = (
             hp.time_features if hp.time_features is not None else time_feature_code(self.data_freq)
@@ -474,6 +475,53 @@ class TimeSeriesDataModule(LightningDataModule):
         self.scaled = self.scaler.transform(values) if hp.scale else values
         self.time_stamps = time_features(dates, self.time_freq, self.timeenc)
         self._loaded = True
+
+    def _parse_dates(self, raw: pd.Series, src: str) -> pd.DatetimeIndex:
+        """The date column as naive timestamps; a row that is not a date, numbers (epoch seconds would be read as
+        nanoseconds: dates in 1970) and changing UTC offsets (a DST change) are named errors."""
+        where = f"{src}: column {self.date_column!r}"
+        if len(raw) == 0:
+            raise DataError(f"{src}: no rows (only a header)")
+        if pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_bool_dtype(raw):
+            raise DataError(
+                f"{where} holds numbers ({raw.iloc[0]} in {self._row(0)}), not dates; write dates as text "
+                "(2021-03-01 00:00:00), e.g. epoch seconds with pandas.to_datetime(column, unit='s')"
+            )
+        if isinstance(raw.dtype, pd.DatetimeTZDtype):  # Parquet with a time zone: local wall-clock times
+            return pd.DatetimeIndex(raw.dt.tz_localize(None))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "Could not infer format": a bad row is reported below
+                dates = pd.to_datetime(raw, errors="coerce")
+        except (ValueError, TypeError, OverflowError) as e:  # e.g. mixed UTC offsets
+            dates = None
+            cause = " ".join(str(e).split())
+        if dates is not None and isinstance(dates.dtype, pd.DatetimeTZDtype):
+            dates = dates.dt.tz_localize(None)
+        if dates is None or not pd.api.types.is_datetime64_dtype(dates):
+            i, cause = self._first_bad_date(raw, cause if dates is None else "mixed types")
+            raise DataError(f"{where}, {self._row(i)}: {cause}")
+        if dates.isna().any():
+            i = int(np.flatnonzero(dates.isna().to_numpy())[0])
+            raise DataError(f"{where}, {self._row(i)}: cannot parse {raw.iloc[i]!r} as a date")
+        return pd.DatetimeIndex(dates)
+
+    def _first_bad_date(self, raw: pd.Series, cause: str) -> tuple[int, str]:
+        """The row where parsing one value fails or its UTC offset differs from the first row's."""
+        first = None
+        for i, v in enumerate(raw):
+            try:
+                t = pd.Timestamp(v)
+            except (ValueError, TypeError, OverflowError):
+                return i, f"cannot parse {v!r} as a date"
+            if i == 0:
+                first = t.utcoffset()
+            elif t.utcoffset() != first:
+                return i, (
+                    f"UTC offset changes from {first} to {t.utcoffset()} ({v!r}; a daylight-saving change?); "
+                    "write the dates in one offset, e.g. UTC"
+                )
+        return 0, f"cannot parse the dates ({cause})"
 
     def _check_split(self, split: str) -> None:
         b1, b2 = self.borders[split]
@@ -568,6 +616,22 @@ class TimeSeriesDataModule(LightningDataModule):
         y_mark = torch.from_numpy(time_features(dec_dates, self.time_freq, self.timeenc))
         return _LastWindow(x, y, x_mark, y_mark)
 
+    def use_columns(self, columns: list[str]) -> None:
+        """Read the data columns by name in a trained model's order (``columns``, the target last); the same
+        names in another order are reordered, other names are a :class:`DataError` naming both lists."""
+        self._load()
+        columns = [str(c) for c in columns]
+        if self._columns == columns:
+            return
+        if sorted(self._columns) != sorted(columns):
+            raise DataError(
+                f"{self.source}: the model was trained on columns {columns} but this data has {self._columns}; "
+                "give the data those columns (data.columns selects them by name)"
+            )
+        self._opts = {**self._opts, "columns": columns, "target": columns[-1]}
+        self._loaded, self.datasets = False, {}
+        self._load()
+
     def use_scaler(self, mean, std) -> None:
         """Scale with given statistics (a trained model's, fitted on its training data) instead of the ones fitted
         on this data's train slice: a model forecasting another file of the same layout must see its inputs, and
@@ -627,6 +691,12 @@ class TimeSeriesDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        n = len(self.dataset("train"))
+        if self.batch_size > n:  # the partial batch is dropped: no training step at all
+            raise DataError(
+                f"{self.source}: batch_size={self.batch_size} is larger than the {n} training windows; "
+                f"lower batch_size to at most {n}"
+            )
         return self._loader("train", True, True, self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
@@ -637,6 +707,40 @@ class TimeSeriesDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict", False, False, 1)
+
+
+def _check_given_freq(freq: str, dates: pd.DatetimeIndex, source: str, notes: list[str]) -> None:
+    """Warn (through ``notes``) when a given fixed ``freq`` is not the timestamps' most common spacing."""
+    if len(dates) < 2:
+        return
+    try:
+        step = pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
+    except (ValueError, TypeError):  # month, business day, ...: no fixed length to compare
+        return
+    spacing = pd.Series(dates[1:] - dates[:-1]).mode().iloc[0]
+    if spacing != step:
+        notes.append(
+            f"{source}: freq={freq!r} ({step}) but the timestamps are {spacing} apart; the time features and "
+            "the forecast dates follow freq (leave freq out to infer it)"
+        )
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A CSV or Parquet file as a DataFrame; what pandas cannot read is a :class:`DataError` naming the file."""
+    p = Path(path)
+    with open(p, "rb") as f:
+        head = f.read(4)
+    parquet = p.suffix.lower() in (".parquet", ".pq")
+    if head == b"PAR1" and not parquet:
+        raise DataError(f"{p}: a Parquet file with a {p.suffix or 'missing'} suffix; name it .parquet")
+    if not head:
+        raise DataError(f"{p}: empty file (no header, no rows)")
+    try:
+        return pd.read_parquet(p) if parquet else pd.read_csv(p)
+    except (ValueError, UnicodeDecodeError, OSError, pd.errors.ParserError) as e:
+        what = "Parquet" if parquet else "CSV"
+        cause = " ".join(str(e).split())[:200]
+        raise DataError(f"{p}: not a readable {what} file ({type(e).__name__}: {cause})") from None
 
 
 def fit_scaler(

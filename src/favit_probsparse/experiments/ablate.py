@@ -55,6 +55,7 @@ from favit_probsparse.experiments.grid import Grid, load_grid
 from favit_probsparse.experiments.report import summarize, write_report
 from favit_probsparse.experiments.runner import (
     RunResult,
+    check_rows,
     collect,
     prepare_grid_data,
     raise_interrupt,
@@ -217,11 +218,19 @@ def _main(a: argparse.Namespace, argv: list[str]) -> int:
     except FileNotFoundError as e:
         raise SystemExit(f"favit-ps ablate: {e} (shipped grids: {', '.join(grid_names())})") from None
     seeds = a.seeds if a.seeds is not None else grid.seeds
+    bad = [s for s in seeds if not 0 <= s < 2**32]
+    if bad:
+        raise SystemExit(f"favit-ps ablate: seeds must be in [0, 2**32), got {bad}")
     extra = parse_set(a.set)
     runs_dir = Path(a.runs_dir)
     launch.options_from(grid, a)  # a bad launcher section or option is an error whatever the launcher
     if a.status:  # what the cluster (or this machine) has done so far, without waiting
         return launch.status_main(grid, seeds, runs_dir, a)
+    if not (a.stats_only or a.report_only):
+        try:  # every row's options, before the first run starts
+            check_rows(grid, a.rows, extra)
+        except ValueError as e:
+            raise SystemExit(f"favit-ps ablate: {e}") from None
     if not (a.stats_only or a.dry_run or a.report_only):
         _prepare_data(grid, seeds, runs_dir, a, extra)
     if a.launcher != "local" and not (a.stats_only or a.dry_run or a.report_only):

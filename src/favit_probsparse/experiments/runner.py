@@ -6,6 +6,11 @@ Each run gets its own folder ``runs/<grid>/<row>/seed<k>/`` with the merged ``co
 recorded and the grid goes on. Re-running skips finished runs whose config is unchanged and re-runs failed or
 changed ones (``force`` re-runs all). Ctrl-C or SIGTERM stops the current run's process too.
 
+A run folder is locked while its run is on (the lock is inherited by the worker, and the worker stops itself when
+its runner is gone, even killed by SIGKILL): a second ``ablate`` on the same grid skips the runs the first one
+holds. A run ends with one record, ``metrics.json`` or ``failed.json``; the failure's cause is the worker's
+one-line error, or the signal that killed it.
+
 :func:`collect` reads back every record present for a grid (also seeds of earlier invocations), so a report
 built from it merges runs made at different times (``--seeds 1`` after ``--seeds 0`` reports both).
 """
@@ -40,11 +45,14 @@ from favit_probsparse.experiments.records import (
     read_record,
     write_record,
 )
+from favit_probsparse.experiments.worker import PARENT_PID, WORKER_ERROR
 from favit_probsparse.imports import import_class
+from favit_probsparse.training.checkpoints import FolderLockedError, lock_folder
 from favit_probsparse.utils.io import write_json, write_text
 
 __all__ = [
     "RunResult",
+    "check_rows",
     "collect",
     "prepare_grid_data",
     "raise_interrupt",
@@ -96,6 +104,9 @@ def _tail(path: Path, n: int = 15) -> str:
 
 
 def _error_line(log_tail: str) -> str:
+    for line in reversed(log_tail.splitlines()):  # the worker's own one-line cause, when it printed one
+        if line.startswith(WORKER_ERROR):
+            return line[len(WORKER_ERROR) :].strip()[:300]
     for line in reversed(log_tail.splitlines()):
         s = line.strip()
         if re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b", s) or s.startswith(
@@ -103,6 +114,15 @@ def _error_line(log_tail: str) -> str:
         ):
             return s[:300]
     return (log_tail.splitlines() or ["(no output)"])[-1][:300]
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "unknown signal"
 
 
 def _stop(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
@@ -179,11 +199,30 @@ def _run_one(
         return prev or RunResult(row.name, seed, "pending")
     run_dir.mkdir(parents=True, exist_ok=True)
     resume_from = resumable_checkpoint(run_dir, chash) if resume and not force else None
+    try:
+        # held by this runner and inherited by its worker: a second ablate (or a re-run while an orphaned
+        # worker still runs) skips this run instead of running it twice in one folder
+        lock = lock_folder(run_dir, "ablate run", name=".favit-ps-ablate.lock")
+    except FolderLockedError as e:
+        if not quiet:
+            print(f"[runner] {row.name}/seed{seed}: skipped: {e}", flush=True)
+        return RunResult(row.name, seed, "skipped (running elsewhere)", error=str(e))
+    try:
+        return _launch(grid, row, seed, cfg, chash, run_dir, timeout_s, quiet, command, lock, resume_from)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _worker_command(run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "favit_probsparse.experiments.worker", str(run_dir)]
+
+
+def _launch(grid, row, seed, cfg, chash, run_dir, timeout_s, quiet, command, lock, resume_from) -> RunResult:
+    done = run_dir / DONE
     for stale in (DONE, FAILED):
         (run_dir / stale).unlink(missing_ok=True)
-    if (
-        resume_from is None
-    ):  # a fresh checkpoint folder: `last.ckpt` must be this run's, not an earlier attempt's
+    if resume_from is None:  # a fresh checkpoint folder: `last.ckpt` must be this run's, not an earlier one's
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     import yaml
 
@@ -201,16 +240,23 @@ def _run_one(
         "resume_from": resume_from,
     }
     write_json(run_dir / "run.json", spec)
-    cmd = [sys.executable, "-m", "favit_probsparse.experiments.worker", str(run_dir)]
+    cmd = _worker_command(run_dir)
     t0 = time.time()
     if not quiet:
         print(f"[runner] {grid.name}: {row.name} seed {seed} ...", flush=True)
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env[PARENT_PID] = str(os.getpid())  # the worker stops when this process is gone (no orphaned run)
     for k, v in grid.env.items():  # the grid's defaults; the caller's environment wins
         env.setdefault(k, v)
     with open(run_dir / "log.txt", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            pass_fds=(lock,) if lock is not None else (),
+        )
         try:
             rc = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -244,11 +290,13 @@ def _run_one(
             )
     tail = _tail(run_dir / "log.txt")
     if err is None:
-        err = (
-            f"timed out after {timeout_s:.0f}s"
-            if rc is None
-            else (_error_line(tail) if rc != 0 else f"the run exited 0 but wrote no {DONE}")
-        )
+        if rc is None:
+            err = f"timed out after {timeout_s:.0f}s"
+        elif rc < 0:
+            err = f"killed by signal {-rc} ({_signal_name(-rc)})"
+        else:
+            err = _error_line(tail) if rc != 0 else f"the run exited 0 but wrote no {DONE}"
+    done.unlink(missing_ok=True)  # one record per run
     write_record(
         run_dir / FAILED,
         status="failed",
@@ -339,6 +387,49 @@ def resumable_checkpoint(run_dir: Path, chash: str) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return str(last) if same and last.is_file() else None
+
+
+def check_rows(grid: Grid, rows: list[str] | None = None, extra_overrides: dict | None = None) -> None:
+    """Parse every row's merged config with the CLI's parser (nothing is built) before the first run starts: an
+    unknown or invalid option is a ValueError naming the row and the option, not a failure at the row's turn."""
+    import yaml
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    from favit_probsparse.config import expand_config_args
+    from favit_probsparse.training.project_cli import USER_ERRORS, ProjectCLI, user_error_message
+
+    class _ParseOnly(ProjectCLI):
+        def _parse_ckpt_path(self) -> None:  # a checkpoint is the run's business
+            pass
+
+        def _set_seed(self) -> None:
+            pass
+
+        def instantiate_classes(self) -> None:
+            pass
+
+        def after_instantiate_classes(self) -> None:
+            pass
+
+    base = _base_config(grid)
+    for row in grid.rows:
+        if rows is not None and row.name not in rows:
+            continue
+        cfg = apply_overrides(base, {**grid.base_overrides, **(extra_overrides or {}), **row.overrides})
+        args = expand_config_args(["--config", yaml.safe_dump(cfg, sort_keys=False), *grid.cli_args])
+        try:
+            _ParseOnly(
+                LightningModule,
+                LightningDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                args=args,
+                run=False,
+                auto_configure_optimizers=False,
+                parser_kwargs={"exit_on_error": False},
+            )
+        except USER_ERRORS as e:
+            raise ValueError(f"{grid.path}: row {row.name!r}: {user_error_message(e)}") from None
 
 
 def seeds_on_disk(grid: Grid, runs_dir: Path) -> list[int]:

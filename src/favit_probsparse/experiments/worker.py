@@ -14,8 +14,29 @@ from pathlib import Path
 from typing import Any
 
 from favit_probsparse.experiments.records import DONE, write_record
+from favit_probsparse.training.checkpoints import check_trained
 
-__all__ = ["run_worker"]
+__all__ = ["WORKER_ERROR", "main", "run_worker"]
+
+#: the prefix of the worker's last log line when it fails: the one-line cause the runner records
+WORKER_ERROR = "favit-ps worker: error: "
+#: environment variable with the runner's pid: the worker stops itself when its runner is gone
+PARENT_PID = "FAVIT_PS_RUNNER_PID"
+
+
+def _follow_parent(pid: int, every_s: float = 1.0) -> None:
+    """A daemon thread that sends this process SIGTERM once ``pid`` is no longer its parent (the runner was
+    killed, even by SIGKILL): Lightning then stops the run as on any SIGTERM."""
+    import os
+    import signal
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == pid:
+            time.sleep(every_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="follow-runner", daemon=True).start()
 
 
 def _scalars(metrics: dict) -> dict[str, float]:
@@ -47,6 +68,7 @@ def run_worker(run_dir: str | Path) -> int:
     trainer = cli.trainer
     if getattr(trainer, "interrupted", False):
         raise RuntimeError("training was interrupted")
+    check_trained(trainer)  # never a record of untrained weights
     metrics = _scalars(trainer.callback_metrics)
     test_s = None
     test = spec.get("test", True)
@@ -79,5 +101,27 @@ def run_worker(run_dir: str | Path) -> int:
     return 0
 
 
+def main(argv: list[str]) -> int:
+    """Run one grid run; a failure ends with its traceback and then one line, the cause (``WORKER_ERROR``)."""
+    import os
+    import traceback
+
+    from favit_probsparse.training.checkpoints import RunInterrupted
+    from favit_probsparse.training.project_cli import user_error_message
+
+    if os.environ.get(PARENT_PID, "").isdigit():
+        _follow_parent(int(os.environ[PARENT_PID]))
+    try:
+        return run_worker(argv[0])
+    except RunInterrupted as e:
+        print(f"{WORKER_ERROR}{e}", flush=True)
+        return e.exit_code
+    except Exception as e:
+        traceback.print_exc()
+        cause = user_error_message(e)
+        print(f"{WORKER_ERROR}{type(e).__name__}: {cause}", flush=True)
+        return 1
+
+
 if __name__ == "__main__":
-    raise SystemExit(run_worker(sys.argv[1]))
+    raise SystemExit(main(sys.argv[1:]))

@@ -108,6 +108,19 @@ class CheckpointMetadata:
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[META_KEY] = self.checkpoint_metadata()
 
+    @classmethod
+    def load_from_checkpoint(
+        cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs
+    ):
+        """Lightning's loader, weights only, after :func:`load_checkpoint`'s checks: an empty, damaged or
+        foreign file is a one-line :class:`CheckpointError` naming it, not torch's hint to unpickle it."""
+        if isinstance(checkpoint_path, str | os.PathLike):
+            load_checkpoint(checkpoint_path, expected=cls)
+        kwargs["weights_only"] = True
+        return super().load_from_checkpoint(  # type: ignore[misc]
+            checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict, **kwargs
+        )
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get(META_KEY) or {}
         if meta.get("data") and not getattr(self, "data_info", None):

@@ -184,6 +184,7 @@ class ImageClassifier(CheckpointMetadata, LightningModule):
         self._own_rng: list = []
         self._epoch_t0 = self._epoch_t1 = None
         self._epoch_images = 0
+        self._eval_nonfinite = torch.zeros((), dtype=torch.long)  # NaN/inf eval losses this epoch
         self.data_info: dict[
             str, Any
         ] = {}  # class names, input size, mean/std: saved in checkpoints, exported
@@ -369,6 +370,8 @@ class ImageClassifier(CheckpointMetadata, LightningModule):
         x, y = batch
         logits = self._eval_model()(x)
         loss = F.cross_entropy(logits.float(), y)
+        # counted on the device (no per-step sync), checked at the epoch's end (_check_eval_loss)
+        self._eval_nonfinite = self._eval_nonfinite + (~torch.isfinite(loss)).sum()
         acc1, acc5 = getattr(self, f"{split}_acc1"), getattr(self, f"{split}_acc5")
         acc1.update(logits, y)
         acc5.update(logits, y)
@@ -383,12 +386,27 @@ class ImageClassifier(CheckpointMetadata, LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._reset_eval_rng()
+        self._eval_nonfinite = torch.zeros((), dtype=torch.long, device=self.device)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
+    def on_validation_epoch_end(self) -> None:
+        self._check_eval_loss("validation")
+
+    def _check_eval_loss(self, split: str) -> None:
+        """A NaN/inf evaluation loss stops the run (the training loss can stay finite while the weights
+        diverge, e.g. a huge learning rate during warm-up)."""
+        bad = int(self._eval_nonfinite)
+        if bad:
+            raise FloatingPointError(
+                f"{split} loss is NaN or inf on {bad} batch(es) at epoch {self.current_epoch}: the weights diverged; "
+                "lower the lr or use precision 32-true / bf16-mixed"
+            )
+
     def on_test_epoch_start(self) -> None:
         self._reset_eval_rng()
+        self._eval_nonfinite = torch.zeros((), dtype=torch.long, device=self.device)
         self._test_t0, self._test_images = time.perf_counter(), 0
 
     def test_step(self, batch, batch_idx: int) -> None:
@@ -396,6 +414,7 @@ class ImageClassifier(CheckpointMetadata, LightningModule):
         self._eval_step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
+        self._check_eval_loss("test")
         dt = time.perf_counter() - self._test_t0
         if self._test_images and dt > 0:
             self.log("test/images_per_s", self._test_images * self.trainer.world_size / dt)

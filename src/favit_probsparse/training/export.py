@@ -58,6 +58,10 @@ DATA_LICENSES = {
 }
 
 
+#: the ``architecture`` of a forecaster export: what timm's ``local-dir:`` loader shows when asked to load it
+_NOT_TIMM = "favit-probsparse-forecaster (not a timm model: load it with favit_probsparse.training.export.from_pretrained)"
+
+
 class ExportError(ValueError):
     """An exported model folder is missing a file, or a file is damaged or was modified."""
 
@@ -88,7 +92,7 @@ def model_card(task: str, config: dict, meta: dict, ckpt_path: Path, hparams: di
     data = meta.get("data", {})
     hw = prov.get("hardware", {})
     metrics = prov.get("metrics", {})
-    name = config.get("architecture") or config.get("network", {}).get("class_path", "?")
+    name = config.get("network", {}).get("class_path") or config.get("architecture", "?")
     lines = [
         "---",
         f"pipeline_tag: {task}",
@@ -171,11 +175,20 @@ def _timm_config(net: nn.Module, data: dict, path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Write ``model.safetensors``, ``config.json`` and ``README.md`` for a checkpoint (see module docstring)."""
+def export_checkpoint(
+    ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False
+) -> Path:
+    """Write ``model.safetensors``, ``config.json`` and ``README.md`` for a checkpoint (see module docstring);
+    a folder that already holds an export is refused unless ``overwrite``."""
     from safetensors.torch import save_file
 
     ckpt_path, out = Path(ckpt_path), Path(out_dir)
+    held = [n for n in (WEIGHTS, "config.json") if (out / n).exists()]
+    if held and not overwrite:
+        raise FileExistsError(
+            f"{out} already holds an exported model ({', '.join(held)}); choose another --out, or give "
+            "--overwrite to replace it"
+        )
     module, ckpt = rebuild_module(ckpt_path)
     meta = ckpt[META_KEY]
     if not callable(getattr(module, "export_config", None)):
@@ -191,7 +204,9 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike) 
         config: dict[str, Any] = {}
         atomic_write(out / "config.json", lambda p: config.update(_timm_config(net, cfg.get("data", {}), p)))
     else:
-        config = dict(cfg)
+        # timm's ``local-dir:`` loader reads ``architecture`` first: name this as no timm model (timm then stops
+        # with "Unknown model (...)" quoting it) instead of failing with KeyError: 'architecture'
+        config = {"architecture": _NOT_TIMM, **cfg}
     config.update(
         export_format=EXPORT_FORMAT,
         task=cfg["task"],
@@ -281,62 +296,53 @@ class ExportedForecaster(nn.Module):
         dec = decoder_input(batch_y, self.label_len, self.pred_len, dec_fill=self.dec_fill)
         return self.network(batch_x, batch_x_mark, dec, batch_y_mark)
 
-    @torch.no_grad()
-    def forecast(self, frame, source: str = "the input") -> Any:
-        """Forecast the ``pred_len`` steps after the last row of ``frame`` (a ``date`` column plus the trained
-        columns, original units); returns a data frame of the forecast target columns, original units."""
-        import numpy as np
+    def datamodule(self, data, source: str | None = None):
+        """The data module over ``data`` (a DataFrame or a CSV/Parquet path) that ``fit`` would build: the
+        trained columns read by name, the date and value checks, the training frequency and the training
+        scaler."""
         import pandas as pd
 
-        from favit_probsparse.data.timeseries import time_features
+        from favit_probsparse.data.timeseries import TimeSeriesDataModule
 
-        cols, freq = self.data.get("columns"), self.data.get("freq", "h")
-        date = self.data.get("date_column", "date")
+        cols = self.data.get("columns")
         if not cols:
             raise ExportError("the export has no column names (exported from a run without a datamodule)")
-        if date not in frame.columns:
-            raise ValueError(f"{source}: no date column {date!r} (columns: {list(frame.columns)})")
-        missing = [c for c in cols if c not in frame.columns]
-        if missing:
-            raise ValueError(f"{source}: missing column(s) {missing}; the model was trained on {cols}")
-        if len(frame) < self.seq_len:
-            raise ValueError(
-                f"{source}: {len(frame)} rows; the model reads the last seq_len={self.seq_len} rows"
-            )
-        recent = frame.iloc[-self.seq_len :]
-        values = recent[cols].to_numpy(dtype=np.float64)
-        bad = np.argwhere(~np.isfinite(values))
-        if len(bad):
-            r, c = bad[0]
-            raise ValueError(
-                f"{source}: NaN/inf in column {cols[c]!r} at row {len(frame) - self.seq_len + r}"
-            )
         scaler = self.data.get("scaler")
-        if scaler:
-            values = (values - np.asarray(scaler["mean"])) / np.asarray(scaler["std"])
-        dates = pd.DatetimeIndex(pd.to_datetime(recent[date]))
-        if self.data.get("data_freq"):
-            future = pd.date_range(dates[-1], periods=self.pred_len + 1, freq=self.data["data_freq"])[1:]
+        kwargs = dict(
+            date_column=self.data.get("date_column", "date"),
+            columns=list(cols),
+            target=self.data.get("target") or cols[-1],
+            features=self.config.get("features", "M"),
+            seq_len=self.seq_len,
+            label_len=self.label_len,
+            pred_len=self.pred_len,
+            freq=self.data.get("data_freq"),
+            time_features=self.data.get("freq", "h"),
+            embed=self.data.get("embed", "timeF"),
+            scale=bool(scaler),
+        )
+        if isinstance(data, pd.DataFrame):
+            dm = TimeSeriesDataModule.from_frame(data, **kwargs)
+            dm.path = source  # named in errors (a frame has no line numbers)
         else:
-            step = dates[-1] - dates[-2] if len(dates) > 1 else pd.Timedelta(hours=1)
-            future = pd.DatetimeIndex([dates[-1] + step * (i + 1) for i in range(self.pred_len)])
-        timeenc = int(self.data.get("timeenc", 1))
-        x = torch.tensor(values, dtype=torch.float32)[None]
-        x_mark = torch.from_numpy(time_features(dates, freq, timeenc))[None].float()
-        y = torch.cat([x[:, -self.label_len :], x.new_zeros(1, self.pred_len, x.shape[-1])], dim=1)
-        y_dates = dates[len(dates) - self.label_len :].append(future)
-        y_mark = torch.from_numpy(time_features(y_dates, freq, timeenc))[None].float()
+            dm = TimeSeriesDataModule(str(data), **kwargs)
+        if scaler:
+            dm.use_scaler(scaler["mean"], scaler["std"])
+        return dm
+
+    @torch.no_grad()
+    def forecast(self, data, source: str | None = None) -> Any:
+        """Forecast the ``pred_len`` steps after the last row of ``data`` (a DataFrame or a CSV/Parquet path with
+        the date column and the trained columns, original units; checked as ``fit`` checks its data); returns a
+        data frame of the forecast target columns, original units."""
+        dm = self.datamodule(data, source)
+        x, y, x_mark, y_mark = (t[None].float() for t in dm.dataset("predict")[0])
         # ProbSparse samples keys at inference too: a fixed seed (the training module's eval_seed) makes the
         # forecast a function of the weights and the input
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.eval_seed)
             out = self(x, y, x_mark, y_mark)[0].double().numpy()
-        c = out.shape[-1]
-        if scaler:
-            out = out * np.asarray(scaler["std"][-c:]) + np.asarray(scaler["mean"][-c:])
-        frame_out = pd.DataFrame(out, columns=cols[-c:])
-        frame_out.insert(0, date, future)
-        return frame_out
+        return dm.forecast_frame(dm.inverse_transform(out))
 
 
 def from_pretrained(folder: str | os.PathLike) -> ExportedForecaster:
@@ -383,15 +389,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--out", required=True, help="folder to write model.safetensors, config.json, README.md"
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the export a folder already holds (default: refuse)"
+    )
     args = parser.parse_args(argv)
-    out = export_checkpoint(args.ckpt, args.out)
+    out = export_checkpoint(args.ckpt, args.out, overwrite=args.overwrite)
     print(f"wrote {out}/{WEIGHTS}, {out}/config.json, {out}/README.md")
     return 0
 
 
 def predict_main(argv: Sequence[str] | None = None) -> int:
-    import pandas as pd
-
     parser = argparse.ArgumentParser(
         prog="favit-ps predict --model DIR", description="forecast the steps after the last row of a CSV"
     )
@@ -403,7 +410,7 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     path = Path(args.input)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    forecast = model.forecast(pd.read_csv(path), source=str(path))
+    forecast = model.forecast(path)
     if args.out:
         atomic_write(Path(args.out), lambda p: forecast.to_csv(p, index=False))
         print(f"wrote {args.out} ({len(forecast)} steps)")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from torch import nn
 
 from favit_probsparse.models.informer import decoder_input
 from favit_probsparse.training.checkpoint import META_KEY, CheckpointMetadata, class_path, rebuild_module
+from favit_probsparse.training.checkpoints import check_trained
 
 __all__ = [
     "METRICS",
@@ -298,10 +300,15 @@ class Forecaster(CheckpointMetadata, LightningModule):
                 "features": hp.features,
                 **data_kwargs,
             }
+            trained = (self.data_info or {}).get("columns")
+            if trained and "columns" not in kw and "target" not in kw:
+                # the trained columns by name (other columns of the frame are left out)
+                kw.update(columns=list(trained), target=trained[-1])
             dm = TimeSeriesDataModule.from_frame(data, **kw)
         else:
             dm = data
         dm.setup("predict")
+        self._use_training_columns(dm, (self.data_info or {}).get("columns"))
         self.check_data(dm)
         self._use_training_scaler(dm)
         batch = next(iter(dm.predict_dataloader()))
@@ -331,6 +338,14 @@ class Forecaster(CheckpointMetadata, LightningModule):
             self.set_scaler(dm.scaler.mean, dm.scaler.std)
         self._record_data_info(dm)
 
+    @staticmethod
+    def _use_training_columns(dm, columns) -> bool:
+        """Read ``dm``'s columns by name in the trained order (a data module that can); True if it could."""
+        if not columns or not hasattr(dm, "use_columns"):
+            return False
+        dm.use_columns(list(columns))
+        return True
+
     def _use_training_scaler(self, dm) -> None:
         """Scale ``dm`` with the training data's statistics when they are known (else keep its own)."""
         known = (self.data_info or {}).get("scaler")
@@ -343,12 +358,18 @@ class Forecaster(CheckpointMetadata, LightningModule):
         super().on_load_checkpoint(checkpoint)
         # Lightning restores a checkpoint after setup(), which recorded the data at hand: evaluating or
         # forecasting other data must still use the training data's scaler, saved in the checkpoint
-        trained = ((checkpoint.get(META_KEY) or {}).get("data") or {}).get("scaler")
+        data = (checkpoint.get(META_KEY) or {}).get("data") or {}
+        trainer = self._trainer
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        # the data at hand may list the trained columns in another order: read them by name
+        if dm is not None and self._use_training_columns(dm, data.get("columns")):
+            self._record_data_info(dm)
+            if hasattr(dm, "scaler"):
+                self.set_scaler(dm.scaler.mean, dm.scaler.std)
+        trained = data.get("scaler")
         if not trained:
             return
         self.data_info = {**(self.data_info or {}), "scaler": trained}
-        trainer = self._trainer
-        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
         if dm is not None and not trainer.training:
             self._use_training_scaler(dm)
 
@@ -443,6 +464,12 @@ class Forecaster(CheckpointMetadata, LightningModule):
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, batch_x, batch_y, batch_x_mark, batch_y_mark):
         hp = self.hparams
+        seq_len = getattr(self.model, "seq_len", None)
+        if seq_len is not None and batch_x.shape[1] != seq_len:  # a shape, no host sync
+            raise ValueError(
+                f"the network reads seq_len={seq_len} input steps but the batch has {batch_x.shape[1]}; give the "
+                "data the network's seq_len"
+            )
         dec_inp = decoder_input(batch_y, hp.label_len, hp.pred_len, dec_fill=hp.dec_fill)
         return self.model(batch_x, batch_x_mark, dec_inp, batch_y_mark)
 
@@ -522,8 +549,10 @@ class Forecaster(CheckpointMetadata, LightningModule):
 
     def _eval_update(self, name: str, pred: torch.Tensor, true: torch.Tensor) -> None:
         self._sums[name].update(pred, true)
-        if len(self._mean):
-            self._sums[name + "_orig"].update(self.inverse_transform(pred), self.inverse_transform(true))
+        if len(self._mean):  # float64: original units can exceed float32's range (3e38)
+            self._sums[name + "_orig"].update(
+                self.inverse_transform(pred.double()), self.inverse_transform(true.double())
+            )
 
     def inverse_transform(self, x: torch.Tensor) -> torch.Tensor:
         """Scaled values of the predicted channels (last dim: the last ``C`` of them) -> original units."""
@@ -535,8 +564,21 @@ class Forecaster(CheckpointMetadata, LightningModule):
         (``<metric>_original``)."""
         self._join_rng()
         res = dict(self._sums[name].compute())
+        if not math.isfinite(res["mse"]):
+            raise NonFiniteLossError(
+                f"{name} loss (MSE) is {res['mse']} at epoch {self.current_epoch}: the weights diverged or the "
+                "data holds extreme values; lower the learning rate or check the data"
+            )
         if len(self._mean):
-            res.update({f"{k}_original": v for k, v in self._sums[name + "_orig"].compute().items()})
+            orig = self._sums[name + "_orig"].compute()
+            bad = sorted(k for k, v in orig.items() if not math.isfinite(v))
+            if bad:
+                warnings.warn(
+                    f"{name} metrics in original units {bad} are not finite: the data's values are too large to "
+                    "square in float64 (the z-scored metrics are fine); rescale the data to compare in its units",
+                    stacklevel=2,
+                )
+            res.update({f"{k}_original": v for k, v in orig.items()})
         return res
 
     def on_validation_epoch_start(self) -> None:
@@ -612,6 +654,7 @@ class TestAfterFit(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.enabled or trainer.interrupted or trainer.fast_dev_run:
             return
+        check_trained(trainer)  # testing the initial weights would report them as a result
         ckpt = self.ckpt_path
         if ckpt == "best" and not (
             trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path

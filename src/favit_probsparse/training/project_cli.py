@@ -24,6 +24,7 @@ from typing import Any
 from lightning.pytorch import LightningDataModule, LightningModule
 
 from favit_probsparse.training.checkpoint import (
+    META_KEY,
     CheckpointError,
     SafeCheckpointIO,
     _norm,
@@ -60,6 +61,7 @@ _EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from jsonargparse import ArgumentError
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     return (
         ValueError,
@@ -67,8 +69,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         FileNotFoundError,
         FileExistsError,
         NotADirectoryError,
+        PermissionError,  # an unwritable output folder: the message names it
         FloatingPointError,
         ArgumentError,
+        MisconfigurationException,  # Lightning's checks of trainer options (e.g. a negative max_epochs)
     )
 
 
@@ -214,6 +218,7 @@ class ProjectCLI(FreshRunCLI):
             if key in parsed and parsed[key] is None and value is not None:
                 cfg["model.init_args." + key] = value
         self._ckpt_state, self._ckpt_file = ckpt["state_dict"], str(ckpt_path)
+        self._ckpt_columns = ((ckpt.get(META_KEY) or {}).get("data") or {}).get("columns")
         if sub == "fit" and cfg.get("ckpt_override"):
             # config options win: a new run initialised from the checkpoint's weights
             self._init_from_ckpt = True
@@ -240,9 +245,15 @@ class ProjectCLI(FreshRunCLI):
         state = getattr(self, "_ckpt_state", None)
         if state is None or self.model is None:
             return
+        columns = getattr(self, "_ckpt_columns", None)
+        dm = getattr(self, "datamodule", None)
+        if columns and hasattr(dm, "use_columns"):
+            # before the weights: other columns would show up as mismatched weight shapes
+            dm.use_columns(list(columns))
         check_state_dict_fits(self._ckpt_file, state, self.model)
         if self._init_from_ckpt:
             self.model.load_state_dict(state, strict=True)
+            self.model._weights_from_checkpoint = self._ckpt_file  # trained weights, even with no step here
         self._ckpt_state = None
 
 
