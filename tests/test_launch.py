@@ -77,9 +77,17 @@ def test_launcher_section_and_command_line(tmp_path):
         load_grid(_grid(tmp_path / "g2.yaml", base, [{"name": "a"}], launcher=["gpu"]))
 
 
+def _skip_row_check(monkeypatch):
+    """Placeholder configs (no model, no data) that the pre-run option check of every row would refuse."""
+    from favit_probsparse.experiments import ablate
+
+    monkeypatch.setattr(ablate, "check_rows", lambda *a, **k: None)
+
+
 def test_slurm_submission_script_status_and_resubmission(tmp_path, fake_slurm, monkeypatch, capsys):
     """Up to sbatch, the real code path: the grid's section + command-line overrides end in the script."""
     monkeypatch.chdir(tmp_path)
+    _skip_row_check(monkeypatch)
     base = write_yaml(tmp_path / "base.yaml", {"trainer": {"max_epochs": 1}})
     launcher = {
         "partition": "gpu",
@@ -146,6 +154,7 @@ def test_slurm_submission_script_status_and_resubmission(tmp_path, fake_slurm, m
 
 def test_slurm_without_slurm_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no srun
+    _skip_row_check(monkeypatch)
     base = write_yaml(tmp_path / "base.yaml", {"trainer": {}})
     grid = _grid(tmp_path / "g.yaml", base, [{"name": "a"}])
     with pytest.raises(SystemExit, match='--launcher slurm: Could not detect "srun"'):
