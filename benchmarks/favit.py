@@ -233,7 +233,8 @@ def targets(arch: str, res: dict[str, dict[str, float]]) -> list[str]:
     return [f"Targets (FaViT-{arch.upper()}):", *out, ""]
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also what ``benchmarks/gpu_check.py`` checks its flags against)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--official-file", default=None, help="a copy of FaViT's classification/favit.py")
     p.add_argument("--archs", nargs="+", default=["b0", "b2"], choices=["b0", "b1", "b2", "b3"])
@@ -262,7 +263,11 @@ def main(argv=None) -> int:
         help="write the Markdown report here (e.g. results/favit-benchmark.md)",
     )
     p.add_argument("--json", default=None, help="write the raw numbers here")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if args.favit:
         args.archs = [n.removeprefix("favit_") for n in args.favit]
     torch.set_num_threads(args.threads)

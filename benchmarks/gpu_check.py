@@ -15,13 +15,20 @@ Steps (each a subprocess with its own time limit; about 8 minutes in all on one 
 5. ``informer``: one Informer epoch with the fast recipe (bf16-mixed, BitsDropout) on ETTh1.
 
 ``DIR/summary.md`` lists each step's command, status, wall time and output files; ``DIR/summary.json`` the same
-as data. A step that fails or runs out of time is recorded and the next one runs. ``--dry-run`` does
-everything except run the steps. This is a script that reports; it asserts nothing about speed.
+as data. A step that fails or runs out of time is recorded and the next one runs. Before anything runs, every
+step's arguments are parsed as its command will parse them (the ``favit-ps`` step through Lightning's parser and
+the classes its configs name, each script through its ``build_parser()``), on any machine and without data; a
+stale or misspelt option stops the check there with the option named. ``--dry-run`` does everything except run
+the steps (exit 1 when an argument is bad; ``tests/test_gpu_check.py`` runs it). This is a script that reports;
+it asserts nothing about speed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
+import io
 import json
 import os
 import shlex
@@ -33,10 +40,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# ---- the one Informer line (update it here when the forecaster configs change) --------------------------------
-INFORMER_CMD = (
-    "{python} -m favit_probsparse.cli fit --config configs/forecast/informer_etth1_M_96_48_24.yaml "
-    "--trainer.max_epochs 1 --trainer.precision bf16-mixed --model.init_args.dropout_impl bits "
+# ---- the one Informer line (update it here when the forecaster configs change; the dry run parses it) ---------
+INFORMER_ARGS = (
+    "fit --config configs/forecast/informer_etth1_M_96_48_24.yaml "
+    "--trainer.max_epochs 1 --trainer.precision bf16-mixed --model.init_args.network.init_args.dropout_impl bits "
     "--trainer.accelerator gpu --trainer.devices 1 --trainer.logger false "
     "--trainer.default_root_dir {out}/informer"
 )
@@ -57,11 +64,13 @@ def _q(path: Path | str) -> str:
 def plan(a: argparse.Namespace, out: Path) -> list[dict]:
     """The steps: name, shell command, log file and output files (paths relative to ``out``)."""
     py = _q(sys.executable)
-    favit = f"{py} benchmarks/favit.py --device cuda --markdown {_q(out / 'favit.md')} --json {_q(out / 'favit.json')}"
+    favit_args = f"--device cuda --markdown {_q(out / 'favit.md')} --json {_q(out / 'favit.json')}"
     if a.official_file:
-        favit += f" --official-file {_q(a.official_file)}"
+        favit_args += f" --official-file {_q(a.official_file)}"
     if a.favit_args:
-        favit += " " + a.favit_args
+        favit_args += " " + a.favit_args
+    attention_args = f"--device cuda --batch {a.attention_batch} --markdown {_q(out / 'attention.md')}"
+    informer_args = INFORMER_ARGS.format(out=_q(out))
     steps = [
         {
             "name": "env",
@@ -72,18 +81,25 @@ def plan(a: argparse.Namespace, out: Path) -> list[dict]:
             "name": "cuda-tests",
             "cmd": f"{py} -m pytest -m cuda -p no:xdist -q -rs --continue-on-collection-errors tests --junitxml {_q(out / 'cuda-tests.xml')}",
             "outputs": ["cuda-tests.xml"],
+            "check": {"pytest_marker": "cuda", "paths": ["tests"]},
         },
         {
             "name": "attention",
-            "cmd": f"{py} benchmarks/attention.py --device cuda --batch {a.attention_batch} "
-            f"--markdown {_q(out / 'attention.md')}",
+            "cmd": f"{py} benchmarks/attention.py {attention_args}",
             "outputs": ["attention.md"],
+            "check": {"script": "benchmarks/attention.py", "args": attention_args},
         },
-        {"name": "favit", "cmd": favit, "outputs": ["favit.md", "favit.json"]},
+        {
+            "name": "favit",
+            "cmd": f"{py} benchmarks/favit.py {favit_args}",
+            "outputs": ["favit.md", "favit.json"],
+            "check": {"script": "benchmarks/favit.py", "args": favit_args},
+        },
         {
             "name": "informer",
-            "cmd": INFORMER_CMD.format(python=py, out=_q(out)),
+            "cmd": f"{py} -m favit_probsparse.cli {informer_args}",
             "outputs": ["informer/"],
+            "check": {"cli": informer_args},
         },
     ]
     skip = set(a.skip or ())
@@ -92,6 +108,63 @@ def plan(a: argparse.Namespace, out: Path) -> list[dict]:
         s["limit_s"] = LIMITS[s["name"]]
         s["status"] = "skipped (--skip)" if s["name"] in skip else "planned"
     return steps
+
+
+def _load_script(rel: str):
+    spec = importlib.util.spec_from_file_location(f"_gpu_check_{Path(rel).stem}", REPO / rel)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _check_script(rel: str, args: list[str]) -> None:
+    """Parse ``args`` with the script's own ``build_parser()`` (argparse prints its error and exits 2)."""
+    parser = getattr(_load_script(rel), "build_parser", None)
+    if parser is None:
+        raise ValueError(f"{rel} has no build_parser() to check its flags against")
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            parser().parse_args(args)
+    except SystemExit as e:
+        msg = err.getvalue().strip().splitlines()
+        raise ValueError(msg[-1] if msg else f"{rel}: argument parsing exited with {e.code}") from None
+
+
+def _check_pytest(marker: str, paths: list[str]) -> None:
+    import tomllib
+
+    ini = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    if not any(m.split(":")[0].strip() == marker for m in ini.get("markers", [])):
+        raise ValueError(f"pytest marker {marker!r} is not declared in pyproject.toml (--strict-markers)")
+    for rel in paths:
+        if not (REPO / rel).exists():
+            raise ValueError(f"{rel}: no such folder")
+
+
+def check_step(step: dict) -> str | None:
+    """Parse the step's arguments as its command will, without running it: a favit-ps command through Lightning's
+    parser (each option checked against the classes named in its configs), a script through its
+    ``build_parser()``. Returns the problem in one line, or None."""
+    spec = step.get("check")
+    if spec is None:
+        return None
+    sys.path.insert(0, str(REPO / "src"))
+    try:
+        with contextlib.chdir(REPO):  # the commands run in the checkout: configs are named relative to it
+            if "cli" in spec:
+                from favit_probsparse.cli import check_lightning
+
+                check_lightning(shlex.split(spec["cli"]))
+            elif "script" in spec:
+                _check_script(spec["script"], shlex.split(spec["args"]))
+            else:
+                _check_pytest(spec["pytest_marker"], spec["paths"])
+    except Exception as e:  # every failure is reported in the summary; the checks go on
+        from favit_probsparse.training.project_cli import user_error_message
+
+        return f"{type(e).__name__}: {user_error_message(e)}"
+    return None
 
 
 def _favit_supports(flag: str) -> bool:
@@ -194,13 +267,28 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{' '.join(shlex.quote(x) for x in [sys.executable, *sys.argv])}`; "
         f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; host GPU: see env.txt."
     )
+    bad = 0
+    for s in steps:  # every step's arguments are parsed first, on any machine and with or without its data
+        if s["status"] == "skipped (--skip)":
+            continue
+        if problem := check_step(s):
+            s["status"] = f"bad arguments ({problem})"
+            bad += 1
+        elif s["status"] != "planned":  # e.g. skipped for want of data: its command line is still checked
+            s["status"] += "; arguments checked"
     if a.dry_run:
         for s in steps:
             if s["status"] == "planned":
-                s["status"] = "not run (dry run)"
-        write_summary(out, steps, header + " Dry run: nothing was executed.")
+                s["status"] = "arguments checked; not run (dry run)"
+        write_summary(out, steps, header + " Dry run: arguments parsed, nothing was executed.")
         print(f"dry run: plan written to {out / 'summary.md'}")
-        return 0
+        if bad:
+            print(f"dry run: {bad} step(s) have bad arguments, see {out / 'summary.md'}", file=sys.stderr)
+        return 1 if bad else 0
+    if bad:
+        write_summary(out, steps, header + " Stopped: bad arguments, nothing was executed.")
+        print((out / "summary.md").read_text())
+        return 1
 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))

@@ -83,6 +83,15 @@ def run_lightning(argv: Sequence[str]):
     return lightning_cli(_rewrite_ckpt(resolve_config_args(list(argv))))
 
 
+def check_lightning(argv: Sequence[str]):
+    """Parse a fit/validate/test/predict command line exactly as :func:`run_lightning` would, without building
+    or running anything (a stale or misspelt option raises); returns the parsed config."""
+    from favit_probsparse.resources import resolve_config_args
+    from favit_probsparse.training import lightning_cli
+
+    return lightning_cli(_rewrite_ckpt(resolve_config_args(list(argv))), parse_only=True).config
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):

@@ -189,7 +189,8 @@ def fmt_bytes(n):
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also what ``benchmarks/gpu_check.py`` checks its flags against)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", type=int, default=None, help="default 32 on GPU, 1 on CPU")
@@ -211,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory columns")
     p.add_argument("--markdown", default=None, help="also write the table to this file")
     p.add_argument("--_one", default=None, help=argparse.SUPPRESS)  # internal: peak memory of one case
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     if a.device == "cpu" and a.clock is None:
         a.clock = "cpu"
     if a.clock == "cpu":

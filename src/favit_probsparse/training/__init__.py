@@ -97,7 +97,7 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-def lightning_cli(args: Sequence[str], run: bool = True):
+def lightning_cli(args: Sequence[str], run: bool = True, parse_only: bool = False):
     """Lightning's CLI with this project's settings: any LightningModule / LightningDataModule named by
     ``class_path`` in the config, config files overwritten on re-runs, optimizers from the module itself, config
     files with a ``base:`` key expanded (:func:`expand_config_args`), for forecasting the data module's shapes
@@ -105,9 +105,11 @@ def lightning_cli(args: Sequence[str], run: bool = True):
     :mod:`favit_probsparse.training.project_cli` (safe loading, no option dropped silently).
 
     ``run=True``: ``args`` starts with a subcommand (fit/validate/test/predict) and it runs; ``run=False``:
-    only parse and instantiate (``cli.trainer``, ``cli.model``, ``cli.datamodule``)."""
+    only parse and instantiate (``cli.trainer``, ``cli.model``, ``cli.datamodule``). ``parse_only=True`` (with
+    ``run=True``, a subcommand first): only parse, so a stale option or a bad config value raises here, on any
+    machine and without data, while nothing is built or trained (``cli.config`` holds the options)."""
     from favit_probsparse.training.project_cli import project_cli
 
     args = expand_config_args(args)
     links = FORECAST_LINKS if _forecasting(args) else ()
-    return project_cli(args, run=run, links=links)
+    return project_cli(args, run=run, links=links, parse_only=parse_only)

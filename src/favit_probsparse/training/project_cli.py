@@ -228,8 +228,33 @@ class ProjectCLI(FreshRunCLI):
         self._ckpt_state = None
 
 
-def project_cli(args: Sequence[str], run: bool = True, links: Sequence[tuple[str, str]] = ()) -> ProjectCLI:
-    cls = type("ProjectCLI", (ProjectCLI,), {"links": tuple(links)}) if links else ProjectCLI
+class _ParseOnlyCLI(ProjectCLI):
+    """Parses (every option checked against the classes' signatures, checkpoint rules applied) and stops: no
+    class is built, nothing runs."""
+
+    def _set_seed(self) -> None:  # leaves the global RNGs alone
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def after_instantiate_classes(self) -> None:
+        pass
+
+    def _add_configure_optimizers_method_to_model(self, subcommand) -> None:
+        pass
+
+    def _run_subcommand(self, subcommand) -> None:
+        pass
+
+
+def project_cli(
+    args: Sequence[str], run: bool = True, links: Sequence[tuple[str, str]] = (), parse_only: bool = False
+) -> ProjectCLI:
+    """``parse_only``: parse ``args`` (a subcommand first) and return without building or running anything;
+    ``cli.config`` holds the parsed options."""
+    base = _ParseOnlyCLI if parse_only else ProjectCLI
+    cls = type("ProjectCLI", (base,), {"links": tuple(links)}) if links else base
     return cls(
         LightningModule,
         LightningDataModule,
