@@ -10,7 +10,8 @@ Kernels (``q [..., N, c]``, ``k`` and ``v [..., K, c]``; all return ``[..., N, c
 
 ``sdpa``     ``F.scaled_dot_product_attention`` with torch's own backend choice: the safe default, used on
              hardware no table covers.
-``flash``    SDPA restricted to its flash backend (``torch.nn.attention.sdpa_kernel``).
+``flash``    SDPA restricted to its flash backend (``torch.nn.attention.sdpa_kernel``); on a CPU with dropout, whose
+             flash kernel has none, the math backend.
 ``math``     SDPA restricted to its math backend.
 ``bmm``      ``softmax((q·scale) @ kᵀ) @ v`` written out in the input dtype (two batched GEMMs and one softmax).
 ``bmm_fp32`` the same in float32, cast back: on a CPU without native bf16 arithmetic (AVX2, where bf16 is
@@ -66,7 +67,9 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, scale: float, p: float) -> Tensor:
 
 def _sdpa_with(backend: SDPBackend) -> Callable[[Tensor, Tensor, Tensor, float, float], Tensor]:
     def run(q: Tensor, k: Tensor, v: Tensor, scale: float, p: float) -> Tensor:
-        with sdpa_kernel(backend):
+        # torch's CPU flash kernel has no dropout: with dropout there, the math backend does it
+        cpu_dropout = p > 0.0 and q.device.type == "cpu"
+        with sdpa_kernel(SDPBackend.MATH if cpu_dropout else backend):
             return F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=scale)
 
     return run
@@ -167,14 +170,21 @@ def choose_kernel(q: Tensor, k: Tensor, training: bool) -> str:
         if env not in KERNELS:
             raise ValueError(f"FAVIT_ATTENTION_KERNEL={env!r}: not one of {sorted(KERNELS)}")
         return env
-    key = (q.device.type, q.device.index, q.dtype, q.shape[-1], q.shape[-2], k.shape[-2], bool(training))
+    dtype = str(q.dtype).removeprefix("torch.")
+    return _table_choice(
+        q.device.type, q.device.index or 0, dtype, bool(training), *q.shape[-2:], k.shape[-2]
+    )
+
+
+@torch.compiler.assume_constant_result  # torch.compile calls it while tracing (it reads files) and keeps the name
+def _table_choice(
+    device: str, index: int, dtype: str, training: bool, queries: int, head_dim: int, keys: int
+) -> str:
+    key = (device, index, dtype, training, queries, head_dim, keys)
     name = _CHOICES.get(key)
     if name is None:
-        dev = q.device
-        machine = machine_class(dev.type, dev.index or 0) if dev.type == "cuda" else machine_class(dev.type)
-        dtype = str(q.dtype).removeprefix("torch.")
-        name = _lookup(machine, dtype, bool(training), q.shape[-1], q.shape[-2], k.shape[-2])
-        _CHOICES[key] = name
+        machine = machine_class(device, index) if device == "cuda" else machine_class(device)
+        name = _CHOICES[key] = _lookup(machine, dtype, training, head_dim, queries, keys)
     return name
 
 
