@@ -207,16 +207,17 @@ def measure(models: dict[str, torch.nn.Module], args) -> dict[str, dict[str, flo
     y = torch.randint(0, 1000, (args.batch,), device=dev)
     fns = {k: timers(k, m.to(dev), x, y) for k, m in models.items()}
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     times: dict[str, dict[str, list[float]]] = {k: {"train": [], "infer": []} for k in models}
     for r in range(args.warmup + args.rounds):
         for k, (train, infer) in fns.items():
             for kind, fn in (("train", train), ("infer", infer)):
                 sync()
-                t = time.perf_counter()
+                t = clock()
                 fn()
                 sync()
                 if r >= args.warmup:
-                    times[k][kind].append(time.perf_counter() - t)
+                    times[k][kind].append(clock() - t)
         print(f"  round {r + 1}/{args.warmup + args.rounds} done", flush=True)
     return {
         k: {kind: args.batch / statistics.median(v) for kind, v in t.items()} | {"runs": len(t["train"])}
@@ -304,6 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable on a shared machine)")
     p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall clock, or (one CPU thread only) this thread's CPU time, which other processes on a shared "
+        "machine do not inflate",
+    )
+    p.add_argument(
         "--out",
         "--markdown",
         default=None,
@@ -314,7 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.clock == "cpu" and (args.threads != 1 or args.device != "cpu"):
+        p.error("--clock cpu times one CPU thread: give --threads 1 and --device cpu")
     if args.favit:
         args.archs = [n.removeprefix("favit_") for n in args.favit]
     torch.set_num_threads(args.threads)
@@ -346,7 +357,8 @@ def main(argv=None) -> int:
         f"average {meta['load_before']:.1f} before / {meta['load_after']:.1f} after the run.",
         f"Command: `{meta['command']}`.",
         f"Batch {args.batch}, {args.size}², fp32 (bf16 autocast where a row says so); every round times each model in turn (training step, then "
-        f"inference); median of the timed rounds after {args.warmup} warm-up round(s).",
+        f"inference; {'thread CPU time' if args.clock == 'cpu' else 'wall clock'}); median of the timed rounds "
+        f"after {args.warmup} warm-up round(s).",
         "",
     ]
     text = "\n".join(head + body) + "\n"
