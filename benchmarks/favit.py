@@ -225,6 +225,35 @@ def measure(models: dict[str, torch.nn.Module], args) -> dict[str, dict[str, flo
     }
 
 
+def profile_step(name: str, models: dict[str, torch.nn.Module], args, top: int = 12) -> list[str]:
+    """``torch.profiler`` of one training step of row ``name`` (after the timed rounds): the operators with the
+    largest self CPU time and their share of the step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if name not in models:
+        return [f"(no row {name!r} to profile; rows: {', '.join(models)})", ""]
+    dev = torch.device(args.device)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=dev)
+    y = torch.randint(0, 1000, (args.batch,), device=dev)
+    train, _ = timers(name, models[name], x, y)
+    train()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train()
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops)
+    lines = [
+        f"Profile of one training step of `{name}` (torch.profiler, self CPU time; {total / 1e3:.0f} ms in all):",
+        "",
+        "| operator | calls | self CPU ms | share |",
+        "|---|---|---|---|",
+    ]
+    for e in ops[:top]:
+        lines.append(
+            f"| `{e.key}` | {e.count} | {e.self_cpu_time_total / 1e3:.1f} | {e.self_cpu_time_total / total:.0%} |"
+        )
+    return [*lines, ""]
+
+
 def table(arch: str, res: dict[str, dict[str, float]], notes: dict[str, str], models) -> list[str]:
     base = res[OFFICIAL]
     lines = [
@@ -317,6 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="write the Markdown report here (e.g. results/favit-benchmark.md)",
     )
+    p.add_argument(
+        "--profile",
+        nargs="+",
+        default=None,
+        metavar="ROW",
+        help="after the timed rounds, profile one training step of these rows (e.g. 'ours [official] bf16 "
+        "autocast') and add the top operators to the report",
+    )
     p.add_argument("--json", default=None, help="write the raw numbers here")
     return p
 
@@ -349,6 +386,8 @@ def main(argv=None) -> int:
         res = measure(models, argparse.Namespace(**{**vars(args), "rounds": rounds}))
         raw[arch] = res
         body += [*table(arch, res, notes, models), "", *targets(arch, res)]
+        for name in args.profile or ():
+            body += profile_step(name, models, args)
         print("\n".join(body[-30:]), flush=True)
         del models
     meta["load_after"] = os.getloadavg()[0]
