@@ -4,15 +4,17 @@
     python benchmarks/gpu_check.py --out gpu-check-plan --dry-run     # anywhere: parse, plan, write the skeleton
     python benchmarks/gpu_check.py --out DIR --official-file ~/FaViT/classification/favit.py --data ~/data
 
-Steps (each a subprocess with its own time limit; about 8 minutes in all on one GPU):
+Steps (each a subprocess with its own time limit; under 10 minutes in all on one GPU):
 
 1. ``env``: GPU, driver, torch and CUDA versions (``nvidia-smi``, ``torch.cuda``).
 2. ``cuda-tests``: the tests marked ``cuda`` (CUDA code paths: fast == exact ProbSparse, the sparsity-measure
    dispatch on both sides of ``_DENSE_MEASURE_MAX_RATIO``, FaViT's SDPA head-dim padding, masked rows).
 3. ``attention``: ``benchmarks/attention.py`` at B=32 (ProbSparse official/exact/fast vs SDPA).
-4. ``favit``: the FaViT throughput table (``benchmarks/favit.py --device cuda``; ours, PVTv2, and the
+4. ``kernels``: ``benchmarks/attention_kernels.py`` on the GPU: the attention-kernel table of this GPU class
+   (``DIR/kernel_table.json``; :mod:`favit_probsparse.attention.dispatch` uses it once merged into the package's).
+5. ``favit``: the FaViT throughput table (``benchmarks/favit.py --device cuda``; ours, PVTv2, and the
    official code when ``--official-file`` is given). ``--favit-args`` passes more options through.
-5. ``informer``: one Informer epoch with the fast recipe (bf16-mixed, BitsDropout) on ETTh1.
+6. ``informer``: one Informer epoch with the fast recipe (bf16-mixed, BitsDropout) on ETTh1.
 
 ``DIR/summary.md`` lists each step's command, status, wall time and output files; ``DIR/summary.json`` the same
 as data. A step that fails or runs out of time is recorded and the next one runs. Before anything runs, every
@@ -48,8 +50,8 @@ INFORMER_ARGS = (
     "--trainer.default_root_dir {out}/informer"
 )
 
-# step name -> time limit in seconds (sum 480 s: the 8-minute budget; the cuda tests include torch.compile)
-LIMITS = {"env": 20, "cuda-tests": 150, "attention": 90, "favit": 140, "informer": 80}
+# step name -> time limit in seconds (sum 570 s: under 10 minutes; the cuda tests include torch.compile)
+LIMITS = {"env": 20, "cuda-tests": 150, "attention": 90, "kernels": 90, "favit": 140, "informer": 80}
 
 # the FaViT table on a GPU: the setting (224², batch 128) in float32 and bf16 autocast
 FAVIT_GPU_ARGS = (
@@ -71,6 +73,9 @@ def plan(a: argparse.Namespace, out: Path) -> list[dict]:
         favit_args += " " + a.favit_args
     attention_args = f"--device cuda --batch {a.attention_batch} --markdown {_q(out / 'attention.md')}"
     informer_args = INFORMER_ARGS.format(out=_q(out))
+    # the GPU's attention-kernel table, for src/favit_probsparse/attention/kernel_table.json (merge by hand:
+    # `benchmarks/attention_kernels.py --write` there replaces only that machine class's table)
+    kernels_args = f"--device cuda --rounds 5 --write --table {_q(out / 'kernel_table.json')}"
     steps = [
         {
             "name": "env",
@@ -88,6 +93,12 @@ def plan(a: argparse.Namespace, out: Path) -> list[dict]:
             "cmd": f"{py} benchmarks/attention.py {attention_args}",
             "outputs": ["attention.md"],
             "check": {"script": "benchmarks/attention.py", "args": attention_args},
+        },
+        {
+            "name": "kernels",
+            "cmd": f"{py} benchmarks/attention_kernels.py {kernels_args}",
+            "outputs": ["kernel_table.json"],
+            "check": {"script": "benchmarks/attention_kernels.py", "args": kernels_args},
         },
         {
             "name": "favit",

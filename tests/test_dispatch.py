@@ -172,3 +172,20 @@ def test_packaged_table_is_consistent():
             else:
                 assert r["ms"]["sdpa"] > r["ms"][fastest] * t["sdpa_margin"]
             assert r["dtype"] in ("float32", "bfloat16") and isinstance(r["training"], bool)
+
+
+def test_a_backend_that_refuses_the_inputs_falls_back_to_sdpa(monkeypatch):
+    def refuses(*args):
+        raise RuntimeError("No available kernel. Aborting execution.")
+
+    def broken(*args):
+        raise RuntimeError("something else")
+
+    q, k, v = torch.randn(3, 1, 2, 5, 8).unbind(0)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.5)
+    monkeypatch.setitem(dispatch.KERNELS, "flash", refuses)
+    with dispatch.use_kernel("flash"):
+        torch.testing.assert_close(dispatch.attend(q, k, v, 0.5), want)
+    monkeypatch.setitem(dispatch.KERNELS, "flash", broken)
+    with dispatch.use_kernel("flash"), pytest.raises(RuntimeError, match="something else"):
+        dispatch.attend(q, k, v, 0.5)  # other errors are not hidden

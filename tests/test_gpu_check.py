@@ -26,10 +26,15 @@ def test_dry_run_writes_the_plan(gpu_check, tmp_path, capsys):
         == 0
     )
     steps = json.loads((out / "summary.json").read_text())
-    assert [s["name"] for s in steps] == ["env", "cuda-tests", "attention", "favit", "informer"]
+    assert [s["name"] for s in steps] == ["env", "cuda-tests", "attention", "kernels", "favit", "informer"]
     status = {s["name"]: s["status"] for s in steps}
     assert status["favit"] == "skipped (--skip)"
-    assert status["cuda-tests"] == status["attention"] == "arguments checked; not run (dry run)"
+    assert (
+        status["cuda-tests"]
+        == status["attention"]
+        == status["kernels"]
+        == "arguments checked; not run (dry run)"
+    )
     informer = status["informer"]
     assert informer == "arguments checked; not run (dry run)" or (
         informer.startswith("skipped (no ") and informer.endswith("; arguments checked")
@@ -40,7 +45,7 @@ def test_dry_run_writes_the_plan(gpu_check, tmp_path, capsys):
     assert cmd["favit"].endswith("--favit favit_b0")
     assert "--trainer.precision bf16-mixed" in cmd["informer"] and "dropout_impl bits" in cmd["informer"]
     table = (out / "summary.md").read_text()
-    assert table.count("\n| ") == 6  # header + five steps
+    assert table.count("\n| ") == 7  # header + six steps
     assert "Dry run: arguments parsed, nothing was executed." in table
     assert sorted(p.name for p in out.iterdir()) == ["summary.json", "summary.md"]  # nothing else ran
 

@@ -210,4 +210,12 @@ def attend(
     and ``dropout_p`` applies to the attention weights only then (as ``nn.Dropout`` in train mode).
     """
     p = dropout_p if training else 0.0
-    return KERNELS[choose_kernel(q, k, training)](q, k, v, scale, p)
+    name = choose_kernel(q, k, training)
+    try:
+        return KERNELS[name](q, k, v, scale, p)
+    except RuntimeError as e:
+        # a restricted SDPA backend that does not take these inputs (a row measured at a neighbouring shape,
+        # e.g. CUDA flash needs head widths that are multiples of 8): torch's own choice instead
+        if name == DEFAULT_KERNEL or "No available kernel" not in str(e):
+            raise
+        return _sdpa(q, k, v, scale, p)
