@@ -9,7 +9,7 @@ attention`` runs it from an installed package); this script is its command line 
     python benchmarks/attention.py --help                # every option
 """
 
-from favit_probsparse.benchmarks.attention import main
+from favit_probsparse.benchmarks.attention import build_parser, main  # noqa: F401  (build_parser: gpu_check)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -149,3 +149,6 @@ def test_installed_wheel_works_without_the_checkout(tmp_path):
         assert Path(line).is_relative_to(pkg), f"{line} is not inside the installed package {pkg}"
     assert _tree(pkg / "configs") == _tree(REPO / "configs"), "the wheel must carry the whole configs tree"
     assert not (pkg / "_scripts").exists()  # the benchmark is a module now, not a copied script
+    assert (pkg / "attention" / "kernel_table.json").read_bytes() == (
+        REPO / "src" / "favit_probsparse" / "attention" / "kernel_table.json"
+    ).read_bytes()  # the measured attention-kernel table ships (attention/dispatch.py reads it)

@@ -4,9 +4,11 @@
 * :mod:`.fusion`: FaViT cross-window fusion operators (``official``, ``max``, ``mean``, ``conv1x1``, ``linear``,
   ``probsparse``, ``hierarchical``).
 * :mod:`.delta_v`: ΔV (tangential-space) attention.
+* :mod:`.dispatch`: :func:`attend`, softmax attention through the kernel a measured table names fastest.
 """
 
 from .delta_v import DeltaVAttention, delta_v_attention, ema_kernel, momentum_ema, temporal_difference
+from .dispatch import attend
 from .fusion import FUSIONS, CrossWindowFusion, build_fusion
 from .probsparse import (
     ATTENTIONS,
@@ -27,6 +29,7 @@ __all__ = [
     "DeltaVAttention",
     "FullAttention",
     "ProbSparseAttention",
+    "attend",
     "build_attention",
     "build_fusion",
     "delta_v_attention",

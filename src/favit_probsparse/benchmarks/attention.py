@@ -190,7 +190,8 @@ def fmt_bytes(n):
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also what ``benchmarks/gpu_check.py`` checks its flags against)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", type=int, default=None, help="default 32 on GPU, 1 on CPU")
@@ -323,7 +324,7 @@ def _table(a, rows, batch, dtype, peaks: tuple[float, float], loads: tuple[float
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
+    a = build_parser().parse_args(argv)
     if a.device == "cpu" and a.clock is None:
         a.clock = "cpu"
     if a.clock == "cpu":

@@ -257,8 +257,33 @@ class ProjectCLI(FreshRunCLI):
         self._ckpt_state = None
 
 
-def project_cli(args: Sequence[str], run: bool = True, links: Sequence[tuple[str, str]] = ()) -> ProjectCLI:
-    cls = type("ProjectCLI", (ProjectCLI,), {"links": tuple(links)}) if links else ProjectCLI
+class _ParseOnlyCLI(ProjectCLI):
+    """Parses (every option checked against the classes' signatures, checkpoint rules applied) and stops: no
+    class is built, nothing runs."""
+
+    def _set_seed(self) -> None:  # leaves the global RNGs alone
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def after_instantiate_classes(self) -> None:
+        pass
+
+    def _add_configure_optimizers_method_to_model(self, subcommand) -> None:
+        pass
+
+    def _run_subcommand(self, subcommand) -> None:
+        pass
+
+
+def project_cli(
+    args: Sequence[str], run: bool = True, links: Sequence[tuple[str, str]] = (), parse_only: bool = False
+) -> ProjectCLI:
+    """``parse_only``: parse ``args`` (a subcommand first) and return without building or running anything;
+    ``cli.config`` holds the parsed options."""
+    base = _ParseOnlyCLI if parse_only else ProjectCLI
+    cls = type("ProjectCLI", (base,), {"links": tuple(links)}) if links else base
     return cls(
         LightningModule,
         LightningDataModule,
@@ -276,7 +301,7 @@ def project_cli(args: Sequence[str], run: bool = True, links: Sequence[tuple[str
     )
 
 
-def lightning_cli(args: Sequence[str], run: bool = True) -> ProjectCLI:
+def lightning_cli(args: Sequence[str], run: bool = True, parse_only: bool = False) -> ProjectCLI:
     """Lightning's CLI with this project's settings: any LightningModule / LightningDataModule named by
     ``class_path`` in the config, config files overwritten on re-runs, optimizers from the module itself, config
     files with a ``base:`` key expanded (:func:`favit_probsparse.config.expand_config_args`), for a forecasting
@@ -284,10 +309,20 @@ def lightning_cli(args: Sequence[str], run: bool = True) -> ProjectCLI:
     into the forecaster and its network (:data:`FORECAST_LINKS`), and the checkpoint rules above.
 
     ``run=True``: ``args`` starts with a subcommand (fit/validate/test/predict) and it runs; ``run=False``:
-    only parse and instantiate (``cli.trainer``, ``cli.model``, ``cli.datamodule``)."""
+    only parse and instantiate (``cli.trainer``, ``cli.model``, ``cli.datamodule``). ``parse_only=True`` (with
+    ``run=True``, a subcommand first): only parse, so a stale option or a bad config value raises here, on any
+    machine and without data, while nothing is built or trained (``cli.config`` holds the options)."""
     from favit_probsparse.config import config_task, expand_config_args
     from favit_probsparse.training.forecast import Forecaster
 
     args = expand_config_args(args)
     links = FORECAST_LINKS if config_task(args) == Forecaster.TASK else ()
-    return project_cli(args, run=run, links=links)
+    return project_cli(args, run=run, links=links, parse_only=parse_only)
+
+
+def check_args(argv: Sequence[str]):
+    """Parse a fit/validate/test/predict command line (a subcommand first) as ``favit-ps`` would, without building
+    or running anything, so a stale or misspelt option raises here; returns the parsed config."""
+    from favit_probsparse.config import resolve_config_args
+
+    return lightning_cli(resolve_config_args(list(argv)), parse_only=True).config
