@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from favit_probsparse.attention.dispatch import attend
 from favit_probsparse.attention.fusion import FUSIONS, CrossWindowFusion, build_fusion
 
 __all__ = [
@@ -329,13 +330,13 @@ class FaSA(nn.Module):
             )
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        p = self.attn_drop if self.training else 0.0
+        """Softmax attention through the measured kernel choice (:func:`~favit_probsparse.attention.dispatch.attend`)."""
         c = q.shape[-1]
         pad = (-c) % 8
         if pad and (self.sdpa_pad is True or (self.sdpa_pad == "auto" and q.is_cuda)):
             q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=scale)[..., :c]
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=scale)
+            return attend(q, k, v, scale, self.attn_drop, self.training)[..., :c]
+        return attend(q, k, v, scale, self.attn_drop, self.training)
 
     def _branch_kv(self, i: int, kv_l: torch.Tensor, q_i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values ``[B, h, K, c]`` of window branch ``i`` from its slice of the shared K/V source."""
