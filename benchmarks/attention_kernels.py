@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from favit_probsparse.attention import dispatch
-from favit_probsparse.experiments.records import write_text
+from favit_probsparse.utils.io import write_text
 from favit_probsparse.utils.provenance import hardware, provenance
 
 # (label, B, heads, queries, keys, head width): FaViT-B0 at 224², batch 16 (global branch: one head; window

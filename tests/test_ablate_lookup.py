@@ -20,8 +20,12 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 FAKE_DATA = """
 import json, os, time
 
-class Data:
-    def __init__(self, root, size=1, download=False, sleep_s=0.0):
+from lightning.pytorch import LightningDataModule, LightningModule
+
+
+class Data(LightningDataModule):
+    def __init__(self, root: str, size: int = 1, download: bool = False, sleep_s: float = 0.0):
+        super().__init__()
         self.args = {"root": root, "size": size, "download": download}
         self.sleep_s = sleep_s
 
@@ -29,18 +33,24 @@ class Data:
         with open(os.environ["FAKE_DATA_LOG"], "a") as f:
             f.write(json.dumps(self.args) + "\\n")
         time.sleep(self.sleep_s)
+
+
+class Model(LightningModule):  # only parsed (ablate checks every row's options before the first run)
+    def __init__(self, x: int = 0):
+        super().__init__()
 """
 
 
 def _grid(tmp_path: Path, sleep_s: float = 0.0) -> Path:
     (tmp_path / "fakedata.py").write_text(FAKE_DATA)
     (tmp_path / "base.yaml").write_text(
+        "model: {class_path: fakedata.Model}\n"
         f"data: {{class_path: fakedata.Data, init_args: {{root: r, sleep_s: {sleep_s}}}}}\n"
     )
     (tmp_path / "g.yaml").write_text(
         "name: g\nbase_config: base.yaml\nmetric: {name: test/acc1}\nseeds: [0, 1]\nrows:\n"
         "  - {name: a}\n"
-        "  - {name: b, overrides: {model.x: 1}}\n"  # same data as a: prepared once
+        "  - {name: b, overrides: {model.init_args.x: 1}}\n"  # same data as a: prepared once
         "  - {name: c, overrides: {data.init_args.size: 2}}\n"
     )
     return tmp_path / "g.yaml"

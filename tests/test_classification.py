@@ -338,7 +338,7 @@ def test_shipped_vision_configs_parse_and_build(path, capsys):
     capsys.readouterr()
     cfg = yaml.safe_load(path.read_text())
     data = dict(cfg["data"]["init_args"], download=False)
-    if data["dataset"] == "imagefolder":
+    if data["dataset"] in ("imagefolder", "shards"):
         from favit_probsparse.paths import resolve_data_path
 
         if not resolve_data_path(data["data_dir"], data["data_dir"]).is_dir():

@@ -292,17 +292,20 @@ class ImageClassifier(CheckpointMetadata, LightningModule):
 
     def _check_input_size(self, img_size: int) -> None:
         model = self.model
+        trainer = self.trainer if self._trainer is not None else None
+        frames = _datamodule_attr(trainer, "num_frames")
+        shape = sample_shape(img_size, frames)
+        what = f"clips of {frames}×{img_size}x{img_size}" if frames else f"{img_size}x{img_size} images"
         was = model.training
         model.eval()
         try:
             with torch.no_grad():
                 p = next(model.parameters())
-                shape = sample_shape(img_size, _datamodule_attr(self.trainer, "num_frames"))
                 out = model(torch.zeros(1, *shape, device=p.device, dtype=p.dtype))
         except Exception as e:
             raise ValueError(
-                f"model {self.hparams.model_name!r} cannot take inputs of shape {list(shape)} "
-                f"({type(e).__name__}: {e}); choose a data.img_size the model supports"
+                f"model {self.hparams.model_name!r} cannot take {what} ({type(e).__name__}: {e}); choose a "
+                "data.img_size the model supports"
             ) from e
         finally:
             model.train(was)
