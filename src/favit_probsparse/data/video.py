@@ -64,8 +64,7 @@ from favit_probsparse.data.vision import (
     IMAGENET_STD,
     IMG_EXTENSIONS,
     DatasetError,
-    EpochShuffleSampler,
-    SeededSamples,
+    seeded_loader,
 )
 from favit_probsparse.paths import resolve_data_path
 
@@ -521,24 +520,8 @@ class VideoClipDataModule(LightningDataModule):
             self.test_set = self._split(test, False)
 
     def _loader(self, ds, train: bool) -> DataLoader:
-        kwargs: dict[str, Any] = {}
-        if train:
-            seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
-            trainer = getattr(self, "trainer", None)
-            world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-            epoch = lambda: int(trainer.current_epoch) if trainer is not None else 0
-            ds = SeededSamples(ds, seed)
-            kwargs["sampler"] = EpochShuffleSampler(ds, seed, epoch, num_replicas=world, rank=rank)
-            kwargs["generator"] = torch.Generator().manual_seed(seed)
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            drop_last=train and len(ds) >= self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0 and not train,
-            **kwargs,
-        )
+        trainer = getattr(self, "trainer", None)
+        return seeded_loader(ds, train, self.batch_size, self.num_workers, self.pin_memory, trainer)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, True)

@@ -564,6 +564,32 @@ def _class_balanced_subset(ds, n_per_class: int, seed: int = 0):
 
 
 # --------------------------------------------------------------------------------------------- datamodule
+def seeded_loader(
+    ds, train: bool, batch_size: int, num_workers: int, pin_memory: bool, trainer=None
+) -> DataLoader:
+    """The loader of a map-style split. Training: order and per-sample seeds depend only on (seed, epoch, rank)
+    (:class:`EpochShuffleSampler`, :class:`SeededSamples`), so runs are reproducible and resumable; ``drop_last``
+    keeps batches even (Mixup/CutMix need it) unless the set is smaller than a batch."""
+    kwargs: dict[str, Any] = {}
+    if train:
+        seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        ds = SeededSamples(ds, seed)
+        epoch = lambda: int(trainer.current_epoch) if trainer is not None else 0
+        kwargs["sampler"] = EpochShuffleSampler(ds, seed, epoch, num_replicas=world, rank=rank)
+        # the loader's own generator (worker base seeds) keeps the global RNG untouched
+        kwargs["generator"] = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        drop_last=train and len(ds) >= batch_size,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0 and not train,
+        **kwargs,
+    )
+
+
 class ImageClassificationDataModule(LightningDataModule):
     """CIFAR-10/100, Fashion-MNIST or an ImageFolder tree with timm transforms (see the module docstring).
 
@@ -865,25 +891,7 @@ class ImageClassificationDataModule(LightningDataModule):
                 info, transform, train, self.batch_size, self.num_workers, seed, rank, world,
                 self._current_epoch, self.pin_memory,
             )  # fmt: skip
-        # drop_last on training keeps batches even (Mixup/CutMix need it) unless the set is smaller than a batch
-        drop_last = train and len(ds) >= self.batch_size
-        kwargs: dict[str, Any] = {}
-        if train:
-            ds = SeededSamples(ds, seed)
-            kwargs["sampler"] = EpochShuffleSampler(
-                ds, seed, self._current_epoch, num_replicas=world, rank=rank
-            )
-            # the loader's own generator (worker base seeds) keeps the global RNG untouched
-            kwargs["generator"] = torch.Generator().manual_seed(seed)
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0 and not train,
-            **kwargs,
-        )
+        return seeded_loader(ds, train, self.batch_size, self.num_workers, self.pin_memory, trainer)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, True)

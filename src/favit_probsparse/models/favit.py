@@ -259,7 +259,25 @@ def _init_weights(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class FaViT(nn.Module):
+class StagedBackbone(nn.Module):
+    """timm plumbing of a backbone with ``stages`` (each with ``grad_checkpointing``) and a ``head``: FaViT and the
+    video FaViT."""
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+
+class FaViT(StagedBackbone):
     """FaViT backbone + mean-pool classification head.
 
     Args:
@@ -372,10 +390,6 @@ class FaViT(nn.Module):
                 _init_weights(m)
 
     @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return set()
-
-    @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return dict(
             stem=r"^stages\.0\.downsample",
@@ -383,15 +397,6 @@ class FaViT(nn.Module):
             if coarse
             else [(r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^stages\.(\d+)\.(?:downsample|norm)", (0,))],
         )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes

@@ -51,7 +51,7 @@ from favit_probsparse.attention.fasa import FaSA, grid_tokens, grid_view
 from favit_probsparse.attention.fusion import CrossWindowFusion, check_fusion_name
 from favit_probsparse.layers.tubelet import build_tubelet_embed
 from favit_probsparse.models import favit as favit2d
-from favit_probsparse.models.favit import Block, _init_weights
+from favit_probsparse.models.favit import Block, StagedBackbone, _init_weights
 
 __all__ = ["ATTENTIONS", "VideoFaViT", "checkpoint_filter_fn", "inflate_state_dict"]
 
@@ -169,7 +169,7 @@ def _per_stage(value: int | Sequence[int], n: int, name: str) -> list[int]:
     return out
 
 
-class VideoFaViT(nn.Module):
+class VideoFaViT(StagedBackbone):
     """FaViT on video clips ``[B, C, T, H, W]`` with a choice of space-time attention (see the module docstring).
 
     Args:
@@ -345,19 +345,6 @@ class VideoFaViT(nn.Module):
                 _init_weights(m)
 
     # --- timm plumbing -----------------------------------------------------------------------------------------
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return set()
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
