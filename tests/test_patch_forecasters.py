@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 
 from favit_probsparse.layers.patch_ts import RevIN, TimePatches, num_patches
 from favit_probsparse.models.fasa_forecaster import DeltaVFaSA, FaSAForecaster
@@ -42,7 +41,9 @@ def test_revin_normalizes_each_window_and_channel_and_inverts(subtract_last):
     np.testing.assert_allclose(back, x, rtol=0, atol=1e-8)
 
 
-@pytest.mark.parametrize(("seq_len", "patch_len", "stride", "padding"), [(96, 16, 8, "end"), (32, 8, 4, None), (10, 3, 2, "end")])
+@pytest.mark.parametrize(
+    ("seq_len", "patch_len", "stride", "padding"), [(96, 16, 8, "end"), (32, 8, 4, None), (10, 3, 2, "end")]
+)
 def test_patches_are_the_slices_of_the_end_padded_window(seq_len, patch_len, stride, padding):
     x = torch.randn(2, seq_len, 3, dtype=F64)
     got = TimePatches(seq_len, patch_len, stride, padding)(x)
@@ -51,7 +52,9 @@ def test_patches_are_the_slices_of_the_end_padded_window(seq_len, patch_len, str
     assert n == (seq_len - patch_len) // stride + 1 + (padding == "end")
     assert got.shape == (2, 3, n, patch_len)
     for i in range(n):
-        torch.testing.assert_close(got[:, :, i], padded[:, i * stride : i * stride + patch_len].transpose(1, 2))
+        torch.testing.assert_close(
+            got[:, :, i], padded[:, i * stride : i * stride + patch_len].transpose(1, 2)
+        )
 
 
 # ------------------------------------------------------------------------------------------- shapes, errors
@@ -109,7 +112,11 @@ def test_fasa_forecaster_bad_arguments_are_one_line_errors(kwargs, match):
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"n_heads": 3}, "divisible by n_heads"), ({"norm": "group"}, "unknown norm"), ({"e_layers": 0}, "e_layers")],
+    [
+        ({"n_heads": 3}, "divisible by n_heads"),
+        ({"norm": "group"}, "unknown norm"),
+        ({"e_layers": 0}, "e_layers"),
+    ],
 )
 def test_patchtst_bad_arguments_are_one_line_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -152,7 +159,7 @@ def naive_one_window_fasa(m, x):
       of V over the patches;
     * each query attends to all N keys with an explicit softmax; heads concatenated, then ``proj``.
     """
-    B, N, C = x.shape
+    C = x.shape[-1]
     cg, h = m.single_dim[0], m.num_heads
     c = (C - cg) // h
 
@@ -252,14 +259,19 @@ def test_delta_values_formula_and_fasa_with_zero_gate():
 def _sine_frame(n=600, seed=0):
     t = np.arange(n)
     rng = np.random.default_rng(seed)
-    cols = {f"s{i}": np.sin(2 * np.pi * t / p) + 0.1 * rng.standard_normal(n) for i, p in enumerate((24, 12, 48))}
+    cols = {
+        f"s{i}": np.sin(2 * np.pi * t / p) + 0.1 * rng.standard_normal(n) for i, p in enumerate((24, 12, 48))
+    }
     return pd.DataFrame({"date": pd.date_range("2020-01-01", periods=n, freq="h"), **cols})
 
 
 @pytest.mark.parametrize(
     "spec",
     [
-        {"class_path": "favit_probsparse.models.fasa_forecaster.FaSAForecaster", "init_args": {**TINY_FASA, "fusion": "probsparse"}},
+        {
+            "class_path": "favit_probsparse.models.fasa_forecaster.FaSAForecaster",
+            "init_args": {**TINY_FASA, "fusion": "probsparse"},
+        },
         {"class_path": "favit_probsparse.models.patchtst.PatchTST", "init_args": TINY_TST},
     ],
     ids=["fasa", "patchtst"],
@@ -300,7 +312,9 @@ def test_export_and_from_pretrained(spec, tmp_path):
 
     torch.manual_seed(0)
     module = Forecaster.from_config(spec, features="M", label_len=8, pred_len=8)
-    with torch.no_grad():  # trained-looking weights: BatchNorm statistics and affine RevIN away from their init
+    with (
+        torch.no_grad()
+    ):  # trained-looking weights: BatchNorm statistics and affine RevIN away from their init
         for name, b in module.named_buffers():
             if name.endswith("running_mean"):
                 b.normal_()
@@ -314,7 +328,12 @@ def test_export_and_from_pretrained(spec, tmp_path):
     torch.save(ckpt, tmp_path / "m.ckpt")
     loaded = from_pretrained(export_checkpoint(tmp_path / "m.ckpt", tmp_path / "exp"))
     assert type(loaded.network).__name__ == spec["class_path"].rsplit(".", 1)[1]
-    batch = [torch.randn(2, 32, 3), torch.randn(2, 16, 3), torch.rand(2, 32, 4) - 0.5, torch.rand(2, 16, 4) - 0.5]
+    batch = [
+        torch.randn(2, 32, 3),
+        torch.randn(2, 16, 3),
+        torch.rand(2, 32, 4) - 0.5,
+        torch.rand(2, 16, 4) - 0.5,
+    ]
     module.eval()
     torch.manual_seed(1)
     ref = module(*batch)
@@ -333,10 +352,24 @@ def test_configs_build_their_network_with_the_data_shapes(path):
     from favit_probsparse.training import lightning_cli, load_config
 
     d_args = load_config(path)["data"]["init_args"]
-    cli = lightning_cli(["--config", str(path), "--trainer.logger", "false", "--trainer.callbacks", "[]"], run=False)
+    cli = lightning_cli(
+        ["--config", str(path), "--trainer.logger", "false", "--trainer.callbacks", "[]"], run=False
+    )
     net = cli.model.network
     assert isinstance(net, (FaSAForecaster, PatchTST))
     cli.model.check_data(cli.datamodule)
     assert (net.seq_len, net.pred_len, net.enc_in) == (d_args["seq_len"], d_args["pred_len"], 7)
     out = net.eval()(torch.randn(2, net.seq_len, 7))
     assert out.shape == (2, net.pred_len, 7)
+
+
+def test_type3_schedule_is_patchtsts():
+    """PatchTST's ``adjust_learning_rate`` type3, called after each (1-based) epoch ``e``: lr0 if e < 3 else
+    lr0·0.9^(e − 3); the multiplier of 0-based epoch E is the one set after epoch E (1-based)."""
+    from favit_probsparse.training.forecast import lr_lambda
+
+    def official(e):
+        return 1.0 if e < 3 else 0.9 ** (e - 3)
+
+    f = lr_lambda("type3")
+    assert [f(e) for e in range(8)] == pytest.approx([1.0] + [official(e) for e in range(1, 8)])
