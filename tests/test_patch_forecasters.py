@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 import torch
 
 from favit_probsparse.layers.patch_ts import RevIN, TimePatches, num_patches
@@ -373,3 +374,29 @@ def test_type3_schedule_is_patchtsts():
 
     f = lr_lambda("type3")
     assert [f(e) for e in range(8)] == pytest.approx([1.0] + [official(e) for e in range(1, 8)])
+
+
+def test_every_row_of_the_fasa_forecast_grid_builds_its_network(tmp_path):
+    """Each row's resolved config (base + base_overrides + row overrides) parses under ``favit-ps`` and builds the
+    intended network with the row's data shapes (a wrong override would build another model or fail)."""
+    from favit_probsparse.experiments.grid import apply_overrides, load_grid
+    from favit_probsparse.experiments.runner import _base_config
+    from favit_probsparse.training import lightning_cli
+
+    grid = load_grid(ROOT / "configs" / "ablations" / "fasa_forecast_ett.yaml")
+    base = apply_overrides(_base_config(grid), grid.base_overrides)
+    for row in grid.rows:
+        cfg = apply_overrides(base, row.overrides)
+        cfg["trainer"].update(logger=False, callbacks=[])
+        path = tmp_path / f"{row.name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        cli = lightning_cli(["--config", str(path)], run=False)
+        net, args = cli.model.network, cfg["model"]["init_args"]["network"]["init_args"]
+        assert type(net).__name__ == cfg["model"]["init_args"]["network"]["class_path"].rsplit(".", 1)[1]
+        assert net.pred_len == cfg["data"]["init_args"]["pred_len"], row.name
+        if "d_model" in args and hasattr(net, "patch_embed"):  # no width inherited from another preset
+            assert net.patch_embed.out_features == args["d_model"], row.name
+        if "fusion" in args:
+            assert net.blocks[0].attn.fusion_name == args["fusion"], row.name
+        if args.get("pos_encoding") == "none":
+            assert net.pos_encoding.kind == "none", row.name
