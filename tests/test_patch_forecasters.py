@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 import torch
+import yaml
 
 from favit_probsparse.layers.patch_ts import RevIN, TimePatches, num_patches
 from favit_probsparse.models.fasa_forecaster import DeltaVFaSA, FaSAForecaster
