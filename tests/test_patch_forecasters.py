@@ -376,6 +376,7 @@ def test_type3_schedule_is_patchtsts():
     assert [f(e) for e in range(8)] == pytest.approx([1.0] + [official(e) for e in range(1, 8)])
 
 
+@pytest.mark.slow
 def test_every_row_of_the_fasa_forecast_grid_builds_its_network(tmp_path):
     """Each row's resolved config (base + base_overrides + row overrides) parses under ``favit-ps`` and builds the
     intended network with the row's data shapes (a wrong override would build another model or fail)."""
