@@ -387,7 +387,7 @@ def test_cli_choice_and_type_errors_print_the_cause_in_one_line(capsys):
     assert len(err) == 1 and err[0].startswith("favit-ps fit: error: unknown preset 'bogus'"), err
     assert cli.main(["fit", "--config", cfg, "--model.init_args.lradj", "cosine"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["favit-ps fit: error: unknown lradj 'cosine'; choose type1, type2 or constant"], err
+    assert err == ["favit-ps fit: error: unknown lradj 'cosine'; choose type1, type2, type3 or constant"], err
     assert cli.main(["fit", "--config", cfg, "--model.init_args.learning_rate", "abc"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert (

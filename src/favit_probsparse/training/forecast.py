@@ -79,9 +79,11 @@ def lr_lambda(lradj: str):
             return table[max(keys)] / 1e-4 if keys else 1.0
 
         return f
+    if lradj == "type3":  # PatchTST's default: lr0 for epochs 1-4, then x0.9 after every epoch
+        return lambda e: 0.9 ** max(0, e - 3)
     if lradj == "constant":
         return lambda e: 1.0
-    raise ValueError(f"unknown lradj {lradj!r}; choose type1, type2 or constant")
+    raise ValueError(f"unknown lradj {lradj!r}; choose type1, type2, type3 or constant")
 
 
 class _MetricSums:
