@@ -350,7 +350,8 @@ CONFIGS = sorted((ROOT / "configs" / "forecast").glob("fasa_*.yaml")) + sorted(
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_configs_build_their_network_with_the_data_shapes(path):
-    from favit_probsparse.training import lightning_cli, load_config
+    from favit_probsparse.config import load_config
+    from favit_probsparse.training import lightning_cli
 
     d_args = load_config(path)["data"]["init_args"]
     cli = lightning_cli(
@@ -380,7 +381,8 @@ def test_type3_schedule_is_patchtsts():
 def test_every_row_of_the_fasa_forecast_grid_builds_its_network(tmp_path):
     """Each row's resolved config (base + base_overrides + row overrides) parses under ``favit-ps`` and builds the
     intended network with the row's data shapes (a wrong override would build another model or fail)."""
-    from favit_probsparse.experiments.grid import apply_overrides, load_grid
+    from favit_probsparse.config import apply_overrides
+    from favit_probsparse.experiments.grid import load_grid
     from favit_probsparse.experiments.runner import _base_config
     from favit_probsparse.training import lightning_cli
 
