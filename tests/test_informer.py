@@ -314,6 +314,10 @@ def test_every_length_is_checked_by_name():
             Informer(**{**TINY, name: bad})
     with pytest.raises(ValueError, match=r"label_len must be in \[0, seq_len=8\], got 9"):
         Informer(seq_len=8, label_len=9, **TINY)
+    # an encoder window of another length is refused, not run on positions the model never saw
+    m = Informer(seq_len=24, label_len=12, pred_len=6, **TINY)
+    with pytest.raises(ValueError, match=r"x_enc has 30 steps; this Informer is built for seq_len=24"):
+        m(*_inputs(seq_len=30, label_len=12, pred_len=6))
     # the edges are valid: no start token, or a start token as long as the window
     for label_len in (0, 8):
         m = Informer(seq_len=8, label_len=label_len, pred_len=1, **TINY)

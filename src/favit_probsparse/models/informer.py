@@ -848,6 +848,10 @@ class Informer(nn.Module):
         for name, x, channels in (("x_enc", x_enc, self.enc_in), ("x_dec", x_dec, self.dec_in)):
             if x.ndim != 3 or x.shape[-1] != channels:
                 raise ValueError(f"{name} must have shape [B, L, {channels}], got {list(x.shape)}")
+        if x_enc.shape[1] != self.seq_len:  # a longer window would run, on positions the model never saw
+            raise ValueError(
+                f"x_enc has {x_enc.shape[1]} steps; this Informer is built for seq_len={self.seq_len}"
+            )
         if x_dec.shape[1] < self.pred_len:
             raise ValueError(f"decoder input has {x_dec.shape[1]} steps, fewer than pred_len={self.pred_len}")
         for name, mark, x, emb in (
