@@ -140,9 +140,14 @@ def test_direction_and_class_labels_match_the_pixels(tmp_path):
                 # the appearance view holds the same clip under its class
                 same = out / "appearance" / split / row["fmnist_class"] / clip.name
                 np.testing.assert_array_equal(_frames(same), f)
+                # the sign view: the measured step points "forward" (up, or right along a row) or "backward"
+                sx, sy = step[0]
+                sign = "0_forward" if sy < 0 or (sy == 0 and sx > 0) else "1_backward"
+                np.testing.assert_array_equal(_frames(out / "sign" / split / sign / clip.name), f)
     # both labels are balanced: 40 train clips give 5 per direction and 4 per class
     assert sorted(len(list(p.iterdir())) for p in (out / "motion" / "train").iterdir()) == [5] * 8
     assert sorted(len(list(p.iterdir())) for p in (out / "appearance" / "train").iterdir()) == [4] * 10
+    assert sorted(len(list(p.iterdir())) for p in (out / "sign" / "train").iterdir()) == [20, 20]
 
 
 def test_build_is_deterministic_from_the_seed(tmp_path):
@@ -219,7 +224,9 @@ def test_real_fashion_mnist_through_the_cli(tmp_path, capsys):
     assert "\n" not in err and f"{out} exists and is not a moving Fashion-MNIST build" in err
 
 
-@pytest.mark.parametrize(("name", "view", "classes"), [("", "motion", 8), ("_appearance", "appearance", 10)])
+@pytest.mark.parametrize(
+    ("name", "view", "classes"), [("", "motion", 8), ("_sign", "sign", 2), ("_appearance", "appearance", 10)]
+)
 def test_data_configs_instantiate_on_a_prepared_tree(tmp_path, name, view, classes):
     from favit_probsparse.config import load_config
 

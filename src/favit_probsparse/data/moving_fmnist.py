@@ -20,6 +20,10 @@ Labels, two views of the same clips:
   cannot tell a direction from its opposite, so it scores at most 50 % (the axis of motion, 4 classes, stays
   visible in the set of positions). With the initial velocity as the label, a bounce gives the sign away to such
   a model: the item gathers near the border it was first heading for.
+* ``sign``: the sign of the motion along its axis, 2 classes: ``0_forward`` (right, up-right, up, up-left) and
+  ``1_backward`` (the four opposite directions). A clip and its reversal always carry opposite labels, so a model
+  that ignores the order of the frames scores chance (50 %) exactly, whatever it sees of the axis: the label
+  needs time and nothing else.
 * ``appearance``: the item's Fashion-MNIST class, 10 classes (``0_t-shirt_top``, ...); one frame is enough. It is
   the control. With two items both are of the same class and share the direction (each has its own speed and
   start), so both labels stay well defined.
@@ -29,17 +33,18 @@ image: ``test`` uses the official test images; ``train`` and ``val`` use disjoin
 images (a seeded permutation puts ``val_fraction``, default 1/6, of them in the val pool), and no image is used by
 two clips. Default sizes: 2000 / 400 / 1000 clips (``train`` / ``val`` / ``test``), 3,400 x 8 PNGs, about 29 MB.
 
-Layout (one physical tree, two label views, so both tasks see exactly the same clips and differ only in the
-label; the second view costs no disk)::
+Layout (one physical tree, three label views, so the tasks see exactly the same clips and differ only in the
+label; the other views cost no disk)::
 
     OUT/motion/<split>/<k_direction>/<clip>/{00..}.png      the frames (grey PNG)
     OUT/appearance/<split>/<k_class>/<clip>                relative symlink to the motion clip (a copy where
                                                            the file system has no symlinks)
+    OUT/sign/<split>/<k_sign>/<clip>                       the same, by the sign of the motion
     OUT/clips.csv                                          per clip: split, labels, source images, start, velocity
     OUT/build.json                                         the build parameters (seed, sizes, ...)
 
 Either view is a clip-folder tree for :class:`favit_probsparse.data.video.VideoClipDataModule`
-(``data_dir: OUT/motion`` or ``OUT/appearance``). The build is deterministic: the same images, parameters and
+(``data_dir: OUT/motion``, ``OUT/sign`` or ``OUT/appearance``). The build is deterministic: the same images, parameters and
 ``seed`` give the same files. Fashion-MNIST is read from Debian's ``dataset-fashion-mnist`` package when installed
 (``/usr/share/datasets/fashion-mnist``), else from ``fashion_dir``, else torchvision downloads it into the data root
 (as :class:`favit_probsparse.data.vision.ImageClassificationDataModule` does).
@@ -69,6 +74,8 @@ from favit_probsparse.paths import resolve_data_path
 
 __all__ = [
     "DIRECTIONS",
+    "SIGN_FOLDERS",
+    "VIEWS",
     "ClipSpec",
     "bounce_trajectory",
     "build_moving_fmnist",
@@ -91,6 +98,14 @@ DIRECTIONS: tuple[tuple[str, tuple[int, int]], ...] = (
 CLASS_FOLDERS = tuple(
     f"{k}_{name.lower().replace('/', '_').replace(' ', '_')}" for k, name in enumerate(FASHION_MNIST_CLASSES)
 )
+#: the sign view: directions 0-3 and their opposites 4-7
+SIGN_FOLDERS = ("0_forward", "1_backward")
+#: label view -> its class folders, in label order
+VIEWS: dict[str, tuple[str, ...]] = {
+    "motion": tuple(name for name, _ in DIRECTIONS),
+    "sign": SIGN_FOLDERS,
+    "appearance": CLASS_FOLDERS,
+}
 SPLITS = ("train", "val", "test")
 ITEM = 28
 
@@ -237,6 +252,7 @@ def _write_clip(root: Path, spec: ClipSpec, frames: np.ndarray) -> None:
     for t, f in enumerate(frames):
         Image.fromarray(f, mode="L").save(clip / f"{t:02d}.png")
     _link_or_copy(clip, root / "appearance" / spec.split / CLASS_FOLDERS[spec.fmnist_class] / spec.clip_id)
+    _link_or_copy(clip, root / "sign" / spec.split / SIGN_FOLDERS[spec.direction // 4] / spec.clip_id)
 
 
 def _write_manifest(path: Path, specs: list[ClipSpec]) -> None:

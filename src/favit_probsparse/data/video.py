@@ -395,7 +395,7 @@ class VideoClipDataModule(LightningDataModule):
         mean / std: normalization (ImageNet's by default).
         pin_memory: DataLoader pin_memory (default: when CUDA is available).
         prepare_moving_fmnist: build moving Fashion-MNIST in ``prepare_data`` when ``data_dir`` (a view,
-            ``<folder>/motion`` or ``<folder>/appearance``) is missing: keyword arguments of
+            ``<folder>/motion``, ``<folder>/sign`` or ``<folder>/appearance``) is missing: keyword arguments of
             :func:`~favit_probsparse.data.moving_fmnist.build_moving_fmnist` (``{}``: the defaults, as
             ``favit-ps prepare moving-fmnist`` builds them) plus ``fashion_dir``.
         cache_frames: decode frame folders once into memory at setup (:class:`ClipFolder`); ``None`` (the
@@ -433,10 +433,10 @@ class VideoClipDataModule(LightningDataModule):
         self.save_hyperparameters()
         self.data_path = resolve_data_path(data_dir, data_dir)
         self._prepare = prepare_moving_fmnist
-        if self._prepare is not None and self.data_path.name not in ("motion", "appearance"):
+        if self._prepare is not None and self.data_path.name not in ("motion", "sign", "appearance"):
             raise ValueError(
-                f"prepare_moving_fmnist needs data_dir to name a view, <folder>/motion or <folder>/appearance; "
-                f"got {data_dir!r}"
+                "prepare_moving_fmnist needs data_dir to name a view, <folder>/motion, <folder>/sign or "
+                f"<folder>/appearance; got {data_dir!r}"
             )
         if self._prepare is None and not (self.data_path / train_split).is_dir():
             hint = "; `favit-ps prepare moving-fmnist` builds it" if "moving-fmnist" in str(data_dir) else ""
@@ -464,10 +464,9 @@ class VideoClipDataModule(LightningDataModule):
             if train_dir.is_dir():
                 self.classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
             else:  # a moving Fashion-MNIST view that prepare_data has not built yet
-                from favit_probsparse.data.moving_fmnist import CLASS_FOLDERS, DIRECTIONS
+                from favit_probsparse.data.moving_fmnist import VIEWS
 
-                motion = self.data_path.name == "motion"
-                return [name for name, _ in DIRECTIONS] if motion else list(CLASS_FOLDERS)
+                return list(VIEWS[self.data_path.name])
         return self.classes
 
     def prepare_data(self) -> None:
