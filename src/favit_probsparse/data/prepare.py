@@ -53,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
     )
     print(
-        f"[prepare] done: data_dir {out / 'motion'} (direction, 8 classes), {out / 'appearance'} (class, 10)"
+        f"[prepare] done: data_dir {out / 'motion'} (direction, 8 classes), {out / 'sign'} (sign of the "
+        f"motion, 2), {out / 'appearance'} (class, 10)"
     )
     return 0
