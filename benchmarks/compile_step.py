@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 import favit_probsparse.models  # noqa: F401  (registers favit_*)
 from favit_probsparse.attention.fusion import reset_sampling
+from favit_probsparse.utils.io import write_text
 from favit_probsparse.utils.provenance import hardware_summary, utc_now
 
 PRESETS = {
@@ -101,8 +102,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text + "\n")
+        write_text(args.markdown, text + "\n")
     return 0
 
 

@@ -22,6 +22,7 @@ import favit_probsparse.models  # noqa: F401  (registers favit_video_*)
 from favit_probsparse.attention.fusion import reset_sampling
 from favit_probsparse.benchmarks.attention import time_interleaved
 from favit_probsparse.training.classification import measure_gmacs
+from favit_probsparse.utils.io import write_text
 from favit_probsparse.utils.provenance import hardware_summary, utc_now
 
 ROWS = {  # row name -> model_kwargs over the study's base
@@ -97,8 +98,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text + "\n")
+        write_text(args.markdown, text + "\n")
     return 0
 
 
