@@ -73,6 +73,7 @@ from favit_probsparse.attention.fasa import (
     window_span,
 )
 from favit_probsparse.attention.fusion import CrossWindowFusion, check_fusion_name
+from favit_probsparse.utils.image_stats import CIFAR100_MEAN, CIFAR100_STD
 
 __all__ = [
     "FaSA",
@@ -83,9 +84,6 @@ __all__ = [
     "window_span",
     "windows_per_branch",
 ]
-
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 
 # ----------------------------------------------------------------------------------------------------------------
