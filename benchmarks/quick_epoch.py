@@ -42,7 +42,7 @@ import yaml
 from lightning.pytorch import Callback
 
 from favit_probsparse.config import apply_overrides
-from favit_probsparse.data import vision
+from favit_probsparse.data.vision import sampling
 from favit_probsparse.experiments.grid import load_grid, redirect_outputs
 from favit_probsparse.experiments.runner import _base_config
 from favit_probsparse.training import classification
@@ -92,7 +92,7 @@ class StepSplit(Callback):
 def _per_sample_seeded(self, key):
     """SeededSamples.__getitem__ as it was before the change (per-sample seeding and state save/restore)."""
     epoch, i = divmod(int(key), len(self.ds))
-    s = vision._mix_seed(self.seed, epoch, i)
+    s = sampling._mix_seed(self.seed, epoch, i)
     py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
     random.seed(s)
     np.random.seed(s)
@@ -106,7 +106,7 @@ def _per_sample_seeded(self, key):
 
 
 def fit_once(grid, row, variant: str, seed: int) -> dict:
-    new_items = vision.SeededSamples.__getitems__, vision.SeededSamples.__getitem__
+    new_items = sampling.SeededSamples.__getitems__, sampling.SeededSamples.__getitem__
     fused_check = classification.fused_adamw_supported
     extra = {"data.init_args.cache_images": False} if variant == "before" else {}
     with tempfile.TemporaryDirectory() as d:
@@ -117,15 +117,15 @@ def fit_once(grid, row, variant: str, seed: int) -> dict:
         split = StepSplit()
         cli.trainer.callbacks.append(split)
         if variant == "before":
-            del vision.SeededSamples.__getitems__  # the DataLoader then fetches sample by sample
-            vision.SeededSamples.__getitem__ = _per_sample_seeded
+            del sampling.SeededSamples.__getitems__  # the DataLoader then fetches sample by sample
+            sampling.SeededSamples.__getitem__ = _per_sample_seeded
             classification.fused_adamw_supported = lambda model: False
         try:
             c0, w0 = time.process_time(), time.perf_counter()
             cli.trainer.fit(cli.model, cli.datamodule)
             fit_cpu, fit_wall = time.process_time() - c0, time.perf_counter() - w0
         finally:
-            vision.SeededSamples.__getitems__, vision.SeededSamples.__getitem__ = new_items
+            sampling.SeededSamples.__getitems__, sampling.SeededSamples.__getitem__ = new_items
             classification.fused_adamw_supported = fused_check
         loss = float(cli.trainer.callback_metrics["train/loss_epoch"])
     return {

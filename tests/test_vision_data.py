@@ -20,10 +20,10 @@ from favit_probsparse.data.vision import (
     FashionMNISTIDX,
     ImageClassificationDataModule,
     SeededSamples,
-    _mix_seed,
     build_transform,
     write_toy_image_folder,
 )
+from favit_probsparse.data.vision.sampling import _mix_seed
 
 
 def _dm(root, **kw):

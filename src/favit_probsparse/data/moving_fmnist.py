@@ -68,8 +68,8 @@ from favit_probsparse.data.vision import (
     FASHION_MNIST_SYSTEM_DIR,
     DatasetError,
     FashionMNISTIDX,
-    _find_idx,
 )
+from favit_probsparse.data.vision.datasets import _find_idx
 from favit_probsparse.paths import resolve_data_path
 
 __all__ = [

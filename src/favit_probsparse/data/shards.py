@@ -71,7 +71,7 @@ def _webdataset():
 
 
 def _mix(*xs: int) -> int:
-    from favit_probsparse.data.vision import _mix_seed
+    from favit_probsparse.data.vision.sampling import _mix_seed
 
     return _mix_seed(*xs)
 
