@@ -70,8 +70,10 @@ def fake_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_DATA_LOG", str(tmp_path / "prepared.log"))
     seen = {}
 
-    def run_grid(grid, seeds, runs_dir, **kw):
-        seen.update(grid=grid, seeds=seeds, rows=kw.get("rows"), prepared=_log(tmp_path / "prepared.log"))
+    def run_grid(runs, **kw):
+        seen.update(
+            grid=runs.grid, seeds=runs.seeds, rows=runs.rows, prepared=_log(tmp_path / "prepared.log")
+        )
         return []
 
     monkeypatch.setattr(ablate, "run_grid", run_grid)

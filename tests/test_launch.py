@@ -17,7 +17,7 @@ from favit_probsparse.data.vision import write_toy_image_folder
 from favit_probsparse.experiments.ablate import main
 from favit_probsparse.experiments.grid import load_grid
 from favit_probsparse.experiments.launch import LauncherOptions
-from favit_probsparse.experiments.runner import run_grid
+from favit_probsparse.experiments.runner import GridRuns, run_grid
 
 pytest.importorskip("submitit")
 
@@ -208,12 +208,12 @@ def test_requeued_run_resumes_from_last_ckpt(tmp_path, monkeypatch):
     )
     grid = load_grid(_grid(tmp_path / "g.yaml", base, [{"name": "a"}]))
     runs = tmp_path / "runs"
-    [first] = run_grid(grid, [0], runs, quiet=True)
+    [first] = run_grid(GridRuns(grid, [0], runs), quiet=True)
     assert first.status == "done", first.error
     run_dir = runs / "tiny-grid" / "a" / "seed0"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     (run_dir / "metrics.json").unlink()  # as if the job had been preempted after its last checkpoint
-    [again] = run_grid(grid, [0], runs, quiet=True, resume=True)
+    [again] = run_grid(GridRuns(grid, [0], runs), quiet=True, resume=True)
     assert again.status == "done", again.error
     assert json.loads((run_dir / "run.json").read_text())["resume_from"].endswith("last.ckpt")
     assert "Restoring states from the checkpoint path" in (run_dir / "log.txt").read_text()

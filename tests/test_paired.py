@@ -122,12 +122,12 @@ def test_grid_baseline_must_be_a_row(tmp_path):
 
 
 def test_row_seeds_limit_a_row_to_its_own_seeds(tmp_path):
-    from favit_probsparse.experiments.runner import run_grid
+    from favit_probsparse.experiments.runner import GridRuns, run_grid
 
     g = _grid_file(tmp_path, metric="m", rows=[{"name": "main"}, {"name": "side", "seeds": [0, 1]}])
     grid = load_grid(g)
     assert grid.rows[1].seeds == [0, 1] and grid.rows[0].seeds is None
-    planned = run_grid(grid, [0, 1, 2], tmp_path / "runs", dry_run=True, quiet=True)
+    planned = run_grid(GridRuns(grid, [0, 1, 2], tmp_path / "runs"), dry_run=True, quiet=True)
     assert sorted((r.row, r.seed) for r in planned) == [
         ("main", 0), ("main", 1), ("main", 2), ("side", 0), ("side", 1)
     ]  # fmt: skip

@@ -54,6 +54,7 @@ from favit_probsparse.experiments import launch
 from favit_probsparse.experiments.grid import Grid, load_grid
 from favit_probsparse.experiments.report import summarize, write_report
 from favit_probsparse.experiments.runner import (
+    GridRuns,
     RunResult,
     check_rows,
     collect,
@@ -200,13 +201,14 @@ def finish_grid(
     return (1 if failed else 0), md_path, table, summarize(grid, results)
 
 
-def _prepare_data(grid: Grid, seeds: list[int], runs_dir: Path, a: argparse.Namespace, extra: dict) -> None:
+def _prepare_data(runs: GridRuns) -> None:
     """Prepare (download, build) the data of the runs about to start, once each, before the first run."""
-    todo = rows_to_run(grid, seeds, runs_dir, rows=a.rows, extra_overrides=extra, force=a.force)
+    todo = rows_to_run(runs)
     if not todo:
         return
+    grid = runs.grid
     try:
-        prepare_grid_data(grid, todo, extra)
+        prepare_grid_data(grid, todo, runs.extra_overrides)
     # download / dataset problems (DatasetError is a ValueError; checksum, network, disk): the message names them
     except (ValueError, RuntimeError, OSError) as e:
         raise SystemExit(f"favit-ps ablate: preparing the data of {grid.path} failed: {e}") from None
@@ -223,6 +225,7 @@ def _main(a: argparse.Namespace, argv: list[str]) -> int:
         raise SystemExit(f"favit-ps ablate: seeds must be in [0, 2**32), got {bad}")
     extra = parse_set(a.set)
     runs_dir = Path(a.runs_dir)
+    runs = GridRuns(grid, seeds, runs_dir, rows=a.rows, extra_overrides=extra, force=a.force)
     launch.options_from(grid, a)  # a bad launcher section or option is an error whatever the launcher
     if a.status:  # what the cluster (or this machine) has done so far, without waiting
         return launch.status_main(grid, seeds, runs_dir, a)
@@ -232,7 +235,7 @@ def _main(a: argparse.Namespace, argv: list[str]) -> int:
         except ValueError as e:
             raise SystemExit(f"favit-ps ablate: {e}") from None
     if not (a.stats_only or a.dry_run or a.report_only):
-        _prepare_data(grid, seeds, runs_dir, a, extra)
+        _prepare_data(runs)
     if a.launcher != "local" and not (a.stats_only or a.dry_run or a.report_only):
         command = "favit-ps ablate " + " ".join(shlex.quote(x) for x in argv)
         rc = launch.launch_main(grid, seeds, runs_dir, a, command)
@@ -248,12 +251,7 @@ def _main(a: argparse.Namespace, argv: list[str]) -> int:
     shown = [x for x in argv if x != "--report-only"]
     command = "favit-ps ablate " + " ".join(shlex.quote(x) for x in shown)
     results = run_grid(
-        grid,
-        seeds,
-        runs_dir,
-        rows=a.rows,
-        extra_overrides=extra,
-        force=a.force,
+        runs,
         budget_s=a.budget_min * 60 if a.budget_min else None,
         timeout_s=a.timeout_s,
         dry_run=a.dry_run,

@@ -51,7 +51,7 @@ from typing import Any
 from favit_probsparse.config import apply_overrides, parse_set
 from favit_probsparse.experiments.grid import Grid, config_hash, load_grid, redirect_outputs
 from favit_probsparse.experiments.records import DONE, FAILED, read_record, write_record
-from favit_probsparse.experiments.runner import _base_config, run_dir_of, run_grid
+from favit_probsparse.experiments.runner import GridRuns, _base_config, run_dir_of, run_grid
 from favit_probsparse.utils.io import write_json
 
 __all__ = [
@@ -217,12 +217,7 @@ class GridRun:
             os.environ["SLURM_JOB_NAME"] = "interactive"
         grid = load_grid(self.grid_path)
         [res] = run_grid(
-            grid,
-            [self.seed],
-            Path(self.runs_dir),
-            rows=[self.row],
-            extra_overrides=self.extra,
-            force=self.force,
+            GridRuns(grid, [self.seed], Path(self.runs_dir), [self.row], self.extra, self.force),
             timeout_s=self.timeout_s,
             command=self.command,
             resume=not self.force,
@@ -277,7 +272,7 @@ def grid_status(
     """Each run's status from its records and its job (a job that ended without a record gets ``failed.json``)."""
     extra = extra or {}
     out = []
-    for r in run_grid(grid, seeds, runs_dir, rows=rows, extra_overrides=extra, report_only=True, quiet=True):
+    for r in run_grid(GridRuns(grid, seeds, runs_dir, rows, extra), report_only=True, quiet=True):
         run_dir = run_dir_of(grid, r.row, r.seed, runs_dir)
         job_path = run_dir / JOB_FILE
         if r.status in ("done", "failed"):
@@ -336,9 +331,7 @@ def submit_grid(
     """Submit every run of ``grid`` that is not finished (nor queued or running already); returns the jobs."""
     extra = extra or {}
     runs_dir = Path(runs_dir).resolve()
-    plan = run_grid(
-        grid, seeds, runs_dir, rows=rows, extra_overrides=extra, force=force, dry_run=True, quiet=True
-    )
+    plan = run_grid(GridRuns(grid, seeds, runs_dir, rows, extra, force), dry_run=True, quiet=True)
     todo = []
     for r in plan:
         if r.status == "done" and not force:

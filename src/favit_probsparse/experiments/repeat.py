@@ -18,7 +18,7 @@ from pathlib import Path
 from favit_probsparse.config import config_path
 from favit_probsparse.experiments.ablate import finish_grid, interruptible
 from favit_probsparse.experiments.grid import NAME_RE, Grid, Metric, Row
-from favit_probsparse.experiments.runner import run_grid
+from favit_probsparse.experiments.runner import GridRuns, run_grid
 
 __all__ = ["itr_grid", "itr_seeds", "main"]
 
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs_dir = Path(a.runs_dir)
 
     def _go() -> int:
-        run_grid(grid, seeds, runs_dir, force=a.force, timeout_s=a.timeout_s, command=command)
+        run_grid(GridRuns(grid, seeds, runs_dir, force=a.force), timeout_s=a.timeout_s, command=command)
         rc, _, _, summary = finish_grid(grid, seeds, runs_dir, a.out, command, chart=False)
         for name, s in (summary[0]["metrics"] if summary else {}).items():
             print(f"{name}: {s['mean']:.4f} ± {s['std']:.4f} over {s['n']} seed(s)", flush=True)

@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from favit_probsparse.training.checkpoints import FolderLockedError, lock_folder
 from favit_probsparse.utils.io import write_json, write_text
 
 __all__ = [
+    "GridRuns",
     "RunResult",
     "check_rows",
     "collect",
@@ -77,6 +78,28 @@ class RunResult:
     error: str | None = None
     reused: bool = False
     finished: str | None = None
+
+
+@dataclass(frozen=True)
+class GridRuns:
+    """Which runs of a grid :func:`run_grid` runs (or looks up) and :func:`rows_to_run` plans: every selected row
+    for every seed, each in its folder under ``runs_dir``.
+
+    Args:
+        grid: the grid.
+        seeds: the seeds (a row with its own ``seeds`` list runs only those of them).
+        runs_dir: folder of the run folders ``<runs_dir>/<grid>/<row>/seed<k>``.
+        rows: names of the rows to run; ``None``: all.
+        extra_overrides: dotted overrides applied to every row (``--set``), under the row's own.
+        force: re-run finished runs too.
+    """
+
+    grid: Grid
+    seeds: list[int]
+    runs_dir: Path
+    rows: list[str] | None = None
+    extra_overrides: dict | None = None
+    force: bool = False
 
 
 def run_dir_of(grid: Grid, row: Row | str, seed: int, runs_dir: Path) -> Path:
@@ -165,21 +188,19 @@ def _result_of(path: Path, status: str, chash: str | None, row: str, seed: int) 
 
 
 def _run_one(
-    grid: Grid,
+    runs: GridRuns,
     row: Row,
     seed: int,
     base_cfg: dict,
-    runs_dir: Path,
-    extra: dict,
-    force: bool,
-    timeout_s: float | None,
-    dry_run: bool,
-    quiet: bool,
-    command: str | None,
+    timeout_s: float | None = None,
+    dry_run: bool = False,
+    quiet: bool = False,
+    command: str | None = None,
     resume: bool = False,
 ) -> RunResult:
-    run_dir = run_dir_of(grid, row, seed, runs_dir)
-    cfg = apply_overrides(base_cfg, {**grid.base_overrides, **extra, **row.overrides})
+    grid, force = runs.grid, runs.force
+    run_dir = run_dir_of(grid, row, seed, runs.runs_dir)
+    cfg = apply_overrides(base_cfg, {**grid.base_overrides, **(runs.extra_overrides or {}), **row.overrides})
     cfg = redirect_outputs(cfg, run_dir, seed)
     chash = config_hash(cfg, grid.cli_args)
     done = run_dir / DONE
@@ -218,8 +239,17 @@ def _worker_command(run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "favit_probsparse.experiments.worker", str(run_dir)]
 
 
-def _launch(grid, row, seed, cfg, chash, run_dir, timeout_s, quiet, command, lock, resume_from) -> RunResult:
-    done = run_dir / DONE
+def _write_run_files(
+    grid: Grid,
+    row: Row,
+    seed: int,
+    cfg: dict,
+    chash: str,
+    run_dir: Path,
+    command: str | None,
+    resume_from: str | None,
+) -> None:
+    """Clear the run folder's old records and write what the worker reads: ``config.yaml`` and ``run.json``."""
     for stale in (DONE, FAILED):
         (run_dir / stale).unlink(missing_ok=True)
     if resume_from is None:  # a fresh checkpoint folder: `last.ckpt` must be this run's, not an earlier one's
@@ -240,10 +270,10 @@ def _launch(grid, row, seed, cfg, chash, run_dir, timeout_s, quiet, command, loc
         "resume_from": resume_from,
     }
     write_json(run_dir / "run.json", spec)
-    cmd = _worker_command(run_dir)
-    t0 = time.time()
-    if not quiet:
-        print(f"[runner] {grid.name}: {row.name} seed {seed} ...", flush=True)
+
+
+def _wait_worker(grid: Grid, run_dir: Path, timeout_s: float | None, lock: int | None) -> int | None:
+    """Run the worker of ``run_dir`` (output into ``log.txt``) to its end; its exit code, ``None`` on timeout."""
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env[PARENT_PID] = str(os.getpid())  # the worker stops when this process is gone (no orphaned run)
@@ -251,43 +281,41 @@ def _launch(grid, row, seed, cfg, chash, run_dir, timeout_s, quiet, command, loc
         env.setdefault(k, v)
     with open(run_dir / "log.txt", "w") as log:
         proc = subprocess.Popen(
-            cmd,
+            _worker_command(run_dir),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
             pass_fds=(lock,) if lock is not None else (),
         )
         try:
-            rc = proc.wait(timeout=timeout_s)
+            return proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             _stop(proc)
-            rc = None
+            return None
         except BaseException:  # Ctrl-C / SIGTERM of the runner: never leave the run behind
             _stop(proc)
             raise
-    wall = time.time() - t0
-    err = None
-    if rc == 0 and done.is_file():
-        try:
-            rec = read_record(done)
-        except CorruptRecordError as e:
-            rec, err = None, str(e)
-        value = rec["metrics"].get(grid.metric.name) if rec is not None else None
-        if rec is not None and not (isinstance(value, int | float) and math.isfinite(value)):
-            # never a finished run without its number: NaN is stored as null, a typo'd metric is absent
-            logged = ", ".join(sorted(k for k, v in rec["metrics"].items() if v is not None)[:10])
-            rec, err = None, f"{grid.metric.name} is missing or not finite after the run (logged: {logged})"
-            done.unlink(missing_ok=True)
-        if rec is not None:
-            rec["wall_s"] = wall
-            write_json(done, rec)
-            if not quiet:
-                m = rec["metrics"].get(grid.metric.name)
-                shown = "n/a" if m is None else f"{m * grid.metric.scale:.{grid.metric.digits}f}"
-                print(f"[runner]   done in {wall:.0f}s: {grid.metric.name} = {shown}", flush=True)
-            return RunResult(
-                row.name, seed, "done", rec["metrics"], rec.get("stats", {}), wall, finished=rec.get("date")
-            )
+
+
+def _finished_record(grid: Grid, done: Path, rc: int | None) -> tuple[dict | None, str | None]:
+    """The worker's result record if the run finished with the grid's metric; else ``(None, error or None)``."""
+    if rc != 0 or not done.is_file():
+        return None, None
+    try:
+        rec = read_record(done)
+    except CorruptRecordError as e:
+        return None, str(e)
+    value = rec["metrics"].get(grid.metric.name)
+    if not (isinstance(value, int | float) and math.isfinite(value)):
+        # never a finished run without its number: NaN is stored as null, a typo'd metric is absent
+        logged = ", ".join(sorted(k for k, v in rec["metrics"].items() if v is not None)[:10])
+        done.unlink(missing_ok=True)
+        return None, f"{grid.metric.name} is missing or not finite after the run (logged: {logged})"
+    return rec, None
+
+
+def _record_failure(grid, row, seed, chash, run_dir, rc, err, wall, timeout_s, quiet, command) -> RunResult:
+    """Write the run's ``failed.json`` (cause, exit code, log tail) in place of any done-marker."""
     tail = _tail(run_dir / "log.txt")
     if err is None:
         if rc is None:
@@ -296,7 +324,7 @@ def _launch(grid, row, seed, cfg, chash, run_dir, timeout_s, quiet, command, loc
             err = f"killed by signal {-rc} ({_signal_name(-rc)})"
         else:
             err = _error_line(tail) if rc != 0 else f"the run exited 0 but wrote no {DONE}"
-    done.unlink(missing_ok=True)  # one record per run
+    (run_dir / DONE).unlink(missing_ok=True)  # one record per run
     write_record(
         run_dir / FAILED,
         status="failed",
@@ -316,13 +344,30 @@ def _launch(grid, row, seed, cfg, chash, run_dir, timeout_s, quiet, command, loc
     return RunResult(row.name, seed, "failed", wall_s=wall, error=err)
 
 
+def _launch(grid, row, seed, cfg, chash, run_dir, timeout_s, quiet, command, lock, resume_from) -> RunResult:
+    done = run_dir / DONE
+    _write_run_files(grid, row, seed, cfg, chash, run_dir, command, resume_from)
+    t0 = time.time()
+    if not quiet:
+        print(f"[runner] {grid.name}: {row.name} seed {seed} ...", flush=True)
+    rc = _wait_worker(grid, run_dir, timeout_s, lock)
+    wall = time.time() - t0
+    rec, err = _finished_record(grid, done, rc)
+    if rec is None:
+        return _record_failure(grid, row, seed, chash, run_dir, rc, err, wall, timeout_s, quiet, command)
+    rec["wall_s"] = wall
+    write_json(done, rec)
+    if not quiet:
+        m = rec["metrics"].get(grid.metric.name)
+        shown = "n/a" if m is None else f"{m * grid.metric.scale:.{grid.metric.digits}f}"
+        print(f"[runner]   done in {wall:.0f}s: {grid.metric.name} = {shown}", flush=True)
+    return RunResult(
+        row.name, seed, "done", rec["metrics"], rec.get("stats", {}), wall, finished=rec.get("date")
+    )
+
+
 def run_grid(
-    grid: Grid,
-    seeds: list[int],
-    runs_dir: Path,
-    rows: list[str] | None = None,
-    extra_overrides: dict | None = None,
-    force: bool = False,
+    runs: GridRuns,
     budget_s: float | None = None,
     timeout_s: float | None = None,
     dry_run: bool = False,
@@ -331,7 +376,8 @@ def run_grid(
     command: str | None = None,
     resume: bool = False,
 ) -> list[RunResult]:
-    """Run (or with ``report_only``/``dry_run`` only look up) every (row, seed); one :class:`RunResult` each.
+    """Run (or with ``report_only``/``dry_run`` only look up) every (row, seed) of ``runs``; one
+    :class:`RunResult` each.
 
     ``resume``: an unfinished run continues from its ``checkpoints/last.ckpt`` when that was written for the same
     config (:func:`resumable_checkpoint`; the cluster launcher's re-submissions) instead of starting afresh.
@@ -339,43 +385,29 @@ def run_grid(
     Runs go in seed-major order (every row for the first seed, then the next seed), so a ``budget_s`` cut keeps
     whole seeds; unstarted runs are returned as ``skipped (budget)``.
     """
+    grid, rows = runs.grid, runs.rows
     base_cfg = _base_config(grid)
     selected = [r for r in grid.rows if rows is None or r.name in rows]
     if rows is not None:
         unknown = sorted(set(rows) - {r.name for r in grid.rows})
         if unknown:
             raise ValueError(f"unknown rows {unknown}; the grid has {[r.name for r in grid.rows]}")
+    lookup = replace(runs, force=False)  # a run not started is only looked up
     results = []
     t_start = time.time()
-    for seed in seeds:
+    for seed in runs.seeds:
         for row in selected:
             if row.seeds is not None and seed not in row.seeds:
                 continue  # the row's own, shorter seed list (e.g. 3 seeds for secondary rows)
             over_budget = budget_s is not None and time.time() - t_start > budget_s
             if report_only or over_budget:
-                res = _run_one(
-                    grid, row, seed, base_cfg, runs_dir, extra_overrides or {}, False, None, True, True, None
-                )
+                res = _run_one(lookup, row, seed, base_cfg, dry_run=True, quiet=True)
                 if res.status == "pending":
                     res.status = "not run" if report_only else "skipped (budget)"
                 results.append(res)
                 continue
-            results.append(
-                _run_one(
-                    grid,
-                    row,
-                    seed,
-                    base_cfg,
-                    runs_dir,
-                    extra_overrides or {},
-                    force,
-                    timeout_s if timeout_s is not None else grid.timeout_s,
-                    dry_run,
-                    quiet,
-                    command,
-                    resume,
-                )
-            )
+            timeout = timeout_s if timeout_s is not None else grid.timeout_s
+            results.append(_run_one(runs, row, seed, base_cfg, timeout, dry_run, quiet, command, resume))
     return results
 
 
@@ -457,29 +489,20 @@ def collect(
     requested = set(seeds)
     all_seeds = sorted(requested | set(seeds_on_disk(grid, runs_dir)))
     results = run_grid(
-        grid, all_seeds, runs_dir, rows=rows, extra_overrides=extra_overrides, report_only=True, quiet=True
+        GridRuns(grid, all_seeds, runs_dir, rows, extra_overrides), report_only=True, quiet=True
     )
     kept = [r for r in results if r.seed in requested or r.status in ("done", "failed")]
     used = sorted({r.seed for r in kept})
     return kept, used
 
 
-def rows_to_run(
-    grid: Grid,
-    seeds: list[int],
-    runs_dir: Path,
-    rows: list[str] | None = None,
-    extra_overrides: dict | None = None,
-    force: bool = False,
-) -> list[str]:
+def rows_to_run(runs: GridRuns) -> list[str]:
     """Names of the rows that :func:`run_grid` would start at least one run of (finished runs are skipped)."""
-    if force:
-        return [r.name for r in grid.rows if rows is None or r.name in rows]
-    plan = run_grid(
-        grid, seeds, runs_dir, rows=rows, extra_overrides=extra_overrides, dry_run=True, quiet=True
-    )
+    if runs.force:
+        return [r.name for r in runs.grid.rows if runs.rows is None or r.name in runs.rows]
+    plan = run_grid(runs, dry_run=True, quiet=True)
     todo = {r.row for r in plan if r.status != "done"}
-    return [r.name for r in grid.rows if r.name in todo]
+    return [r.name for r in runs.grid.rows if r.name in todo]
 
 
 def prepare_grid_data(
