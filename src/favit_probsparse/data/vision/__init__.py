@@ -44,7 +44,7 @@ own randomness (drop path, Mixup) is reseeded per epoch by
 
 from __future__ import annotations
 
-# The rooms: subsets (known CIFAR subsets and their download), transforms, datasets (folders, Fashion-MNIST IDX,
+# The modules: subsets (known CIFAR subsets and their download), transforms, datasets (folders, Fashion-MNIST IDX,
 # toy data), sampling (seeded order and augmentation) and the datamodule. Everything public is re-exported here,
 # the import path configs name (``favit_probsparse.data.vision.ImageClassificationDataModule``).
 from favit_probsparse.data.vision.datamodule import (
