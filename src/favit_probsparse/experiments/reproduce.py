@@ -1,12 +1,14 @@
 """``favit-ps reproduce TARGET``: one-command reproductions.
 
-* ``quick`` (the README's main job, about 6 min on 2 CPU cores; measured times in results/quick.md) shows both halves of the library, one grid each
-  through the ablation runner, and prints each result table:
+* ``quick`` (the README's main job; measured times in results/quick.md and results/quick-forecast.md) shows both
+  halves of the library, one grid each through the ablation runner, and prints each result table:
 
   1. ``configs/ablations/quick.yaml``: a small FaViT (CIFAR variant, 32²) with three cross-window fusions, one
      epoch on the real CIFAR-10 subset;
-  2. ``configs/ablations/quick_forecast.yaml``: a small Informer with ProbSparse attention on ETTh1, then a
-     forecast past the end of ETTh1 from its run (``favit-ps predict``'s CSV + PNG in ``<run>/forecast/``).
+  2. ``configs/ablations/quick_forecast.yaml``: DLinear on ETTh1 (the forecaster that is best within the job's
+     few minutes), scored beside the seasonal-naive and last-value forecasts of the same test windows, then the
+     last held-out window and a forecast past the end of ETTh1 from its run (``favit-ps predict``'s CSVs + PNG in
+     ``<run>/forecast/``; with ``--out DIR`` the picture is also copied to ``DIR/<grid name>-forecast.png``).
 
   Reports go to the git-ignored ``runs/<grid name>/`` unless ``--out`` names another folder (``--out results``
   updates the committed ones).
@@ -29,11 +31,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import sys
 from pathlib import Path
 
 from favit_probsparse.config import grid_names, grid_path
+from favit_probsparse.experiments.grid import load_grid
 from favit_probsparse.experiments.runner import prepare_grid_data
+from favit_probsparse.utils.io import atomic_write
 
 __all__ = ["forecast_after", "main", "prepare_grid_data"]
 
@@ -69,7 +74,6 @@ def main(argv: list[str]) -> int:
             f"favit-ps reproduce: no grid {a.target!r}: {e} (targets: {', '.join(TARGETS)}, a grid name "
             f"({', '.join(grid_names())}) or a grid file)"
         ) from None
-    from favit_probsparse.experiments.ablate import main as ablate_main
 
     # every download first, so a missing file stops the job before any training (the ablation runner prepares
     # again before its first run: a no-op once the data is there)
@@ -79,28 +83,36 @@ def main(argv: list[str]) -> int:
         except (ValueError, RuntimeError, OSError) as e:
             # a download or dataset problem (the data modules' errors are ValueErrors): the message names it
             raise SystemExit(f"favit-ps reproduce: preparing the data of {grid} failed: {e}") from None
-    rc = 0
-    for grid in grids:
-        with contextlib.suppress(ValueError):  # a repo-relative command in the report when run from the repo
-            grid = grid.resolve().relative_to(Path.cwd().resolve())
-        args = [str(grid)]
-        if a.seeds:
-            args += ["--seeds", *map(str, a.seeds)]
-        if a.out:  # e.g. `--out results` to update the committed result note on purpose
-            args += ["--out", a.out]
-        rc = max(rc, int(ablate_main(args) or 0))
-        try:
-            forecasts = forecast_after(grid, a.seeds)
-        except Exception as e:  # the tables above stand; the job still fails, with the reason in one line
-            print(
-                f"favit-ps reproduce: the forecast after {grid} failed: {type(e).__name__}: {e}",
-                file=sys.stderr,
-            )
-            rc = 1
-            continue
-        for row, written in forecasts.items():
-            files = " and ".join(str(_shown(p)) for p in written.values())
-            print(f"{row}: forecast past the end of the data written to {files}", flush=True)
+    return max((_reproduce_grid(grid, a.seeds, a.out) for grid in grids), default=0)
+
+
+def _reproduce_grid(grid: Path, seeds: list[int] | None, out: str | None) -> int:
+    """One grid through the ablation runner, then its forecast (when its runs write one); the exit code."""
+    from favit_probsparse.experiments.ablate import main as ablate_main
+
+    with contextlib.suppress(ValueError):  # a repo-relative command in the report when run from the repo
+        grid = grid.resolve().relative_to(Path.cwd().resolve())
+    args = [str(grid)]
+    if seeds:
+        args += ["--seeds", *map(str, seeds)]
+    if out:  # e.g. `--out results` to update the committed result note on purpose
+        args += ["--out", out]
+    rc = int(ablate_main(args) or 0)
+    try:
+        forecasts = forecast_after(grid, seeds)
+    except Exception as e:  # the tables above stand; the job still fails, with the reason in one line
+        print(
+            f"favit-ps reproduce: the forecast after {grid} failed: {type(e).__name__}: {e}", file=sys.stderr
+        )
+        return 1
+    for row, written in forecasts.items():
+        files = " and ".join(str(_shown(p)) for p in written.values())
+        print(f"{row}: forecast past the end of the data written to {files}", flush=True)
+        if out and "png" in written:  # the picture beside the committed table
+            png = written["png"]
+            name = f"{load_grid(grid).name}-forecast.png" if len(forecasts) == 1 else f"{row}-forecast.png"
+            copied = atomic_write(Path(out) / name, lambda p, src=png: shutil.copyfile(src, p))
+            print(f"the forecast picture copied to {_shown(copied)}", flush=True)
     return rc
 
 
@@ -119,12 +131,19 @@ def _writes_forecasts(cfg: dict) -> bool:
     )
 
 
+def _tested_checkpoint(folder: Path, test_ckpt: str) -> Path:
+    """The weights the grid tested: the best checkpoint (``best-*.ckpt``, as the ModelCheckpoint of the forecasting
+    configs names it) when ``test_ckpt`` is ``best`` and one exists, else ``last.ckpt``."""
+    best = sorted(folder.glob("best*.ckpt")) if test_ckpt == "best" else []
+    return best[-1] if len(best) == 1 else folder / "last.ckpt"
+
+
 def forecast_after(grid_file: Path, seeds: list[int] | None = None, runs_dir: Path = RUNS_DIR) -> dict:
-    """If the grid's runs configure a ``ForecastWriter``: ``favit-ps predict`` with the run's config and last
-    checkpoint, for the first finished seed of each row; the writer puts ``forecast.csv`` and ``forecast.png``
-    (the steps after the end of the data, original units) in ``<run>/forecast/``. Returns {row: written paths}."""
+    """If the grid's runs configure a ``ForecastWriter``: ``favit-ps predict`` with the run's config and the tested
+    checkpoint, for the first finished seed of each row; the writer puts ``forecast.csv``, ``last_test_window.csv``
+    and ``forecast.png`` (the last held-out window and the steps after the end of the data, original units) in
+    ``<run>/forecast/``. Returns {row: written paths}."""
     from favit_probsparse.config import read_config
-    from favit_probsparse.experiments.grid import load_grid
     from favit_probsparse.experiments.records import DONE
     from favit_probsparse.experiments.runner import run_dir_of
 
@@ -147,7 +166,7 @@ def forecast_after(grid_file: Path, seeds: list[int] | None = None, runs_dir: Pa
             )
             continue
         config = run / "config.yaml"  # as the run saved it (the checkpoint's hyperparameters must match it)
-        ckpt = run / "checkpoints" / "last.ckpt"
+        ckpt = _tested_checkpoint(run / "checkpoints", grid.test_ckpt)
         cli = lightning_cli(["predict", "--config", str(config), "--ckpt_path", str(ckpt)])
         writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ForecastWriter))
         out[row.name] = dict(writer.written)

@@ -34,13 +34,20 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import nn
 
 from favit_probsparse.models.informer import decoder_input
+from favit_probsparse.models.naive import last_value_forecast, season_length, seasonal_naive_forecast
 from favit_probsparse.training.checkpoint import META_KEY, CheckpointMetadata, class_path, rebuild_module
 from favit_probsparse.training.checkpoints import check_trained
+from favit_probsparse.training.forecasts import (
+    NAIVE,
+    ForecastWriter,
+    forecast_past_end,
+    plot_forecast,
+    write_forecast,
+)
 
 __all__ = [
     "METRICS",
@@ -195,8 +202,6 @@ class Forecaster(CheckpointMetadata, LightningModule):
 
     TASK = "time-series-forecasting"
 
-    TASK = "time-series-forecasting"
-
     def __init__(
         self,
         network: nn.Module,
@@ -242,6 +247,7 @@ class Forecaster(CheckpointMetadata, LightningModule):
         self._preds: list[torch.Tensor] = []
         self._trues: list[torch.Tensor] = []
         self.test_results: dict[str, float] = {}
+        self._season: int | None = None  # steps per season (seasonal-naive baseline), set in setup
         self.train_epoch_seconds: list[float] = []  # wall time of each training epoch, validation excluded
         self._epoch_t0: float | None = None
         self.data_info: dict = {}  # columns, frequencies, scaler statistics: saved in checkpoints, exported
@@ -289,41 +295,7 @@ class Forecaster(CheckpointMetadata, LightningModule):
         (``date_column``, ``target``, ``columns``, ``freq``, ``split``...) as at training time. The scaler is the
         training data's (from the fit or the checkpoint), so another file of the same layout is forecast in the
         units the model learned; a forecaster that never saw data uses the frame's own train-slice scaler."""
-        from favit_probsparse.data.timeseries import TimeSeriesDataModule
-
-        hp = self.hparams
-        if isinstance(data, pd.DataFrame):
-            if not hasattr(self.model, "seq_len") and "seq_len" not in data_kwargs:
-                raise ValueError("give seq_len=: the network has no seq_len attribute")
-            kw = {
-                "seq_len": int(getattr(self.model, "seq_len", 0)),
-                "label_len": hp.label_len,
-                "pred_len": hp.pred_len,
-                "features": hp.features,
-                **data_kwargs,
-            }
-            trained = (self.data_info or {}).get("columns")
-            if trained and "columns" not in kw and "target" not in kw:
-                # the trained columns by name (other columns of the frame are left out)
-                kw.update(columns=list(trained), target=trained[-1])
-            dm = TimeSeriesDataModule.from_frame(data, **kw)
-        else:
-            dm = data
-        dm.setup("predict")
-        self._use_training_columns(dm, (self.data_info or {}).get("columns"))
-        self.check_data(dm)
-        self._use_training_scaler(dm)
-        batch = next(iter(dm.predict_dataloader()))
-        batch = [t.to(self.device) for t in batch]
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(hp.eval_seed))  # ProbSparse samples keys: same forecast every call
-                pred = self.predict_step(batch, 0)["original"][-1]
-        finally:
-            self.train(was_training)
-        return dm.forecast_frame(pred.cpu().numpy())
+        return forecast_past_end(self, data, **data_kwargs)
 
     def flat_hparams(self) -> dict:
         """The network's ``init_args`` and the forecaster's own hyperparameters in one dict."""
@@ -339,6 +311,7 @@ class Forecaster(CheckpointMetadata, LightningModule):
         if hasattr(dm, "scaler"):
             self.set_scaler(dm.scaler.mean, dm.scaler.std)
         self._record_data_info(dm)
+        self._season = season_length(getattr(dm, "data_freq", None))
 
     @staticmethod
     def _use_training_columns(dm, columns) -> bool:
@@ -603,17 +576,34 @@ class Forecaster(CheckpointMetadata, LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._eval_start("test")
+        for name in NAIVE:
+            self._sums[f"test_{name}"] = _MetricSums(self.device)
         self._preds, self._trues = [], []
+
+    def _naive_forecasts(self, batch_x: torch.Tensor, true: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The naive forecasts of the same windows (scaled, the predicted channels): the bar a model must clear."""
+        x = batch_x[..., -true.shape[-1] :].float()  # the predicted channels are the last ones
+        out = {"last_value": last_value_forecast(x, true.shape[1])}
+        if self._season is not None and self._season <= x.shape[1]:
+            out["seasonal_naive"] = seasonal_naive_forecast(x, true.shape[1], self._season)
+        return out
 
     def test_step(self, batch, batch_idx):
         pred, true = self._step(batch)
         self._eval_update("test", pred, true)
+        for name, naive in self._naive_forecasts(batch[0], true).items():
+            self._sums[f"test_{name}"].update(naive, true)
         if self.hparams.save_predictions:
             self._preds.append(pred.detach().cpu())
             self._trues.append(true.detach().cpu())
 
     def on_test_epoch_end(self) -> None:
         res = self._eval_end("test")
+        for name in NAIVE:  # test_mse_last_value, test_mae_seasonal_naive, ... (z-scored, like test_mse)
+            sums = self._sums[f"test_{name}"]
+            if sums.sums[-1] > 0:
+                naive = sums.compute()
+                res.update({f"mse_{name}": naive["mse"], f"mae_{name}": naive["mae"]})
         self.test_results = dict(res)
         for k, v in res.items():
             self.log(f"test_{k}", v)
@@ -663,75 +653,3 @@ class TestAfterFit(Callback):
         ):
             ckpt = None
         trainer.test(pl_module, datamodule=trainer.datamodule, ckpt_path=ckpt, verbose=True)
-
-
-class ForecastWriter(BasePredictionWriter):
-    """Writes ``favit-ps predict``'s forecast past the end of the data: ``forecast.csv`` (future timestamps at the
-    data's frequency, every predicted column in original units) and ``forecast.png`` (recent history + forecast per
-    predicted column). Both written atomically (temp file + rename).
-
-    Args:
-        output_dir: folder (None: ``<trainer.default_root_dir>/forecast``).
-        history: how many past steps the plot shows (None: ``max(seq_len, 4 * pred_len)``).
-    """
-
-    def __init__(self, output_dir: str | None = None, history: int | None = None):
-        super().__init__(write_interval="epoch")
-        self.output_dir, self.history = output_dir, history
-        self.written: dict[str, Path] = {}
-
-    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "forecast_frame"):
-            raise ValueError("ForecastWriter needs a datamodule with forecast_frame() (TimeSeriesDataModule)")
-        if not predictions:
-            return
-        pred = predictions[-1]["original" if "original" in predictions[-1] else "scaled"][-1]
-        frame = dm.forecast_frame(pred.detach().cpu().double().numpy())
-        out = Path(self.output_dir) if self.output_dir else Path(trainer.default_root_dir) / "forecast"
-        self.written = write_forecast(frame, out, history=dm.history_frame(self._history(dm)))
-
-    def _history(self, dm) -> int:
-        return self.history if self.history is not None else max(dm.seq_len, 4 * dm.pred_len)
-
-
-def write_forecast(forecast: pd.DataFrame, out_dir: str | Path, history: pd.DataFrame | None = None) -> dict:
-    """``forecast.csv`` (+ ``forecast.png`` with ``history`` when given) in ``out_dir``, atomically; their paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv = out_dir / "forecast.csv"
-    tmp = csv.with_suffix(".csv.tmp")
-    forecast.to_csv(tmp, index=False)
-    tmp.replace(csv)
-    written = {"csv": csv}
-    if history is not None:
-        written["png"] = plot_forecast(forecast, history, out_dir / "forecast.png")
-    return written
-
-
-def plot_forecast(forecast: pd.DataFrame, history: pd.DataFrame, path: str | Path) -> Path:
-    """One panel per predicted column: the recent history and the forecast after it (matplotlib, Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    date = forecast.columns[0]
-    cols = list(forecast.columns[1:])
-    fig, axes = plt.subplots(len(cols), 1, figsize=(9, 2.4 * len(cols)), squeeze=False, sharex=True)
-    for ax, c in zip(axes[:, 0], cols, strict=True):
-        if c in history.columns:
-            ax.plot(history[history.columns[0]], history[c], color="0.3", lw=1, label="history")
-        ax.plot(forecast[date], forecast[c], color="tab:red", lw=1.5, label="forecast")
-        ax.set_ylabel(c)
-        ax.grid(alpha=0.3)
-    axes[0, 0].legend(loc="upper left", fontsize=8)
-    axes[-1, 0].set_xlabel(str(date))
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
