@@ -365,7 +365,26 @@ def _pointwise(conv: nn.Conv1d, x: Tensor) -> Tensor:
     return F.linear(x, conv.weight.squeeze(-1), conv.bias)
 
 
-class EncoderLayer(nn.Module):
+class _FeedForwardLayer(nn.Module):
+    """The position-wise feed-forward of encoder and decoder layers: ``Drop(Conv_k1(Drop(act(Conv_k1(x)))))``.
+
+    Its parameters stay attributes of the layer (``conv1``, ``conv2``: the official names, which checkpoints and
+    the official-equivalence tests use), created in the official order so that seeded initialisation matches.
+    """
+
+    def _add_feed_forward(self, d_model: int, d_ff: int | None, dropout: float, activation: str) -> None:
+        d_ff = d_ff or 4 * d_model
+        self.conv1 = nn.Conv1d(d_model, d_ff, kernel_size=1)
+        self.conv2 = nn.Conv1d(d_ff, d_model, kernel_size=1)
+        self.dropout = nn.Dropout(dropout)
+        self.activation = _activation(activation)
+
+    def _feed_forward(self, x: Tensor) -> Tensor:
+        y = self.dropout(self.activation(_pointwise(self.conv1, x)))
+        return self.dropout(_pointwise(self.conv2, y))
+
+
+class EncoderLayer(_FeedForwardLayer):
     """Post-LN: ``x = LN1(x + Drop(Attn(x)))``; ``LN2(x + Drop(Conv_k1(Drop(act(Conv_k1(x))))))``."""
 
     def __init__(
@@ -377,20 +396,14 @@ class EncoderLayer(nn.Module):
         activation: str = "relu",
     ):
         super().__init__()
-        d_ff = d_ff or 4 * d_model
         self.attention = attention
-        self.conv1 = nn.Conv1d(d_model, d_ff, kernel_size=1)
-        self.conv2 = nn.Conv1d(d_ff, d_model, kernel_size=1)
+        self._add_feed_forward(d_model, d_ff, dropout, activation)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.activation = _activation(activation)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         x = self.norm1(x + self.dropout(self.attention(x, x, x, attn_mask)))
-        y = self.dropout(self.activation(_pointwise(self.conv1, x)))
-        y = self.dropout(_pointwise(self.conv2, y))
-        return self.norm2(x + y)
+        return self.norm2(x + self._feed_forward(x))
 
 
 class Encoder(nn.Module):
@@ -418,7 +431,7 @@ class Encoder(nn.Module):
         return self.norm(x) if self.norm is not None else x
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(_FeedForwardLayer):
     """``LN1(x + Drop(SelfAttn(x)))``, ``LN2(x + Drop(CrossAttn(x, enc)))``, ``LN3(x + FFN(x))``."""
 
     def __init__(
@@ -431,16 +444,12 @@ class DecoderLayer(nn.Module):
         activation: str = "relu",
     ):
         super().__init__()
-        d_ff = d_ff or 4 * d_model
         self.self_attention = self_attention
         self.cross_attention = cross_attention
-        self.conv1 = nn.Conv1d(d_model, d_ff, kernel_size=1)
-        self.conv2 = nn.Conv1d(d_ff, d_model, kernel_size=1)
+        self._add_feed_forward(d_model, d_ff, dropout, activation)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.activation = _activation(activation)
 
     def forward(
         self,
@@ -459,9 +468,7 @@ class DecoderLayer(nn.Module):
         if keep_last is not None:
             x = x[:, -keep_last:]
         x = self.norm2(x + self.dropout(self.cross_attention(x, cross, cross, cross_mask)))
-        y = self.dropout(self.activation(_pointwise(self.conv1, x)))
-        y = self.dropout(_pointwise(self.conv2, y))
-        return self.norm3(x + y)
+        return self.norm3(x + self._feed_forward(x))
 
 
 class Decoder(nn.Module):
