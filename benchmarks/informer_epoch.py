@@ -181,7 +181,13 @@ def main(argv=None) -> int:
         args.variants = [n for n in VARIANTS if n != "official" or args.official_repo]
     if "official" in args.variants and not args.official_repo:
         p.error("variant 'official' needs --official-repo PATH (a checkout of zhouhaoyi/Informer2020)")
-    dm = ETTDataModule("ETTh1", args.seq_len, args.label_len, args.pred_len, batch_size=args.batch_size)
+    dm = ETTDataModule(
+        "ETTh1",
+        seq_len=args.seq_len,
+        label_len=args.label_len,
+        pred_len=args.pred_len,
+        batch_size=args.batch_size,
+    )
     results: dict[str, list[dict]] = {n: [] for n in args.variants}
     for _ in range(args.repeats):  # interleave variants so that load drift hits all of them alike
         for name in args.variants:

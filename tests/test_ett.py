@@ -4,6 +4,7 @@ loaders and the clear errors. Expected values are computed by hand here (csv mod
 from __future__ import annotations
 
 import csv
+import inspect
 import math
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from jsonargparse import ArgumentError, ArgumentParser
 
 from favit_probsparse.data.ett import (
     EpochSeededRandomSampler,
@@ -19,6 +21,7 @@ from favit_probsparse.data.ett import (
     time_feature_dim,
     time_features,
 )
+from favit_probsparse.data.timeseries import TimeSeriesDataModule
 from favit_probsparse.testing.ett_official import ETTDataset, ett_borders
 
 ETTH1 = ett_path("ETTh1")
@@ -159,18 +162,38 @@ def test_frequency_defaults_and_official_freq_h_on_minute_data():
 
 @needs_etth1
 def test_loaders_keep_every_test_window_and_mimic_drop_last():
-    dm = ETTDataModule("ETTh1", 96, 48, 24, batch_size=32)
+    dm = ETTDataModule("ETTh1", seq_len=96, label_len=48, pred_len=24, batch_size=32)
     dm.setup("fit")
     assert sum(b[0].shape[0] for b in dm.test_dataloader()) == 2857
     assert sum(b[0].shape[0] for b in dm.val_dataloader()) == 2857
     assert len(dm.train_dataloader()) == 8521 // 32  # train: shuffle + drop_last (official)
-    official = ETTDataModule("ETTh1", 96, 48, 24, batch_size=32, test_drop_last=True)
+    official = ETTDataModule(
+        "ETTh1", seq_len=96, label_len=48, pred_len=24, batch_size=32, test_drop_last=True
+    )
     assert sum(b[0].shape[0] for b in official.test_dataloader()) == 2857 // 32 * 32 == 2848
     assert (dm.enc_in, dm.c_out) == (7, 7)
     assert (ETTDataModule("ETTh1", features="MS").enc_in, ETTDataModule("ETTh1", features="MS").c_out) == (
         7,
         1,
     )
+
+
+def test_config_options_are_the_presets_and_the_base_options_it_does_not_fix():
+    """jsonargparse reads the base options through ``**kwargs`` (it falls back to every base option, the fixed ones
+    included, when it cannot follow them): a config sets and type-checks them, and not the ones the preset fixes."""
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(ETTDataModule, "data")
+    options = {a.dest.split(".", 1)[1] for a in parser._actions if a.dest.startswith("data.")}
+    fixed = {"date_column", "columns", "time_features", "split", "train_ratio", "test_ratio"}
+    assert options == {"name", "target", "freq", "root", "download"} | (
+        set(inspect.signature(TimeSeriesDataModule).parameters) - fixed
+    )
+    cfg = parser.parse_args(["--data.seq_len", "48", "--data.features", "S"])
+    assert (cfg.data.seq_len, cfg.data.features, cfg.data.pred_len) == (48, "S", 24)
+    for bad in (["--data.seq_lenn", "48"], ["--data.seq_len", "x"], ["--data.split", "ratio"]):
+        with pytest.raises(ArgumentError, match=bad[0].split(".")[1]):
+            parser.parse_args(bad)
 
 
 def test_epoch_seeded_sampler_depends_only_on_seed_and_epoch():

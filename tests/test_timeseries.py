@@ -40,7 +40,7 @@ def test_ett_split_equals_the_ett_dataset_on_real_etth1(features):
     generic = TimeSeriesDataModule(
         path, features=features, target="OT", seq_len=96, label_len=48, pred_len=24, split="ett"
     )
-    preset = ETTDataModule("ETTh1", 96, 48, 24, features=features)
+    preset = ETTDataModule("ETTh1", seq_len=96, label_len=48, pred_len=24, features=features)
     for split in ("train", "val", "test"):
         ref = ETTDataset("ETTh1", split, 96, 48, 24, features=features, path=path)
         for dm in (generic, preset):

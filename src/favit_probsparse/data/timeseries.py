@@ -395,22 +395,7 @@ class TimeSeriesDataModule(LightningDataModule):
         hp = argparse.Namespace(**self._opts)
         if self.date_column not in df.columns:
             raise DataError(f"{src}: no date column {self.date_column!r} (columns: {list(df.columns)})")
-        cols = (
-            list(hp.columns) if hp.columns is not None else [c for c in df.columns if c != self.date_column]
-        )
-        for c in cols:
-            if c not in df.columns:
-                raise DataError(f"{src}: no column {c!r} (columns: {list(df.columns)})")
-        if not cols:
-            raise DataError(f"{src}: no data columns besides {self.date_column!r}")
-        target = hp.target if hp.target is not None else cols[-1]
-        if target not in cols:
-            where = "the selected columns" if hp.columns is not None else "the file"
-            raise DataError(f"{src}: target column {target!r} is not in {where} (columns: {cols})")
-        self._target = target
-        cols = [c for c in cols if c != target] + [target]
-        self._columns = cols if self.features in ("M", "MS") else [target]
-
+        self._select_columns(list(df.columns), src, hp.columns, hp.target)
         dates = self._parse_dates(df[self.date_column], src)
         steps = np.diff(dates.asi8)
         if (steps <= 0).any():
@@ -420,6 +405,35 @@ class TimeSeriesDataModule(LightningDataModule):
                 f"{src}: column {self.date_column!r}, {self._row(i)}: {what} ({dates[i]} after {dates[i - 1]}); "
                 "sort the rows and remove duplicates"
             )
+        values = self._numeric_values(df, dates, src)
+        self._set_frequencies(dates, src, hp.freq, hp.time_features)
+        self.borders = self._split_borders(len(df), src, hp)
+        self.dates = dates
+        self.raw = values
+        self.scaler = fit_scaler(values[: self.borders["train"][1]], self._columns, src, self._notes)
+        self.scaled = self.scaler.transform(values) if hp.scale else values
+        self.time_stamps = time_features(dates, self.time_freq, self.timeenc)
+        self._loaded = True
+
+    def _select_columns(self, names: list, src: str, columns: list[str] | None, target: str | None) -> None:
+        """The used columns in model order, the target last (``_columns``, ``_target``)."""
+        cols = list(columns) if columns is not None else [c for c in names if c != self.date_column]
+        for c in cols:
+            if c not in names:
+                raise DataError(f"{src}: no column {c!r} (columns: {names})")
+        if not cols:
+            raise DataError(f"{src}: no data columns besides {self.date_column!r}")
+        target = target if target is not None else cols[-1]
+        if target not in cols:
+            where = "the selected columns" if columns is not None else "the file"
+            raise DataError(f"{src}: target column {target!r} is not in {where} (columns: {cols})")
+        self._target = target
+        cols = [c for c in cols if c != target] + [target]
+        self._columns = cols if self.features in ("M", "MS") else [target]
+
+    def _numeric_values(self, df: pd.DataFrame, dates: pd.DatetimeIndex, src: str) -> np.ndarray:
+        """The used columns as float64 ``[rows, columns]``; non-numeric, missing, infinite and beyond-float32
+        values are named errors."""
         values = np.empty((len(df), len(self._columns)), dtype=np.float64)
         for j, c in enumerate(self._columns):
             col = df[c]
@@ -443,38 +457,34 @@ class TimeSeriesDataModule(LightningDataModule):
                     "(3.4e38) that the model computes in; rescale the column"
                 )
             values[:, j] = v
+        return values
 
-        if hp.freq is not None:
-            _check_given_freq(hp.freq, dates, src, self._notes)
-        self.data_freq = hp.freq if hp.freq is not None else infer_frequency(dates, src, self._notes)
-        self.time_freq = (
-            hp.time_features if hp.time_features is not None else time_feature_code(self.data_freq)
-        )
+    def _set_frequencies(
+        self, dates: pd.DatetimeIndex, src: str, freq: str | None, time_features: str | None
+    ) -> None:
+        """The rows' frequency (``data_freq``, given or inferred) and the time-feature code (``time_freq``)."""
+        if freq is not None:
+            _check_given_freq(freq, dates, src, self._notes)
+        self.data_freq = freq if freq is not None else infer_frequency(dates, src, self._notes)
+        self.time_freq = time_features if time_features is not None else time_feature_code(self.data_freq)
         time_feature_dim(self.time_freq, self.timeenc)  # checks the code
         if self.timeenc == 0 and self.time_freq not in ("h", "t"):
             raise ValueError(
                 f"embed={self.embed!r} needs hourly or minutely time features, not {self.time_freq!r}"
             )
 
-        n = len(df)
-        if hp.split == "ett":
-            per_hour = pd.Timedelta("1h") / pd.Timedelta(pd.tseries.frequencies.to_offset(self.data_freq))
-            if per_hour < 1 or per_hour != int(per_hour):
-                raise DataError(
-                    f"{src}: split='ett' needs hourly or sub-hourly data, got freq {self.data_freq!r}"
-                )
-            borders = ett_split_borders(int(per_hour), self.seq_len)
-            if n < borders["test"][1]:
-                raise DataError(f"{src}: {n} rows; the ETT split needs at least {borders['test'][1]}")
-        else:
-            borders = ratio_split_borders(n, self.seq_len, hp.train_ratio, hp.test_ratio)
-        self.borders = borders
-        self.dates = dates
-        self.raw = values
-        self.scaler = fit_scaler(values[: borders["train"][1]], self._columns, src, self._notes)
-        self.scaled = self.scaler.transform(values) if hp.scale else values
-        self.time_stamps = time_features(dates, self.time_freq, self.timeenc)
-        self._loaded = True
+    def _split_borders(self, n: int, src: str, hp: argparse.Namespace) -> dict[str, tuple[int, int]]:
+        if hp.split == "ratio":
+            return ratio_split_borders(n, self.seq_len, hp.train_ratio, hp.test_ratio)
+        per_hour = pd.Timedelta("1h") / pd.Timedelta(pd.tseries.frequencies.to_offset(self.data_freq))
+        if per_hour < 1 or per_hour != int(per_hour):
+            raise DataError(
+                f"{src}: split='ett' needs hourly or sub-hourly data, got freq {self.data_freq!r}"
+            )
+        borders = ett_split_borders(int(per_hour), self.seq_len)
+        if n < borders["test"][1]:
+            raise DataError(f"{src}: {n} rows; the ETT split needs at least {borders['test'][1]}")
+        return borders
 
     def _parse_dates(self, raw: pd.Series, src: str) -> pd.DatetimeIndex:
         """The date column as naive timestamps; a row that is not a date, numbers (epoch seconds would be read as

@@ -33,7 +33,8 @@ causal decoder with full attention.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +60,7 @@ __all__ = [
     "FixedEmbedding",
     "Informer",
     "InformerPreset",
+    "ProbSparseOptions",
     "TemporalEmbedding",
     "TimeFeatureEmbedding",
     "TokenEmbedding",
@@ -365,7 +367,26 @@ def _pointwise(conv: nn.Conv1d, x: Tensor) -> Tensor:
     return F.linear(x, conv.weight.squeeze(-1), conv.bias)
 
 
-class EncoderLayer(nn.Module):
+class _FeedForwardLayer(nn.Module):
+    """The position-wise feed-forward of encoder and decoder layers: ``Drop(Conv_k1(Drop(act(Conv_k1(x)))))``.
+
+    Its parameters stay attributes of the layer (``conv1``, ``conv2``: the official names, which checkpoints and
+    the official-equivalence tests use), created in the official order so that seeded initialisation matches.
+    """
+
+    def _add_feed_forward(self, d_model: int, d_ff: int | None, dropout: float, activation: str) -> None:
+        d_ff = d_ff or 4 * d_model
+        self.conv1 = nn.Conv1d(d_model, d_ff, kernel_size=1)
+        self.conv2 = nn.Conv1d(d_ff, d_model, kernel_size=1)
+        self.dropout = nn.Dropout(dropout)
+        self.activation = _activation(activation)
+
+    def _feed_forward(self, x: Tensor) -> Tensor:
+        y = self.dropout(self.activation(_pointwise(self.conv1, x)))
+        return self.dropout(_pointwise(self.conv2, y))
+
+
+class EncoderLayer(_FeedForwardLayer):
     """Post-LN: ``x = LN1(x + Drop(Attn(x)))``; ``LN2(x + Drop(Conv_k1(Drop(act(Conv_k1(x))))))``."""
 
     def __init__(
@@ -377,20 +398,14 @@ class EncoderLayer(nn.Module):
         activation: str = "relu",
     ):
         super().__init__()
-        d_ff = d_ff or 4 * d_model
         self.attention = attention
-        self.conv1 = nn.Conv1d(d_model, d_ff, kernel_size=1)
-        self.conv2 = nn.Conv1d(d_ff, d_model, kernel_size=1)
+        self._add_feed_forward(d_model, d_ff, dropout, activation)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.activation = _activation(activation)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         x = self.norm1(x + self.dropout(self.attention(x, x, x, attn_mask)))
-        y = self.dropout(self.activation(_pointwise(self.conv1, x)))
-        y = self.dropout(_pointwise(self.conv2, y))
-        return self.norm2(x + y)
+        return self.norm2(x + self._feed_forward(x))
 
 
 class Encoder(nn.Module):
@@ -418,7 +433,7 @@ class Encoder(nn.Module):
         return self.norm(x) if self.norm is not None else x
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(_FeedForwardLayer):
     """``LN1(x + Drop(SelfAttn(x)))``, ``LN2(x + Drop(CrossAttn(x, enc)))``, ``LN3(x + FFN(x))``."""
 
     def __init__(
@@ -431,16 +446,12 @@ class DecoderLayer(nn.Module):
         activation: str = "relu",
     ):
         super().__init__()
-        d_ff = d_ff or 4 * d_model
         self.self_attention = self_attention
         self.cross_attention = cross_attention
-        self.conv1 = nn.Conv1d(d_model, d_ff, kernel_size=1)
-        self.conv2 = nn.Conv1d(d_ff, d_model, kernel_size=1)
+        self._add_feed_forward(d_model, d_ff, dropout, activation)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.activation = _activation(activation)
 
     def forward(
         self,
@@ -459,9 +470,7 @@ class DecoderLayer(nn.Module):
         if keep_last is not None:
             x = x[:, -keep_last:]
         x = self.norm2(x + self.dropout(self.cross_attention(x, cross, cross, cross_mask)))
-        y = self.dropout(self.activation(_pointwise(self.conv1, x)))
-        y = self.dropout(_pointwise(self.conv2, y))
-        return self.norm3(x + y)
+        return self.norm3(x + self._feed_forward(x))
 
 
 class Decoder(nn.Module):
@@ -569,18 +578,32 @@ ROLES = ("encoder", "decoder_self", "cross")
 
 
 @dataclass(frozen=True)
+class ProbSparseOptions:
+    """The :class:`~favit_probsparse.attention.ProbSparseAttention` options of every ProbSparse layer, under that
+    class's names (:class:`Informer` takes ``measure`` and ``impl`` as ``prob_measure`` and ``prob_impl``)."""
+
+    factor: float
+    measure: str
+    masked_lazy: str
+    causal_sampling: bool
+    impl: str
+    fixed_eval_sample: bool
+
+
+@dataclass(frozen=True)
 class AttentionPlan:
     """How :class:`Informer` builds the :class:`AttentionLayer` of each role (``ROLES``).
 
     Self-attention (encoder and decoder) is of kind ``attention``, cross-attention of kind
-    ``settings.cross_attention``; the decoder's self-attention is causal.
+    ``settings.cross_attention``; the decoder's self-attention is causal. The other fields are
+    :class:`Informer`'s arguments of the same names.
     """
 
     settings: InformerPreset
     attention: str  # "prob" | "full": encoder and decoder self-attention
     d_model: int
     n_heads: int
-    prob_options: dict  # ProbSparseAttention options (factor, measure, masked_lazy, ...)
+    prob: ProbSparseOptions
     pos_inject: str = "input"
     pos_terms: str = "all"
     delta_v: bool | dict = False
@@ -594,7 +617,7 @@ class AttentionPlan:
         """The attention operator (no parameters) of ``role``."""
         causal = role == "decoder_self"
         if self.kind(role) == "prob":
-            return build_attention("prob", causal=causal, **self.prob_options)
+            return build_attention("prob", causal=causal, **asdict(self.prob))
         return build_attention("full", causal=causal, dropout=self.settings.dropout)
 
     def mixed(self, role: str) -> bool:
@@ -629,13 +652,19 @@ class AttentionPlan:
     def layer(self, role: str, embedding: DataEmbedding | None = None) -> AttentionLayer:
         return AttentionLayer(
             self.operator(role),
-            self.d_model,
-            self.n_heads,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
             mix=self.mixed(role),
             **self.positions(embedding),
             delta_v=self.delta_v_options(role),
             deep_mlp=self.deep_mlp,
         )
+
+    def trims_decoder(self) -> bool:
+        """Whether the decoder may drop its ``label_len`` rows after the last self-attention: every operation
+        after it is per position when cross-attention is full and unmixed (same output, about 15 % fewer training
+        FLOPs at the official settings)."""
+        return self.kind("cross") == "full" and not self.mixed("cross") and not self.delta_v_options("cross")
 
 
 def build_encoder(
@@ -650,11 +679,15 @@ def build_encoder(
     d_model, p = plan.d_model, plan.settings
     layers = [
         EncoderLayer(
-            plan.layer("encoder", embedding), d_model, d_ff, dropout=p.dropout, activation=activation
+            plan.layer("encoder", embedding),
+            d_model=d_model,
+            d_ff=d_ff,
+            dropout=p.dropout,
+            activation=activation,
         )
         for _ in range(e_layers)
     ]
-    convs = [ConvLayer(d_model, p.distil_padding) for _ in range(e_layers - 1)] if distil else None
+    convs = [ConvLayer(d_model, padding=p.distil_padding) for _ in range(e_layers - 1)] if distil else None
     return Encoder(layers, convs, norm_layer=nn.LayerNorm(d_model))
 
 
@@ -667,14 +700,19 @@ def build_decoder(
         DecoderLayer(
             plan.layer("decoder_self", embedding),
             plan.layer("cross"),
-            d_model,
-            d_ff,
+            d_model=d_model,
+            d_ff=d_ff,
             dropout=p.dropout,
             activation=activation,
         )
         for _ in range(d_layers)
     ]
     return Decoder(layers, norm_layer=nn.LayerNorm(d_model))
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose {', '.join(choices[:-1])} or {choices[-1]}")
 
 
 def _input_embedding_parts(embed_parts: str, pos_inject: str) -> str:
@@ -768,12 +806,9 @@ class Informer(nn.Module):
         deep_mlp: bool = False,
     ):
         super().__init__()
-        if pos_inject not in ("input", "layers", "both"):
-            raise ValueError(f"unknown pos_inject {pos_inject!r}; choose input, layers or both")
-        if delta_v_layers not in ("self", "encoder", "all"):
-            raise ValueError(f"unknown delta_v_layers {delta_v_layers!r}; choose self, encoder or all")
-        if attention not in ("prob", "full"):
-            raise ValueError(f"unknown attention {attention!r}; choose prob or full")
+        _check_choice("pos_inject", pos_inject, ("input", "layers", "both"))
+        _check_choice("delta_v_layers", delta_v_layers, ("self", "encoder", "all"))
+        _check_choice("attention", attention, ("prob", "full"))
         for name, value in (("enc_in", enc_in), ("dec_in", dec_in), ("c_out", c_out)):
             check_int(name, value, 1)
         if e_layers < 1 or d_layers < 1:
@@ -785,51 +820,27 @@ class Informer(nn.Module):
         self.seq_len, self.label_len, self.pred_len = seq_len, label_len, pred_len
         self.enc_in, self.dec_in, self.c_out = enc_in, dec_in, c_out
         self.d_model, self.n_heads = d_model, n_heads
-
-        parts = _input_embedding_parts(embed_parts, pos_inject)
-        embedding_args = (
-            d_model,
-            embed,
-            freq,
-            p.dropout,
-            pos_encoding,
-            max_len,
-            p.embed_bias,
-            parts,
-            pos_kwargs,
-        )
-        self.enc_embedding = DataEmbedding(enc_in, *embedding_args)
-        self.dec_embedding = DataEmbedding(dec_in, *embedding_args)
         self.pos_inject, self.pos_terms = pos_inject, pos_terms
 
+        embedding = partial(
+            DataEmbedding, d_model=d_model, embed=embed, freq=freq, dropout=p.dropout, pos_encoding=pos_encoding,
+            max_len=max_len, bias=p.embed_bias, parts=_input_embedding_parts(embed_parts, pos_inject),
+            pos_kwargs=pos_kwargs,
+        )  # fmt: skip
+        self.enc_embedding, self.dec_embedding = embedding(enc_in), embedding(dec_in)
+        prob = ProbSparseOptions(
+            factor=p.factor, measure=prob_measure, masked_lazy=masked_lazy, causal_sampling=causal_sampling,
+            impl=prob_impl, fixed_eval_sample=fixed_eval_sample,
+        )  # fmt: skip
         plan = AttentionPlan(
-            p,
-            attention,
-            d_model,
-            n_heads,
-            prob_options=dict(
-                factor=p.factor,
-                measure=prob_measure,
-                masked_lazy=masked_lazy,
-                causal_sampling=causal_sampling,
-                impl=prob_impl,
-                fixed_eval_sample=fixed_eval_sample,
-            ),
-            pos_inject=pos_inject,
-            pos_terms=pos_terms,
-            delta_v=delta_v,
-            delta_v_layers=delta_v_layers,
-            deep_mlp=deep_mlp,
-        )
-        self.encoder = build_encoder(plan, self.enc_embedding, e_layers, d_ff, activation, distil)
-        self.decoder = build_decoder(plan, self.dec_embedding, d_layers, d_ff, activation)
+            settings=p, attention=attention, d_model=d_model, n_heads=n_heads, prob=prob, pos_inject=pos_inject,
+            pos_terms=pos_terms, delta_v=delta_v, delta_v_layers=delta_v_layers, deep_mlp=deep_mlp,
+        )  # fmt: skip
+        ffn = dict(d_ff=d_ff, activation=activation)
+        self.encoder = build_encoder(plan, self.enc_embedding, e_layers=e_layers, distil=distil, **ffn)
+        self.decoder = build_decoder(plan, self.dec_embedding, d_layers=d_layers, **ffn)
         self.projection = nn.Linear(d_model, c_out, bias=True)
-        # The forecast is the last pred_len rows. After the last decoder layer's self-attention every operation
-        # is per position when cross-attention is full and unmixed, so the label_len rows can be dropped there:
-        # same output, about 15 % fewer training FLOPs at the official settings.
-        self.trim_decoder = (
-            plan.kind("cross") == "full" and not plan.mixed("cross") and not plan.delta_v_options("cross")
-        )
+        self.trim_decoder = plan.trims_decoder()  # the forecast is the last pred_len rows
         if dropout_impl != "torch":
             swap_dropout(self, dropout_impl)
 
