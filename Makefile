@@ -18,9 +18,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Both halves (vision grid, forecasting grid + a forecast past the end of ETTh1): the tables are printed and
-# written to runs/quick/ and runs/quick-forecast/ (git-ignored); `favit-ps reproduce quick --out results`
-# updates the committed results/quick{,-forecast}.{md,json,png} on purpose.
+# Both halves (vision grid; forecasting grid, its last held-out window and a forecast past the end of ETTh1): the
+# tables are printed and written to runs/quick/ and runs/quick-forecast/ (git-ignored); `favit-ps reproduce quick
+# --out results` updates the committed results/quick* files on purpose.
 run: $(STAMP)
 	$(BIN)/favit-ps reproduce quick
 

@@ -15,7 +15,7 @@ ETTH1 = ett_path("ETTh1")
     "grid", ["ett_posenc", "quick_forecast"]
 )  # quick_forecast: the main job's forecasting half
 def test_reproduce_fetches_ett_for_a_forecasting_grid(tmp_path, monkeypatch, grid):
-    """ETTDataModule defaults to download=False and the grid does not set it; the reproduction downloads anyway,
+    """The grid does not set ETTDataModule's download option; the reproduction downloads a missing file anyway,
     from the pinned upstream commit (a file:// mirror of it here), into the data root where the runs look."""
     from favit_probsparse.experiments import reproduce
 
