@@ -16,7 +16,6 @@ def check_int(name: str, value: object, minimum: int) -> int:
 
 def set_forecast_shapes(
     model: nn.Module,
-    *,
     enc_in: int,
     dec_in: int | None,
     c_out: int | None,

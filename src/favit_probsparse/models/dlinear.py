@@ -128,15 +128,7 @@ class DLinear(nn.Module):
         freq: str | None = None,
     ):
         super().__init__()
-        set_forecast_shapes(
-            self,
-            enc_in=enc_in,
-            dec_in=dec_in,
-            c_out=c_out,
-            seq_len=seq_len,
-            label_len=label_len,
-            pred_len=pred_len,
-        )
+        set_forecast_shapes(self, enc_in, dec_in, c_out, seq_len, label_len, pred_len)
         self.decomposition = SeriesDecomposition(kernel_size)
         self.seasonal = TemporalLinear(seq_len, pred_len, enc_in, individual)
         self.trend = TemporalLinear(seq_len, pred_len, enc_in, individual)

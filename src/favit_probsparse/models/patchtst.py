@@ -136,15 +136,7 @@ class PatchForecaster(nn.Module):
         pos_kwargs: dict[str, Any] | None,
     ):
         super().__init__()
-        set_forecast_shapes(
-            self,
-            enc_in=enc_in,
-            dec_in=dec_in,
-            c_out=c_out,
-            seq_len=seq_len,
-            label_len=label_len,
-            pred_len=pred_len,
-        )
+        set_forecast_shapes(self, enc_in, dec_in, c_out, seq_len, label_len, pred_len)
         for arg, value in (("patch_len", patch_len), ("stride", stride), ("d_model", d_model)):
             check_int(arg, value, 1)
         if patch_len > seq_len:
