@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 import favit_probsparse.models  # noqa: F401  (registers favit_*)
 from favit_probsparse.attention.fusion import reset_sampling
-from favit_probsparse.utils.io import write_text
+from favit_probsparse.utils.io import print_report
 from favit_probsparse.utils.provenance import hardware_summary, utc_now
 
 PRESETS = {
@@ -100,9 +100,7 @@ def main(argv=None) -> int:
         f"{compile_s / te:.0f} eager steps.",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        write_text(args.markdown, text + "\n")
+    print_report(text, args.markdown)
     return 0
 
 

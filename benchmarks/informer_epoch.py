@@ -38,6 +38,7 @@ import torch
 
 from favit_probsparse.data.ett import ETTDataModule, ett_path
 from favit_probsparse.models.informer import Informer, decoder_input
+from favit_probsparse.utils.io import print_report
 from favit_probsparse.utils.provenance import hardware, utc_now
 
 VARIANTS = {
@@ -214,10 +215,7 @@ def main(argv=None) -> int:
         speed = f"{base['s_per_step'] / r['s_per_step']:.2f}×" if base else "—"
         lines.append(f"| {r['variant']} | {r['s_per_step']:.3f} | {r['epoch_s']:.0f} | {speed} |")
     text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w") as fh:
-            fh.write(text + "\n")
+    print_report(text, args.markdown)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"args": vars(args), "host": host, "rows": rows}, fh, indent=2)

@@ -47,6 +47,7 @@ from favit_probsparse.experiments.grid import load_grid, redirect_outputs
 from favit_probsparse.experiments.runner import _base_config
 from favit_probsparse.training import classification
 from favit_probsparse.training.project_cli import project_cli
+from favit_probsparse.utils.io import print_report
 from favit_probsparse.utils.provenance import hardware_summary, utc_now
 
 PARTS = ("data", "forward", "backward", "optimizer")
@@ -199,9 +200,7 @@ def main(argv=None) -> int:
             "differently).",
         ]
     text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        args.markdown.write_text(text + "\n")
+    print_report(text, args.markdown)
     return 0
 
 

@@ -16,7 +16,7 @@ import shlex
 import sys
 
 from favit_probsparse.layers.tubelet import TUBELET_EMBEDS, compare_embeddings, stats_markdown
-from favit_probsparse.utils.io import write_text
+from favit_probsparse.utils.io import print_report
 from favit_probsparse.utils.provenance import hardware_summary, utc_now
 
 
@@ -53,9 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             f"- Date: {utc_now()}",
         ]
     )
-    print(text)
-    if a.markdown:
-        write_text(a.markdown, text + "\n")
+    print_report(text, a.markdown)
     return 0
 
 

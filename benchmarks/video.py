@@ -22,7 +22,7 @@ import favit_probsparse.models  # noqa: F401  (registers favit_video_*)
 from favit_probsparse.attention.fusion import reset_sampling
 from favit_probsparse.benchmarks.attention import time_interleaved
 from favit_probsparse.training.classification import measure_gmacs
-from favit_probsparse.utils.io import write_text
+from favit_probsparse.utils.io import print_report
 from favit_probsparse.utils.provenance import hardware_summary, utc_now
 
 ROWS = {  # row name -> model_kwargs over the study's base
@@ -96,9 +96,7 @@ def main(argv=None) -> int:
         lines.append(f"| {r} | {params:.3f} | {gmacs:.4f} | {tr:.1f} | {inf:.1f} | {rel[0]} | {rel[1]} |")
     lines += ["", f"Hardware: {hardware_summary()}; {utc_now()}; `python benchmarks/video.py`"]
     text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        write_text(args.markdown, text + "\n")
+    print_report(text, args.markdown)
     return 0
 
 

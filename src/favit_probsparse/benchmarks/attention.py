@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from favit_probsparse.attention import probsparse_attention, probsparse_counts
-from favit_probsparse.utils.io import write_text
+from favit_probsparse.utils.io import print_report
 from favit_probsparse.utils.provenance import hardware_summary
 
 METHODS = ("official", "exact", "fast", "sdpa")
@@ -343,9 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  measured peaks: GEMM {gflops:.1f} GFLOP/s, copy {gbs:.1f} GB/s", file=sys.stderr)
     rows = _measure(a, batch, dtype)
     table = _table(a, rows, batch, dtype, (gflops, gbs), (load_before[0], os.getloadavg()[0]))
-    print(table)
-    if a.markdown:
-        write_text(a.markdown, table + "\n")
+    print_report(table, a.markdown)
     return 0
 
 

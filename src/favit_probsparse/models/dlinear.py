@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from favit_probsparse.models._checks import check_int
+from favit_probsparse.models._checks import check_int, check_x_enc, set_forecast_shapes
 
 __all__ = ["DLinear", "MovingAverage", "SeriesDecomposition", "TemporalLinear"]
 
@@ -128,19 +128,7 @@ class DLinear(nn.Module):
         freq: str | None = None,
     ):
         super().__init__()
-        check_int("enc_in", enc_in, 1)
-        check_int("seq_len", seq_len, 1)
-        check_int("pred_len", pred_len, 1)
-        check_int("label_len", label_len, 0)
-        if dec_in is not None and check_int("dec_in", dec_in, 1) != enc_in:
-            raise ValueError(
-                f"dec_in={dec_in} must equal enc_in={enc_in} (DLinear forecasts from x_enc only)"
-            )
-        c_out = enc_in if c_out is None else check_int("c_out", c_out, 1)
-        if c_out > enc_in:
-            raise ValueError(f"c_out={c_out} must be <= enc_in={enc_in} (the last c_out input channels)")
-        self.enc_in, self.c_out = enc_in, c_out
-        self.seq_len, self.label_len, self.pred_len = seq_len, label_len, pred_len
+        set_forecast_shapes(self, enc_in, dec_in, c_out, seq_len, label_len, pred_len)
         self.decomposition = SeriesDecomposition(kernel_size)
         self.seasonal = TemporalLinear(seq_len, pred_len, enc_in, individual)
         self.trend = TemporalLinear(seq_len, pred_len, enc_in, individual)
@@ -152,10 +140,7 @@ class DLinear(nn.Module):
         x_dec: Tensor | None = None,
         x_mark_dec: Tensor | None = None,
     ) -> Tensor:
-        if x_enc.ndim != 3 or x_enc.shape[1:] != (self.seq_len, self.enc_in):
-            raise ValueError(
-                f"x_enc must have shape [B, seq_len={self.seq_len}, enc_in={self.enc_in}], got {list(x_enc.shape)}"
-            )
+        check_x_enc(self, x_enc)
         seasonal, trend = self.decomposition(x_enc)
         out = self.seasonal(seasonal) + self.trend(trend)
         return out[..., -self.c_out :]

@@ -345,38 +345,55 @@ class FaViT(StagedBackbone):
         self.min_input_size = stem_stride * max(s * 2**i for i, s in enumerate(sr_ratios))
         self.drop_rate = drop_rate
 
+        self.stages = self._build_stages(
+            in_chans, depths, num_heads, mlp_ratios, stem_patch_size, qkv_bias, attn_drop_rate, drop_path_rate
+        )
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    def _build_stages(
+        self,
+        in_chans: int,
+        depths: Sequence[int],
+        num_heads: Sequence[int],
+        mlp_ratios: Sequence[float],
+        stem_patch_size: int,
+        qkv_bias: bool,
+        attn_drop_rate: float,
+        drop_path_rate: float,
+    ) -> nn.Sequential:
+        """The stages (stem, then 3×3 stride-2 downsampling), each block's FaSA built for its stage's map at
+        ``img_size``; also fills ``feature_info``."""
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         stages = []
         self.feature_info = []
-        fh, fw = img_size
+        fh, fw = self.img_size
         prev, cur, reduction = in_chans, 0, 1
-        for i in range(n):
-            ps, st = (stem_patch_size, stem_stride) if i == 0 else (3, 2)
+        for i, dim in enumerate(self.embed_dims):
+            ps, st = (stem_patch_size, self.stem_stride) if i == 0 else (3, 2)
             fh, fw = (fh + 2 * (ps // 2) - ps) // st + 1, (fw + 2 * (ps // 2) - ps) // st + 1
             reduction *= st
             block_kwargs = [
                 dict(
                     num_heads=num_heads[i],
                     mlp_ratio=mlp_ratios[i],
-                    sr_ratio=sr_ratios[i],
+                    sr_ratio=self.sr_ratios[i],
                     drop_path=dpr[cur + j],
-                    drop=drop_rate,
+                    drop=self.drop_rate,
                     attn_drop=attn_drop_rate,
                     qkv_bias=qkv_bias,
-                    window_size=window_size,
-                    fusion=fusion,
+                    window_size=self.window_size,
+                    fusion=self.fusion,
                     fusion_kwargs=self.fusion_kwargs,
                     fusion_seed_offset=1000 * (cur + j),
                     feat_size=(max(fh, 1), max(fw, 1)),
                 )
                 for j in range(depths[i])
             ]
-            stages.append(FaViTStage(prev, embed_dims[i], depths[i], ps, st, block_kwargs))
-            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=reduction, module=f"stages.{i}"))
-            prev, cur = embed_dims[i], cur + depths[i]
-        self.stages = nn.Sequential(*stages)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.init_weights()
+            stages.append(FaViTStage(prev, dim, depths[i], ps, st, block_kwargs))
+            self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=f"stages.{i}"))
+            prev, cur = dim, cur + depths[i]
+        return nn.Sequential(*stages)
 
     # --- init / timm plumbing ----------------------------------------------------------------------------------
     def init_weights(self) -> None:

@@ -249,6 +249,10 @@ class VideoFaViT(StagedBackbone):
         grids = self._stage_grids(stem_patch_size, stem_stride, strides_t)
         self.min_frames = math.prod(strides_t) * max(self.temporal_sr)
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        # every block's MLP is a 1×3×3 depthwise conv over the (T, H, W) grid
+        block_kw = dict(
+            drop=drop_rate, attn_drop=attn_drop_rate, qkv_bias=qkv_bias, mlp_kernel=(1, 3, 3), mlp_ndim=3
+        )
         stages, self.feature_info, prev, cur = [], [], in_chans, 0
         for i in range(n):
             if i == 0:
@@ -257,21 +261,10 @@ class VideoFaViT(StagedBackbone):
                 down = VideoPatchEmbed(prev, embed_dims[i], 3, 2, strides_t[i])
             sr, attn = self._attn_layer(i, grids[i], window_size, temporal_window, fusion, fusion_kwargs)
             blocks = [
-                Block(
-                    embed_dims[i],
-                    num_heads[i],
-                    mlp_ratios[i],
-                    sr,
-                    drop_path=dpr[cur + j],
-                    drop=drop_rate,
-                    attn_drop=attn_drop_rate,
-                    qkv_bias=qkv_bias,
-                    mlp_kernel=(1, 3, 3),
-                    mlp_ndim=3,
-                    **self._block_attn(attn, cur + j),
-                )
+                Block(embed_dims[i], num_heads[i], mlp_ratios[i], sr, drop_path=dpr[cur + j], **block_kw,
+                      **self._block_attn(attn, cur + j))
                 for j in range(depths[i])
-            ]
+            ]  # fmt: skip
             frames = grids[0][0] if i == 0 and temporal_pos_embed else 0
             stages.append(VideoStage(down, blocks, embed_dims[i], time_embed_frames=frames))
             reduction = stem_stride * 2**i

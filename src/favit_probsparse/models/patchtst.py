@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from favit_probsparse.attention.delta_v import momentum_ema, temporal_difference
 from favit_probsparse.layers.patch_ts import RevIN, TimePatches
-from favit_probsparse.models._checks import check_int
+from favit_probsparse.models._checks import check_int, check_x_enc, set_forecast_shapes
 from favit_probsparse.posenc import POS_ENCODINGS, PositionEncoding, build_pos_encoding
 
 __all__ = [
@@ -136,16 +136,9 @@ class PatchForecaster(nn.Module):
         pos_kwargs: dict[str, Any] | None,
     ):
         super().__init__()
-        name = type(self).__name__
-        for arg, value, low in (("enc_in", enc_in, 1), ("seq_len", seq_len, 1), ("pred_len", pred_len, 1),
-                                ("label_len", label_len, 0), ("patch_len", patch_len, 1), ("stride", stride, 1),
-                                ("d_model", d_model, 1)):  # fmt: skip
-            check_int(arg, value, low)
-        if dec_in is not None and check_int("dec_in", dec_in, 1) != enc_in:
-            raise ValueError(f"dec_in={dec_in} must equal enc_in={enc_in} ({name} forecasts from x_enc only)")
-        c_out = enc_in if c_out is None else check_int("c_out", c_out, 1)
-        if c_out > enc_in:
-            raise ValueError(f"c_out={c_out} must be <= enc_in={enc_in} (the last c_out input channels)")
+        set_forecast_shapes(self, enc_in, dec_in, c_out, seq_len, label_len, pred_len)
+        for arg, value in (("patch_len", patch_len), ("stride", stride), ("d_model", d_model)):
+            check_int(arg, value, 1)
         if patch_len > seq_len:
             raise ValueError(f"patch_len={patch_len} must be <= seq_len={seq_len}")
         if padding_patch not in ("end", None):
@@ -155,8 +148,6 @@ class PatchForecaster(nn.Module):
         for arg, p in (("dropout", dropout), ("head_dropout", head_dropout)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{arg} must be in [0, 1), got {p}")
-        self.enc_in, self.dec_in, self.c_out = enc_in, dec_in, c_out
-        self.seq_len, self.label_len, self.pred_len = seq_len, label_len, pred_len
         self.channel_mixing = channel_mixing
         self.revin = RevIN(enc_in, affine=affine, subtract_last=subtract_last) if revin else None
         self.patching = TimePatches(seq_len, patch_len, stride, padding_patch)
@@ -192,10 +183,7 @@ class PatchForecaster(nn.Module):
         x_dec: Tensor | None = None,
         x_mark_dec: Tensor | None = None,
     ) -> Tensor:
-        if x_enc.ndim != 3 or tuple(x_enc.shape[1:]) != (self.seq_len, self.enc_in):
-            raise ValueError(
-                f"x_enc must have shape [B, seq_len={self.seq_len}, enc_in={self.enc_in}], got {list(x_enc.shape)}"
-            )
+        check_x_enc(self, x_enc)
         x = self.revin.norm(x_enc) if self.revin is not None else x_enc
         z = self.patching(x)  # [B, C, n, patch_len]
         pattern = "b c n p -> b n (c p)" if self.channel_mixing else "b c n p -> (b c) n p"

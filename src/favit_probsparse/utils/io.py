@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "save_figure", "write_json", "write_text"]
+__all__ = ["atomic_write", "print_report", "save_figure", "write_json", "write_text"]
 
 
 def _umask() -> int:
@@ -48,6 +48,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def print_report(text: str, path: str | os.PathLike | None = None) -> None:
+    """Print a script's report and, when ``path`` is given (its ``--markdown``), write it there too (atomically,
+    with a final newline)."""
+    print(text)
+    if path:
+        write_text(path, text + "\n")
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
