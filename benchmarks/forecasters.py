@@ -32,7 +32,7 @@ from favit_probsparse.models.dlinear import DLinear
 from favit_probsparse.models.fasa_forecaster import FaSAForecaster
 from favit_probsparse.models.informer import Informer, decoder_input
 from favit_probsparse.models.patchtst import PatchTST
-from favit_probsparse.utils.io import write_text
+from favit_probsparse.utils.io import print_report
 from favit_probsparse.utils.provenance import hardware_summary, provenance, status_line
 
 SEQ_LEN, LABEL_LEN, PRED_LEN, CHANNELS, TIME_FEATURES = 96, 48, 96, 7, 4  # ETTh1, features M, timeF freq h
@@ -178,10 +178,7 @@ def main(argv=None) -> int:
         "",
         *table(ms, params, precisions),
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        write_text(args.markdown, text + "\n")
+    print_report("\n".join(lines), args.markdown)
     return 0
 
 
