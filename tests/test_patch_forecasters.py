@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from favit_probsparse.layers.patch_ts import RevIN, TimePatches, num_patches
+from favit_probsparse.models.dlinear import DLinear
 from favit_probsparse.models.fasa_forecaster import DeltaVFaSA, FaSAForecaster
 from favit_probsparse.models.patchtst import DeltaValues, PatchTST
 
@@ -403,3 +404,18 @@ def test_every_row_of_the_fasa_forecast_grid_builds_its_network(tmp_path):
             assert net.blocks[0].attn.fusion_name == args["fusion"], row.name
         if args.get("pos_encoding") == "none":
             assert net.pos_encoding.kind == "none", row.name
+
+
+@pytest.mark.parametrize("cls", [DLinear, PatchTST, FaSAForecaster], ids=lambda c: c.__name__)
+def test_a_network_built_without_dec_in_agrees_with_multivariate_data(cls):
+    """dec_in is not read by these networks; left out, it equals enc_in, so the Forecaster's check of the data's
+    shapes (dec_in = 7 for M data) passes for a network built in Python."""
+    from favit_probsparse.training.forecast import Forecaster
+
+    net = cls(enc_in=7, seq_len=96, label_len=48, pred_len=24)
+    assert net.dec_in == 7
+
+    class Data:  # the shapes a TimeSeriesDataModule states for ETT, M 96/48/24
+        seq_len, label_len, pred_len, features, enc_in, dec_in, c_out = 96, 48, 24, "M", 7, 7, 7
+
+    Forecaster(net, features="M").check_data(Data())

@@ -24,7 +24,7 @@ def set_forecast_shapes(
     pred_len: int,
 ) -> None:
     """Checks the shape arguments of a forecaster that reads only ``x_enc`` and sets them on ``model``
-    (``enc_in, dec_in, c_out, seq_len, label_len, pred_len``; ``c_out`` None -> ``enc_in``).
+    (``enc_in, dec_in, c_out, seq_len, label_len, pred_len``; ``dec_in`` and ``c_out`` None -> ``enc_in``).
 
     ``dec_in`` is not read, but a value must equal ``enc_in`` (one data module gives every network its shapes);
     ``c_out`` picks the last ``c_out`` input channels, so it cannot exceed ``enc_in``.
@@ -39,7 +39,8 @@ def set_forecast_shapes(
     c_out = enc_in if c_out is None else check_int("c_out", c_out, 1)
     if c_out > enc_in:
         raise ValueError(f"c_out={c_out} must be <= enc_in={enc_in} (the last c_out input channels)")
-    model.enc_in, model.dec_in, model.c_out = enc_in, dec_in, c_out
+    # dec_in None -> enc_in: a network built in Python without it still agrees with its data module's dec_in
+    model.enc_in, model.dec_in, model.c_out = enc_in, enc_in, c_out
     model.seq_len, model.label_len, model.pred_len = seq_len, label_len, pred_len
 
 
