@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,11 @@ def run_python(script: str, *args: object, env: dict[str, str] | None = None) ->
         env=env,
         timeout=300,
     )
+
+
+def load_script(path: Path, name: str):
+    """A stand-alone script of the repository (benchmarks/, docs/figures/) imported as a module, for its tests."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+
+from _helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "forecasters.py"
 
 
 @pytest.fixture(scope="module")
 def forecasters():
-    spec = importlib.util.spec_from_file_location("bench_forecasters", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT, "bench_forecasters")
 
 
 @pytest.fixture

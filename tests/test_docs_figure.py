@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from _helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "figures" / "fusion_keys.py"
 
@@ -15,10 +16,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "figures" / "fusion_keys
 def fig():
     if not SCRIPT.is_file():
         pytest.skip("docs/figures/fusion_keys.py is not in this checkout")
-    spec = importlib.util.spec_from_file_location("fusion_keys", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT, "fusion_keys")
 
 
 def test_official_reads_contiguous_window_major_chunks(fig):
