@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from favit_probsparse.models.naive import last_value_forecast, season_length, seasonal_naive_forecast
+from favit_probsparse.models.naive import (
+    NAIVE,
+    last_value_forecast,
+    naive_forecasts,
+    season_length,
+    seasonal_naive_forecast,
+)
 
 
 @pytest.mark.parametrize("season,pred_len", [(1, 5), (4, 3), (4, 10), (8, 8), (24, 7)])
@@ -53,3 +59,13 @@ def test_last_value_repeats_the_last_step_and_bad_seasons_are_refused():
 )
 def test_season_length_per_frequency(freq, season):
     assert season_length(freq) == season
+
+
+def test_naive_forecasts_gives_the_seasonal_one_only_when_the_season_fits_the_history():
+    x = torch.randn(2, 24, 3)
+    both = naive_forecasts(x, 5, 24)
+    assert set(both) == set(NAIVE)
+    torch.testing.assert_close(both["seasonal_naive"], x[:, :5], rtol=0, atol=0)  # one day back, 24 steps
+    torch.testing.assert_close(both["last_value"], x[:, -1:].expand(-1, 5, -1), rtol=0, atol=0)
+    assert set(naive_forecasts(x, 5, 25)) == {"last_value"}  # a season longer than the history
+    assert set(naive_forecasts(x, 5, None)) == {"last_value"}  # no season

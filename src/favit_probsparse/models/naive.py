@@ -12,7 +12,9 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-__all__ = ["last_value_forecast", "season_length", "seasonal_naive_forecast"]
+__all__ = ["NAIVE", "last_value_forecast", "naive_forecasts", "season_length", "seasonal_naive_forecast"]
+
+NAIVE = ("seasonal_naive", "last_value")  # the naive forecasts a model is scored against, best first
 
 # periods of the calendar cycle a frequency code lives in (pandas offset names, upper-cased)
 _OLD_ALIASES = {"H": "h", "T": "min", "t": "min", "S": "s"}  # Informer's codes / pandas < 2.2
@@ -50,3 +52,12 @@ def seasonal_naive_forecast(x: torch.Tensor, pred_len: int, season: int) -> torc
         raise ValueError(f"season {season} needs 1 <= season <= the history length {x.shape[1]}")
     idx = x.shape[1] - season + torch.arange(pred_len, device=x.device) % season
     return x[:, idx]
+
+
+def naive_forecasts(x: torch.Tensor, pred_len: int, season: int | None) -> dict[str, torch.Tensor]:
+    """Every naive forecast that applies to ``[B, L, C]`` histories, by :data:`NAIVE` name: the last value always,
+    the seasonal naive forecast when the data has a season that fits in the history (``season <= L``)."""
+    out = {"last_value": last_value_forecast(x, pred_len)}
+    if season is not None and season <= x.shape[1]:
+        out["seasonal_naive"] = seasonal_naive_forecast(x, pred_len, season)
+    return out

@@ -38,11 +38,10 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import nn
 
 from favit_probsparse.models.informer import decoder_input
-from favit_probsparse.models.naive import last_value_forecast, season_length, seasonal_naive_forecast
+from favit_probsparse.models.naive import NAIVE, naive_forecasts, season_length
 from favit_probsparse.training.checkpoint import META_KEY, CheckpointMetadata, class_path, rebuild_module
 from favit_probsparse.training.checkpoints import check_trained
 from favit_probsparse.training.forecasts import (
-    NAIVE,
     ForecastWriter,
     forecast_past_end,
     plot_forecast,
@@ -583,10 +582,7 @@ class Forecaster(CheckpointMetadata, LightningModule):
     def _naive_forecasts(self, batch_x: torch.Tensor, true: torch.Tensor) -> dict[str, torch.Tensor]:
         """The naive forecasts of the same windows (scaled, the predicted channels): the bar a model must clear."""
         x = batch_x[..., -true.shape[-1] :].float()  # the predicted channels are the last ones
-        out = {"last_value": last_value_forecast(x, true.shape[1])}
-        if self._season is not None and self._season <= x.shape[1]:
-            out["seasonal_naive"] = seasonal_naive_forecast(x, true.shape[1], self._season)
-        return out
+        return naive_forecasts(x, true.shape[1], self._season)
 
     def test_step(self, batch, batch_idx):
         pred, true = self._step(batch)

@@ -14,10 +14,8 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from favit_probsparse.models.naive import last_value_forecast, season_length, seasonal_naive_forecast
+from favit_probsparse.models.naive import NAIVE, naive_forecasts, season_length
 from favit_probsparse.utils.io import atomic_write, save_figure
-
-NAIVE = ("seasonal_naive", "last_value")  # the naive forecasts a model is scored against, best first
 
 __all__ = ["ForecastWriter", "forecast_past_end", "held_out_window", "plot_forecast", "write_forecast"]
 
@@ -79,17 +77,14 @@ def held_out_window(module, dm) -> pd.DataFrame:
     start = b2 - dm.pred_len - dm.seq_len
     observed = np.asarray(dm.raw[start:b2, -len(cols) :], dtype=np.float64)  # the target columns are last
     history = torch.from_numpy(observed[None, : dm.seq_len])
-    season = season_length(getattr(dm, "data_freq", None))
-    if season is not None and season <= dm.seq_len:
-        naive_name, naive = "seasonal_naive", seasonal_naive_forecast(history, dm.pred_len, season)
-    else:
-        naive_name, naive = "last_value", last_value_forecast(history, dm.pred_len)
+    naive = naive_forecasts(history, dm.pred_len, season_length(getattr(dm, "data_freq", None)))
+    naive_name = next(n for n in NAIVE if n in naive)  # the best that applies
     out = pd.DataFrame({dm.date_column: dm.dates[start:b2]})
     blank = np.full((dm.seq_len, len(cols)), np.nan)
     for j, c in enumerate(cols):
         out[c] = observed[:, j]
         out[f"{c}_forecast"] = np.concatenate([blank[:, j], pred[:, j]])
-        out[f"{c}_{naive_name}"] = np.concatenate([blank[:, j], naive[0, :, j].numpy()])
+        out[f"{c}_{naive_name}"] = np.concatenate([blank[:, j], naive[naive_name][0, :, j].numpy()])
     return out
 
 
@@ -128,11 +123,16 @@ class ForecastWriter(BasePredictionWriter):
 
 
 def _has_test_window(dm) -> bool:
-    borders = getattr(dm, "borders", None) or {}
-    if "test" not in borders or not hasattr(dm, "raw"):
+    """Whether ``dm`` has a test split with at least one window (the data module's own check decides)."""
+    from favit_probsparse.data.timeseries import DataError
+
+    if not (hasattr(dm, "borders") and hasattr(dm, "raw")):
         return False
-    b1, b2 = borders["test"]
-    return b2 - b1 >= dm.seq_len + dm.pred_len
+    try:
+        dm.dataset("test")
+    except DataError:  # a series too short for a test window: the forecast past the end is still written
+        return False
+    return True
 
 
 def write_forecast(
