@@ -32,11 +32,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from favit_probsparse.attention import probsparse_attention, probsparse_counts
+from favit_probsparse.attention import (
+    probsparse_attention,
+    probsparse_counts,
+    sample_key_index,
+    sparsity_measure,
+)
 from favit_probsparse.utils.io import print_report
 from favit_probsparse.utils.provenance import hardware_summary
 
 METHODS = ("official", "exact", "fast", "sdpa")
+# The fast path's two pieces of arithmetic that no implementation avoids, timed alone (--parts); the compiled
+# measure (--compile-measure) asks whether a generated kernel would do the measure better than ATen's SDDMM.
+PARTS = ("measure", "matmuls")
 DEFAULT_LENGTHS = (96, 336, 720, 1440, 5760)
 
 
@@ -155,6 +163,50 @@ def time_interleaved(steps, device, repeats, warmup, clock):
     return {m: statistics.median(t) for m, t in times.items()}
 
 
+# ---- the fast path's irreducible parts -----------------------------------------------------------------------
+def _gathered_measure(q, k, index, divisor):
+    """The sparsity measure written as gather + contraction, for ``torch.compile`` to fuse into one loop."""
+    s = (q.unsqueeze(-2) * k[:, :, index]).sum(-1)  # [B, H, L_Q, U]
+    return s.amax(-1) - s.sum(-1) / divisor
+
+
+def make_part(part, b, h, l, d, device, dtype):
+    """One of the fast path's irreducible pieces at the shapes it has at length ``l`` (no autograd):
+    ``measure`` (the L·U sampled dot products and their max/sum, through :func:`sparsity_measure`'s own path),
+    ``measure-compiled`` (the same values from an inductor-compiled gather + contraction) or ``matmuls`` (the
+    active rows' six products: Q_top·Kᵀ and P·V forward; dP, dV, dQ and dK backward)."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    n_samples, u = probsparse_counts(l, l, 5)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype).to(device)
+
+    q, k, v = (rnd(b, h, l, d) for _ in range(3))
+    index = sample_key_index(l, l, n_samples, device=device)
+    if part == "measure":
+        return lambda: sparsity_measure(q, k, index)
+    if part == "measure-compiled":
+        fn = torch.compile(_gathered_measure, dynamic=False)
+        return lambda: fn(q, k, index, l)
+    keys, values = k.reshape(b * h, l, d), v.reshape(b * h, l, d)
+    q_top, grad = rnd(b * h, u, d), rnd(b * h, u, d)
+    probs, grad_scores = rnd(b * h, u, l), rnd(b * h, u, l)
+    return lambda: (
+        torch.bmm(q_top, keys.transpose(1, 2)),
+        torch.bmm(probs, values),
+        torch.bmm(grad, values.transpose(1, 2)),
+        torch.bmm(probs.transpose(1, 2), grad),
+        torch.bmm(grad_scores, keys),
+        torch.bmm(grad_scores.transpose(1, 2), q_top),
+    )
+
+
+def part_flops(part, b, h, l, d):
+    """The FLOPs of one part; ``measure`` + ``matmuls`` are :func:`probsparse_work`'s FLOPs."""
+    n_samples, u = probsparse_counts(l, l, 5)
+    return b * h * d * l * (2 * n_samples if part.startswith("measure") else 12 * u)
+
+
 # ---- the roofline floor --------------------------------------------------------------------------------------
 def machine_peaks(device, dtype):
     """Measured (GEMM GFLOP/s, copy GB/s) on this device and thread count: a large square matmul, and a
@@ -211,6 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
         "loaded machine)",
     )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory columns")
+    p.add_argument(
+        "--parts",
+        action="store_true",
+        help="also time the fast path's measure and active-row matmuls alone (a second table)",
+    )
+    p.add_argument(
+        "--compile-measure",
+        action="store_true",
+        help="with --parts: also time the measure compiled by torch.compile (needs a C++ compiler on CPU)",
+    )
     p.add_argument("--markdown", default=None, help="also write the table to this file")
     p.add_argument("--_one", default=None, help=argparse.SUPPRESS)  # internal: peak memory of one case
     return p
@@ -258,6 +320,8 @@ def _measure(a: argparse.Namespace, batch: int, dtype) -> dict[tuple[str, int], 
                 rows[(m, l)] = {"ms": float("nan")}
             if a.device == "cuda":
                 torch.cuda.empty_cache()
+        for part in _parts(a):
+            steps[part] = make_part(part, batch, a.heads, l, a.dim, a.device, dtype)
         for m, ms in time_interleaved(steps, a.device, a.repeats, a.warmup, a.clock).items():
             rows[(m, l)] = {"ms": ms}
         del steps
@@ -270,6 +334,36 @@ def _measure(a: argparse.Namespace, batch: int, dtype) -> dict[tuple[str, int], 
                 file=sys.stderr,
             )
     return rows
+
+
+def _parts(a: argparse.Namespace) -> tuple[str, ...]:
+    if not (a.parts or a.compile_measure):
+        return ()
+    return PARTS + (("measure-compiled",) if a.compile_measure else ())
+
+
+def _parts_table(a, rows, batch, gflops: float) -> str:
+    """Each part's time, speed and share of the fast path, beside its FLOPs at the measured GEMM speed."""
+    lines = [
+        "Parts of the fast path, timed alone in the same rounds (no autograd); `rest` is the fast path minus "
+        "`measure` and `matmuls`: softmax and its backward, top-k, the key sample, the lazy rows, copies and "
+        "fills. `at GEMM speed` is the part's FLOPs at the measured square-GEMM speed.",
+        "",
+        "| L | part | ms | GFLOP | GFLOP/s | at GEMM speed ms | ms / at GEMM speed | share of fast |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for l in a.lengths:
+        fast = rows.get(("fast", l), {}).get("ms", float("nan"))
+        for part in _parts(a):
+            ms, flops = rows[(part, l)]["ms"], part_flops(part, batch, a.heads, l, a.dim)
+            at_peak = flops / gflops / 1e6
+            lines.append(
+                f"| {l} | {part} | {ms:.2f} | {flops / 1e9:.3f} | {flops / ms / 1e6:.1f} | {at_peak:.2f} | "
+                f"{ms / at_peak:.1f}x | {ms / fast:.0%} |"
+            )
+        rest = fast - rows[("measure", l)]["ms"] - rows[("matmuls", l)]["ms"]
+        lines.append(f"| {l} | rest | {rest:.2f} |  |  |  |  | {rest / fast:.0%} |")
+    return "\n".join(lines)
 
 
 def _table(a, rows, batch, dtype, peaks: tuple[float, float], loads: tuple[float, float]) -> str:
@@ -320,11 +414,18 @@ def _table(a, rows, batch, dtype, peaks: tuple[float, float], loads: tuple[float
             + " | ".join(pk)
             + f" | {speed} | {ratio} | {flops / 1e9:.3f} | {nbytes / 1e6:.1f} | {floor:.2f} | {over} |"
         )
+    if _parts(a):
+        lines += ["", _parts_table(a, rows, batch, gflops)]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if _parts(a) and "fast" not in a.methods:
+        parser.error(
+            "--parts and --compile-measure compare parts with the fast path: keep 'fast' in --methods"
+        )
     if a.device == "cpu" and a.clock is None:
         a.clock = "cpu"
     if a.clock == "cpu":
