@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from favit_probsparse.data.timeseries import DataError
 from favit_probsparse.models.naive import NAIVE, naive_forecasts, season_length
 from favit_probsparse.utils.io import atomic_write, save_figure
 
@@ -124,8 +125,6 @@ class ForecastWriter(BasePredictionWriter):
 
 def _has_test_window(dm) -> bool:
     """Whether ``dm`` has a test split with at least one window (the data module's own check decides)."""
-    from favit_probsparse.data.timeseries import DataError
-
     if not (hasattr(dm, "borders") and hasattr(dm, "raw")):
         return False
     try:
